@@ -1,0 +1,127 @@
+"""The book's chapters as data: which notebooks exist, their ``parameters`` cells and profiles.
+
+A chapter's parameters are the flat literal assignments of its cell tagged ``parameters``; each
+parameter's type is the type of its default. Values from profiles and the command line are
+checked against those types *before* anything runs (papermill itself only warns about unknown
+names and never checks types).
+"""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import paths
+
+PROFILE_NAMES = ("smoke", "default", "full")
+
+
+class ChapterError(ValueError):
+    """A chapter, profile or parameter that does not exist or does not fit."""
+
+
+def chapters() -> list[str]:
+    """Chapter names in the order of ``_toc.yml`` (notebooks only)."""
+    toc = yaml.safe_load((paths.ROOT / "_toc.yml").read_text())
+    found: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key in ("root", "file"):
+                if key in node:
+                    name = Path(str(node[key]))
+                    if (paths.ROOT / name.with_suffix(".ipynb")).exists():
+                        found.append(name.stem)
+            for value in node.values():
+                if isinstance(value, (list, dict)):
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc)
+    return found
+
+
+def notebook_path(chapter: str) -> Path:
+    valid = chapters()
+    if chapter not in valid:
+        raise ChapterError(f"unknown chapter {chapter!r}; valid chapters: {', '.join(valid)}")
+    return paths.BOOK / f"{chapter}.ipynb"
+
+
+def parameters_source(notebook: Path) -> str:
+    nb = json.loads(Path(notebook).read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    raise ChapterError(f"{notebook} has no code cell tagged 'parameters'")
+
+
+def declared_parameters(chapter: str) -> dict[str, Any]:
+    """``{name: default}`` from the chapter's parameters cell (flat literals only)."""
+    source = parameters_source(notebook_path(chapter))
+    params: dict[str, Any] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                params[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError as exc:
+                raise ChapterError(f"{chapter}: parameter {node.targets[0].id} is not a flat literal") from exc
+        elif not isinstance(node, ast.Expr):  # docstrings/comments are fine
+            raise ChapterError(f"{chapter}: the parameters cell may only hold `name = literal` lines")
+    return params
+
+
+def _type_name(value: Any) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def check_value(chapter: str, name: str, value: Any, default: Any) -> Any:
+    """Return ``value`` coerced to the default's type, or raise :class:`ChapterError`."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ChapterError(f"{chapter}: parameter {name!r} must be {_type_name(default)} "
+                           f"(default {default!r}), got {value!r} ({_type_name(value)})")
+    return value
+
+
+def resolve_parameters(chapter: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``overrides`` against the chapter's parameters cell; returns the checked overrides."""
+    declared = declared_parameters(chapter)
+    checked = {}
+    for name, value in overrides.items():
+        if name not in declared:
+            choices = ", ".join(f"{k} ({_type_name(v)})" for k, v in declared.items())
+            raise ChapterError(f"{chapter}: unknown parameter {name!r}; valid parameters: {choices}")
+        checked[name] = check_value(chapter, name, value, declared[name])
+    return checked
+
+
+def load_profile(profile: str) -> dict[str, dict[str, Any]]:
+    if profile not in PROFILE_NAMES:
+        raise ChapterError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILE_NAMES)}")
+    data = yaml.safe_load((paths.PROFILES / f"{profile}.yaml").read_text()) or {}
+    valid = chapters()
+    for chapter, block in data.items():
+        if chapter not in valid and not (paths.BOOK / f"{chapter}.ipynb").exists():
+            raise ChapterError(f"profile {profile}: unknown chapter {chapter!r}; "
+                               f"valid chapters: {', '.join(valid)}")
+        if not isinstance(block, dict):
+            raise ChapterError(f"profile {profile}: block of {chapter!r} must be a mapping")
+    return {k: dict(v or {}) for k, v in data.items()}
