@@ -1,0 +1,333 @@
+"""Input sparsity: token selection and token merging in a small vision transformer on MNIST patches.
+
+The image is cut into ``(28/p)^2`` patches of ``p x p`` pixels, each a token. Two ways to shrink the set:
+
+* **Learned selection** (DynamicViT-style, Rao et al. 2021; the subsampling of Scardapane et al. 2024,
+  eq. 1). After ``select_after`` blocks a scorer gives every token a score ``s_j``; the ``k = round(rho * n)``
+  highest are kept. While training, the mask is a straight-through Gumbel top-k:
+  ``m = topk(softmax((s + g) / tau)) + soft - sg(soft)`` (hard forward value, Gumbel-softmax gradient),
+  built from :mod:`mpnn.switch` primitives. Dropped tokens are removed from attention by renormalising the
+  attention rows over kept keys, ``A_ij = m_j exp(a_ij) / sum_l m_l exp(a_il)``, and from the mean pooling,
+  so the masked forward equals the forward on the gathered tokens, and ``d L / d m_j`` is non-zero for
+  dropped tokens too. At inference the kept tokens are gathered: later blocks really run on ``k`` tokens.
+* **Token merging** (ToMe, Bolya et al. 2023): in every block, between attention and MLP, tokens are split
+  alternately into sets A and B; each A token finds its most similar B token (cosine similarity of the
+  attention keys averaged over heads), the ``r`` most similar pairs are merged by a size-weighted average
+  and the sizes ``s`` add up. Attention uses proportional attention ``softmax(q k^T / sqrt(d) + log s)``.
+
+:func:`vit_flops` counts FLOPs per sample (2 per multiply-add in linear layers and attention matmuls,
+the ToMe similarity matrix and the scorer; LayerNorm, softmax and GELU are not counted).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mpnn.switch import gumbel_softmax, straight_through, topk_mask
+
+__all__ = [
+    "ViTConfig", "TokenViT", "patchify", "keep_count", "select_mask", "bipartite_soft_matching",
+    "merge_wavg", "token_schedule", "vit_flops", "train_vit",
+]
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    patch: int = 4            # patch side in pixels (28 must be divisible by it)
+    dim: int = 64             # token width d
+    depth: int = 4            # transformer blocks
+    heads: int = 4
+    mlp_ratio: float = 2.0    # MLP hidden = mlp_ratio * d
+    classes: int = 10
+    select_after: int = 1     # learned selection happens after this many blocks (0 = on the patch embeddings)
+    scorer_hidden: int = 32   # hidden width of the token scorer MLP
+
+    def __post_init__(self):
+        if self.patch < 1 or 28 % self.patch:
+            raise ValueError(f"patch must divide 28 (e.g. 4 or 7), got {self.patch}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if not 0 <= self.select_after < self.depth:
+            raise ValueError(f"select_after must be in 0..depth-1 = 0..{self.depth - 1}, got {self.select_after}")
+
+    @property
+    def n_tokens(self) -> int:
+        return (28 // self.patch) ** 2
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(round(self.mlp_ratio * self.dim))
+
+
+def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """Images (B, 1, 28, 28) or (B, 28, 28) -> tokens (B, G*G, patch*patch), row-major over the G x G grid."""
+    if x.dim() == 4:
+        if x.shape[1] != 1:
+            raise ValueError(f"expected one channel, got shape {tuple(x.shape)}")
+        x = x[:, 0]
+    if x.dim() != 3 or x.shape[-1] != x.shape[-2] or x.shape[-1] % patch:
+        raise ValueError(f"expected square images whose side is divisible by {patch}, got {tuple(x.shape)}")
+    B, S, _ = x.shape
+    G = S // patch
+    return x.reshape(B, G, patch, G, patch).permute(0, 1, 3, 2, 4).reshape(B, G * G, patch * patch)
+
+
+def keep_count(n: int, rho: float) -> int:
+    """Tokens kept out of ``n`` at keep ratio ``rho``: ``max(1, floor(rho * n + 1/2))``."""
+    if not 0 < rho <= 1:
+        raise ValueError(f"keep ratio rho must be in (0, 1], got {rho}")
+    return max(1, int(math.floor(rho * n + 0.5)))
+
+
+def select_mask(scores: torch.Tensor, k: int, *, tau: float = 1.0, gumbel: bool = True) -> torch.Tensor:
+    """Straight-through top-k token mask (B, n) from scores (B, n).
+
+    Forward value: the hard top-k of the (Gumbel-perturbed when ``gumbel``) softmax over tokens; gradient:
+    that soft distribution's (:func:`mpnn.switch.gumbel_softmax`, :func:`mpnn.switch.straight_through`).
+    """
+    soft = gumbel_softmax(scores, tau) if gumbel else torch.softmax(scores / tau, dim=-1)
+    return straight_through(topk_mask(soft.detach(), k), soft)
+
+
+# ---------------------------------------------------------------- token merging (ToMe)
+
+def bipartite_soft_matching(metric: torch.Tensor, r: int) -> Callable[[torch.Tensor, str], torch.Tensor]:
+    """ToMe's bipartite soft matching on ``metric`` (B, n, c): returns ``merge(x, mode)`` (B, n, *) -> (B, n-r, *).
+
+    Set A = even positions, B = odd positions. Each A token's best B match by cosine similarity; the ``r``
+    A tokens with the highest best-similarity are reduced (``mode``: "sum", "mean", ...) into their match.
+    Output order: the unmerged A tokens (by decreasing best similarity), then all B tokens.
+    """
+    n = metric.shape[1]
+    r = min(int(r), n // 2)
+    if r <= 0:
+        return lambda x, mode="sum": x
+    with torch.no_grad():
+        m = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        sim = m[:, ::2] @ m[:, 1::2].transpose(-1, -2)  # (B, nA, nB)
+        best, best_idx = sim.max(dim=-1)  # (B, nA)
+        order = best.argsort(dim=-1, descending=True, stable=True).unsqueeze(-1)  # (B, nA, 1)
+        unm_idx, src_idx = order[:, r:], order[:, :r]  # (B, nA-r, 1), (B, r, 1)
+        dst_idx = best_idx.unsqueeze(-1).gather(1, src_idx)  # (B, r, 1)
+
+    def merge(x: torch.Tensor, mode: str = "sum") -> torch.Tensor:
+        a, b = x[:, ::2], x[:, 1::2]  # (B, nA, c), (B, nB, c)
+        Bsz, nA, c = a.shape
+        unm = a.gather(1, unm_idx.expand(Bsz, nA - r, c))
+        src = a.gather(1, src_idx.expand(Bsz, r, c))
+        b = b.scatter_reduce(1, dst_idx.expand(Bsz, r, c), src, reduce=mode)
+        return torch.cat([unm, b], dim=1)
+
+    return merge
+
+
+def merge_wavg(merge: Callable, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Size-weighted average merge: x (B, n, d), size (B, n, 1) -> (B, n-r, d), (B, n-r, 1)."""
+    x = merge(x * size, "sum")
+    size = merge(size, "sum")
+    return x / size, size
+
+
+# ---------------------------------------------------------------- model
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, mask=None, size=None):
+        """x (B, n, d); mask (B, n) keys to keep; size (B, n, 1) token sizes -> (B, n, d), keys (B, n, d/h)."""
+        B, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(B, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B, h, n, dh)
+        a = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, n, n)
+        if size is not None:
+            a = a + size.log().reshape(B, 1, 1, n)
+        attn = a.softmax(dim=-1)
+        if mask is not None:
+            attn = attn * mask.reshape(B, 1, 1, n)
+            attn = attn / attn.sum(dim=-1, keepdim=True)
+        out = (attn @ v).transpose(1, 2).reshape(B, n, d)
+        return self.proj(out), k.mean(dim=1)
+
+
+class Block(nn.Module):
+    def __init__(self, c: ViTConfig):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(c.dim), nn.LayerNorm(c.dim)
+        self.attn = Attention(c.dim, c.heads)
+        self.mlp = nn.Sequential(nn.Linear(c.dim, c.mlp_hidden), nn.GELU(), nn.Linear(c.mlp_hidden, c.dim))
+
+    def forward(self, x, mask=None, size=None, r=0, source=None):
+        y, keys = self.attn(self.norm1(x), mask, size)
+        x = x + y
+        if r > 0:
+            merge = bipartite_soft_matching(keys, r)
+            if size is None:
+                size = torch.ones_like(x[..., :1])
+            x, size = merge_wavg(merge, x, size)
+            if source is not None:
+                source = merge(source, "sum")
+        x = x + self.mlp(self.norm2(x))
+        return x, size, source
+
+
+@dataclass
+class TokenInfo:
+    kept: torch.Tensor | None    # (B, k) indices of the kept patches (selection), sorted
+    source: torch.Tensor | None  # (B, n_final, N) which original patches each final token holds (ToMe)
+    tokens: list[int]            # tokens entering each block
+
+
+class TokenViT(nn.Module):
+    """Pre-norm ViT (no class token, mean pooling) with learned token selection and ToMe merging."""
+
+    def __init__(self, config: ViTConfig | None = None):
+        super().__init__()
+        c = config or ViTConfig()
+        self.config = c
+        self.embed = nn.Linear(c.patch * c.patch, c.dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, c.n_tokens, c.dim))
+        self.blocks = nn.ModuleList([Block(c) for _ in range(c.depth)])
+        self.scorer = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.scorer_hidden), nn.GELU(),
+                                    nn.Linear(c.scorer_hidden, 1))
+        self.norm = nn.LayerNorm(c.dim)
+        self.head = nn.Linear(c.dim, c.classes)
+
+    def forward(self, x: torch.Tensor, *, rho: float = 1.0, r: int = 0, selector: str = "learned",
+                how: str = "auto", tau: float = 1.0, return_info: bool = False):
+        """Logits (B, classes) of images (B, 1, 28, 28).
+
+        rho: keep ratio of the selection after ``select_after`` blocks (1 = no selection); r: tokens merged
+        per block (0 = no merging); selector: "learned" scorer or "random" scores (a control);
+        how: "mask" (straight-through Gumbel mask, the training path), "gather" (drop tokens, the inference
+        path) or "auto" (mask while training, gather otherwise).
+        """
+        c = self.config
+        if selector not in ("learned", "random"):
+            raise ValueError(f"selector must be 'learned' or 'random', got {selector!r}")
+        if how not in ("auto", "mask", "gather"):
+            raise ValueError(f"how must be 'auto', 'mask' or 'gather', got {how!r}")
+        if r < 0:
+            raise ValueError(f"r (tokens merged per block) must be >= 0, got {r}")
+        if how == "auto":
+            how = "mask" if self.training else "gather"
+        k = keep_count(c.n_tokens, rho)
+        h = self.embed(patchify(x, c.patch)) + self.pos  # (B, N, d)
+        B, N, _ = h.shape
+        mask = size = kept = None
+        source = torch.eye(N, device=h.device, dtype=h.dtype).expand(B, N, N) if (return_info and r > 0) else None
+        tokens = []
+        for i, block in enumerate(self.blocks):
+            if i == c.select_after and k < h.shape[1]:
+                if how == "mask" and r > 0:
+                    raise ValueError("masked selection (training path) cannot be combined with merging (r > 0); "
+                                     "use how='gather' or r=0")
+                if selector == "learned":
+                    scores = self.scorer(h).squeeze(-1)  # (B, n)
+                else:
+                    scores = torch.rand(B, h.shape[1], device=h.device, dtype=h.dtype)
+                if how == "mask":
+                    mask = select_mask(scores, k, tau=tau, gumbel=self.training)  # (B, n)
+                    if return_info:
+                        kept = mask.detach().nonzero()[:, 1].reshape(B, k)
+                else:
+                    kept = scores.topk(k, dim=-1).indices.sort(dim=-1).values  # (B, k)
+                    h = h.gather(1, kept.unsqueeze(-1).expand(B, k, h.shape[-1]))  # (B, k, d)
+                    if size is not None:
+                        size = size.gather(1, kept.unsqueeze(-1))  # (B, k, 1)
+                    if source is not None:
+                        source = source.gather(1, kept.unsqueeze(-1).expand(B, k, N))  # (B, k, N)
+            tokens.append(h.shape[1] if mask is None else k)
+            h, size, source = block(h, mask, size, r, source)
+        h = self.norm(h)
+        if mask is not None:
+            pooled = (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+        elif size is not None:
+            pooled = (h * size).sum(1) / size.sum(1)
+        else:
+            pooled = h.mean(1)
+        logits = self.head(pooled)
+        if return_info:
+            return logits, TokenInfo(kept, source, tokens)
+        return logits
+
+
+# ---------------------------------------------------------------- FLOPs
+
+def token_schedule(config: ViTConfig, *, rho: float = 1.0, r: int = 0) -> list[int]:
+    """Tokens entering each block: selection to ``keep_count(N, rho)`` before block ``select_after``,
+    then ``n -> n - min(r, n // 2)`` after each block's attention (ToMe)."""
+    n, out = config.n_tokens, []
+    k = keep_count(n, rho)
+    for i in range(config.depth):
+        if i == config.select_after:
+            n = min(n, k)
+        out.append(n)
+        n -= min(r, n // 2)
+    return out
+
+
+def vit_flops(config: ViTConfig, *, rho: float = 1.0, r: int = 0) -> float:
+    """FLOPs per image. Block with n tokens in, n' = n - min(r, n//2) after merging, d, MLP hidden m:
+    ``2n*d*3d + 4n^2 d + 2n d^2`` (attention) ``+ 2 ceil(n/2) floor(n/2) d/h`` (ToMe similarity, if r > 0)
+    ``+ 4 n' d m`` (MLP); plus embedding ``2 N p^2 d``, scorer ``2n(d s + s)`` when selecting, head ``2 d C``."""
+    c = config
+    d, m, N = c.dim, c.mlp_hidden, c.n_tokens
+    total = 2 * N * c.patch ** 2 * d + 2 * d * c.classes
+    sched = token_schedule(c, rho=rho, r=r)
+    before = N if c.select_after == 0 else sched[c.select_after - 1] - min(r, sched[c.select_after - 1] // 2)
+    if keep_count(N, rho) < before:  # the scorer runs on the tokens present before selection
+        total += 2 * before * (d * c.scorer_hidden + c.scorer_hidden)
+    for n in sched:
+        total += 2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d
+        rr = min(r, n // 2)
+        if rr > 0:
+            total += 2 * ((n + 1) // 2) * (n // 2) * (d // c.heads)
+        total += 4 * (n - rr) * d * m
+    return float(total)
+
+
+# ---------------------------------------------------------------- training
+
+def train_vit(model: TokenViT, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 1,
+              batch_size: int = 128, lr: float = 2e-3, train_rhos: Sequence[float] = (1.0,),
+              tau: float = 1.0, seed: int = 0, progress: Callable | None = None) -> list[float]:
+    """AdamW with linear warm-up and cosine decay; step ``t`` trains at keep ratio ``train_rhos[t % len]``
+    (one model then serves every rho at inference). Returns the loss per step."""
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    for rho in train_rhos:
+        keep_count(model.config.n_tokens, rho)  # validates
+    g = torch.Generator().manual_seed(int(seed))
+    n = images.shape[0]
+    spe = math.ceil(n / batch_size)
+    total = epochs * spe
+    warm = max(1, total // 20)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: min(1.0, (t + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
+    steps = range(total)
+    if progress is not None:
+        steps = progress(steps)
+    model.train()
+    losses, order = [], None
+    for step in steps:
+        if step % spe == 0:
+            order = torch.randperm(n, generator=g).to(images.device)
+        b = order[(step % spe) * batch_size:][:batch_size]
+        rho = float(train_rhos[step % len(train_rhos)])
+        loss = F.cross_entropy(model(images[b], rho=rho, tau=tau), labels[b])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+    model.eval()
+    return losses
