@@ -24,7 +24,12 @@ class ChapterError(ValueError):
 
 
 def chapters() -> list[str]:
-    """Chapter names in the order of ``_toc.yml`` (notebooks only)."""
+    """Chapter names in the order of ``_toc.yml`` (entries that are notebooks in ``book/``)."""
+    return [name for name in toc_entries() if (paths.BOOK / f"{name}.ipynb").exists()]
+
+
+def toc_entries() -> list[str]:
+    """Stems of every file in ``_toc.yml``, in order."""
     toc = yaml.safe_load((paths.ROOT / "_toc.yml").read_text())
     found: list[str] = []
 
@@ -32,9 +37,7 @@ def chapters() -> list[str]:
         if isinstance(node, dict):
             for key in ("root", "file"):
                 if key in node:
-                    name = Path(str(node[key]))
-                    if (paths.ROOT / name.with_suffix(".ipynb")).exists():
-                        found.append(name.stem)
+                    found.append(Path(str(node[key])).stem)
             for value in node.values():
                 if isinstance(value, (list, dict)):
                     walk(value)
@@ -117,9 +120,9 @@ def load_profile(profile: str) -> dict[str, dict[str, Any]]:
     if profile not in PROFILE_NAMES:
         raise ChapterError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILE_NAMES)}")
     data = yaml.safe_load((paths.PROFILES / f"{profile}.yaml").read_text()) or {}
-    valid = chapters()
+    valid = toc_entries()
     for chapter, block in data.items():
-        if chapter not in valid and not (paths.BOOK / f"{chapter}.ipynb").exists():
+        if chapter not in toc_entries():
             raise ChapterError(f"profile {profile}: unknown chapter {chapter!r}; "
                                f"valid chapters: {', '.join(valid)}")
         if not isinstance(block, dict):

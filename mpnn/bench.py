@@ -1,0 +1,148 @@
+"""Benchmark harness: warm-up, repetitions, medians, ratios, JSON.
+
+A case is a function registered with :func:`case` in a module of :mod:`mpnn.benchmarks`. It takes
+its size parameters and ``quick`` and returns ``{variant: callable}``; the first variant is the one
+under test and every other variant is reported as a ratio against it
+(``ratio = median(variant) / median(first)``, so ``ratio > 1`` means the first is faster).
+Cases may also return ``(variants, extra)`` where ``extra`` is a dict of derived numbers
+(e.g. FLOPs) stored with the result.
+
+The reference that all kernels are judged against is :func:`dense_mm_gflops`: the measured
+GFLOP/s of a dense ``torch.mm`` on this machine.
+"""
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import pkgutil
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import paths
+
+REGISTRY: dict[str, "Case"] = {}
+
+
+@dataclass
+class Case:
+    name: str
+    group: str
+    fn: Callable[..., Any]
+    params: dict[str, list] = field(default_factory=dict)
+    repeats: int = 5
+
+
+def case(name: str, *, group: str, params: dict[str, list] | None = None, repeats: int = 5):
+    """Register a benchmark case; ``params`` maps a parameter to the values to sweep."""
+    def register(fn):
+        if name in REGISTRY and REGISTRY[name].fn.__module__ != fn.__module__:
+            raise ValueError(f"benchmark case {name!r} registered twice")
+        REGISTRY[name] = Case(name, group, fn, dict(params or {}), repeats)
+        return fn
+    return register
+
+
+def discover() -> dict[str, Case]:
+    """Import every module of :mod:`mpnn.benchmarks` so their cases register."""
+    from . import benchmarks
+    for module in pkgutil.iter_modules(benchmarks.__path__):
+        importlib.import_module(f"{benchmarks.__name__}.{module.name}")
+    return REGISTRY
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_callable(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1,
+                  min_time: float = 0.0) -> dict[str, float]:
+    """Median and spread of wall time over ``repeats`` calls after ``warmup`` calls.
+
+    Calls shorter than ``min_time`` are looped inside one timing so that short kernels are not
+    dominated by timer resolution; times are per call.
+    """
+    for _ in range(warmup):
+        fn()
+    _sync()
+    inner = 1
+    if min_time > 0:
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        once = max(time.perf_counter() - t0, 1e-7)
+        inner = max(1, int(min_time / once))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        _sync()
+        samples.append((time.perf_counter() - t0) / inner)
+    return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples),
+            "repeats": repeats, "inner": inner}
+
+
+def dense_mm_gflops(n: int = 1024, repeats: int = 5, device: str = "cpu") -> dict[str, float]:
+    """GFLOP/s of ``torch.mm`` on two n x n float32 matrices (2 n^3 FLOPs per product)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    t = time_callable(lambda: torch.mm(a, b), repeats=repeats, warmup=2, min_time=0.05)
+    return {"n": n, "gflops": 2 * n ** 3 / t["median_s"] / 1e9, **t}
+
+
+def run_case(c: Case, quick: bool) -> list[dict[str, Any]]:
+    rows = []
+    names = list(c.params)
+    grid = list(itertools.product(*[c.params[k] for k in names])) or [()]
+    for values in grid:
+        kwargs = dict(zip(names, values))
+        out = c.fn(**kwargs, quick=quick)
+        variants, extra = (out if isinstance(out, tuple) else (out, {}))
+        if not variants:
+            raise ValueError(f"benchmark {c.name} returned no variants")
+        timings = {v: time_callable(f, repeats=2 if quick else c.repeats, warmup=1, min_time=0.0 if quick else 0.02)
+                   for v, f in variants.items()}
+        first = next(iter(timings))
+        for variant, t in timings.items():
+            rows.append({"case": c.name, "group": c.group, **kwargs, "variant": variant, **t,
+                         "ratio_to_" + first: t["median_s"] / timings[first]["median_s"], **extra})
+    return rows
+
+
+def run_all(quick: bool = False, only: str | None = None, progress: bool = True) -> dict[str, Any]:
+    cases = [c for c in discover().values() if only is None or only in c.name]
+    if only is not None and not cases:
+        raise ValueError(f"no benchmark case matches {only!r}; cases: {', '.join(sorted(REGISTRY))}")
+    from tqdm.auto import tqdm
+    rows = []
+    for c in tqdm(cases, desc="benchmarks", disable=not progress):
+        rows.extend(run_case(c, quick))
+    return {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "quick": quick,
+        "reference": dense_mm_gflops(512 if quick else 1024),
+        "results": rows,
+    }
+
+
+def results_path() -> Path:
+    return paths.build_dir() / "bench" / "results.json"
+
+
+def write_results(results: dict[str, Any], path: Path | None = None) -> Path:
+    path = path or results_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    tmp.replace(path)
+    return path
