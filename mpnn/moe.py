@@ -1,0 +1,475 @@
+"""Mixture-of-experts: width sparsity as a learned switch over stacked experts.
+
+An MoE layer is the switch of :mod:`mpnn.switch` applied to experts ``f_1..f_E``:
+``y(x) = sum_i m_i(x) f_i(x)`` with a sparse, learned mask ``m`` (Scardapane et al. 2024, sec. 3).
+Only experts with ``m_i(x) != 0`` are evaluated for ``x``. Gates (how ``m`` is computed):
+
+* :class:`TopKGate` -- ``m = softmax(s) * topk_mask(s, k)`` (optionally renormalised over the k kept
+  scores, Shazeer et al. 2017 eq. 3-5), ``s = x W + b`` from a :class:`~mpnn.switch.LearnedSwitch`;
+  ``noise="gumbel"`` selects with Gumbel-perturbed scores while training (the switch's Gumbel mode).
+  Optional Switch-Transformer auxiliary loss (Fedus et al. 2022, eq. 4-6)
+  ``alpha * E * sum_i f_i P_i`` (``f_i``: share of assignments to expert i, ``P_i``: mean router
+  probability) and router z-loss (Zoph et al. 2022) ``z * mean_x logsumexp(s(x))^2``.
+  :func:`SwitchGate` is the top-1 instance (``alpha = 0.01``, unnormalised ``p_i``).
+* :class:`NoisyTopKGate` -- ``H = x W_g + eps * softplus(x W_noise)``, ``eps ~ N(0, 1)`` while training,
+  ``m = softmax(KeepTopK(H, k))``; importance loss ``w_imp * CV(sum_x m(x))^2`` and load loss
+  ``w_load * CV(sum_x P(x, .))^2`` with ``P(x, i) = Phi((x W_g)_i - kth_excluding(H, k, i)) / softplus((x W_noise)_i))``
+  (Shazeer et al. 2017, eq. 6-10; CV^2 = population variance / mean^2).
+* :class:`ExpertChoiceMoE` -- each expert takes its top ``C = ceil(c * T / E)`` tokens of a group
+  by router probability (Zhou et al. 2022); a token may be taken by 0..E experts.
+* :class:`SoftMoE` -- slots are convex mixtures of a group's tokens, ``slots = D^T X`` with
+  ``D = softmax_tokens(X Phi)``, outputs ``Y = C Ỹ`` with ``C = softmax_slots(X Phi)`` (Puigcerver et al. 2023).
+
+Dispatch for token-choice gates (:func:`plan_dispatch`) is vectorised: assignments are stably sorted by
+expert (first choices of all tokens before second choices, then token order, as in GShard), each gets
+its position in the expert's buffer, assignments past the capacity ``C = ceil(c * k * T / E)`` are
+dropped (their combine weight is zero), and all experts run as one batched matmul over stacked weights
+``(E, C, d)``. ``capacity_factor=None`` is dropless (``C`` = the largest expert load).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mpnn.switch import LearnedSwitch, topk_mask
+
+__all__ = [
+    "Routing", "DispatchPlan", "Experts", "TopKGate", "SwitchGate", "NoisyTopKGate",
+    "capacity", "plan_dispatch", "cv_squared", "switch_aux_loss", "z_loss",
+    "TokenChoiceMoE", "ExpertChoiceMoE", "SoftMoE", "make_moe", "aux_loss",
+]
+
+
+# ---------------------------------------------------------------- experts
+
+class Experts(nn.Module):
+    """E two-layer MLPs ``f_e(x) = relu(x W1_e + b1_e) W2_e + b2_e`` with stacked weights.
+
+    ``forward`` takes one buffer per expert, (E, C, d_in) -> (E, C, d_out), as two batched matmuls.
+    Initialised like :class:`torch.nn.Linear` (uniform in +-1/sqrt(fan_in)), independently per expert.
+    """
+
+    def __init__(self, n_experts: int, d_in: int, d_hidden: int, d_out: int):
+        super().__init__()
+        if min(n_experts, d_in, d_hidden, d_out) < 1:
+            raise ValueError(f"Experts needs positive sizes, got n_experts={n_experts}, "
+                             f"d_in={d_in}, d_hidden={d_hidden}, d_out={d_out}")
+        b1, b2 = 1 / math.sqrt(d_in), 1 / math.sqrt(d_hidden)
+        self.w1 = nn.Parameter(torch.empty(n_experts, d_in, d_hidden).uniform_(-b1, b1))
+        self.b1 = nn.Parameter(torch.empty(n_experts, d_hidden).uniform_(-b1, b1))
+        self.w2 = nn.Parameter(torch.empty(n_experts, d_hidden, d_out).uniform_(-b2, b2))
+        self.b2 = nn.Parameter(torch.empty(n_experts, d_out).uniform_(-b2, b2))
+
+    @property
+    def n_experts(self) -> int:
+        return self.w1.shape[0]
+
+    @property
+    def d_in(self) -> int:
+        return self.w1.shape[1]
+
+    @property
+    def d_out(self) -> int:
+        return self.w2.shape[2]
+
+    def forward(self, buf: torch.Tensor) -> torch.Tensor:  # (E, C, d_in) -> (E, C, d_out)
+        h = torch.baddbmm(self.b1.unsqueeze(1), buf, self.w1).relu()  # (E, C, d_hidden)
+        return torch.baddbmm(self.b2.unsqueeze(1), h, self.w2)
+
+    def forward_one(self, e: int, x: torch.Tensor) -> torch.Tensor:  # (n, d_in) -> (n, d_out)
+        """Expert ``e`` alone (for references and the loop baseline)."""
+        return (x @ self.w1[e] + self.b1[e]).relu() @ self.w2[e] + self.b2[e]
+
+    def flops_per_token(self) -> int:
+        """Multiply-adds x 2 of one expert on one token."""
+        _, d_in, h = self.w1.shape
+        return 2 * (d_in * h + h * self.d_out)
+
+    def extra_repr(self) -> str:
+        e, d_in, h = self.w1.shape
+        return f"n_experts={e}, d_in={d_in}, d_hidden={h}, d_out={self.d_out}"
+
+
+# ---------------------------------------------------------------- balancing losses
+
+def cv_squared(v: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Squared coefficient of variation, population variance / mean^2 (Shazeer et al. 2017)."""
+    v = v.float()
+    return v.var(unbiased=False) / (v.mean() ** 2 + eps) if v.numel() > 1 else v.new_zeros(())
+
+
+def switch_aux_loss(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``E * sum_i f_i P_i`` (Fedus et al. 2022, eq. 4), before the factor alpha.
+
+    probs (T, E) router softmax; mask (T, E) hard assignments (k ones per row).
+    ``f_i`` = share of the T*k assignments that go to expert i (a constant), ``P_i`` = mean of ``probs``.
+    Equals 1 under perfectly uniform routing.
+    """
+    n_experts = probs.shape[-1]
+    f = mask.detach().sum(0) / mask.detach().sum().clamp_min(1)
+    return n_experts * (f * probs.mean(0)).sum()
+
+
+def z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Router z-loss ``mean_x logsumexp_i(s_i(x))^2`` (Zoph et al. 2022, eq. 5)."""
+    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+
+
+# ---------------------------------------------------------------- token-choice gates
+
+def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise ``-log(-log u)``, ``u ~ U(0, 1)``, shaped like ``like``.
+
+    Draws ``torch.rand`` exactly as :func:`mpnn.switch.gumbel_softmax` does, so with the same RNG state
+    the top-k of ``s + g`` is the hard Gumbel-softmax mask (softmax and 1/tau keep the order).
+    """
+    u = torch.rand(like.shape, device=like.device, dtype=like.dtype)
+    return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
+
+
+@dataclass
+class Routing:
+    """A token-choice routing decision for T tokens over E experts."""
+
+    logits: torch.Tensor   # (T, E) clean router scores s(x)
+    experts: torch.Tensor  # (T, k) chosen experts, best first
+    weights: torch.Tensor  # (T, k) combine weights m_i(x) of the chosen experts (differentiable)
+    aux_loss: torch.Tensor  # () the gate's weighted balancing + z losses
+
+    @property
+    def n_experts(self) -> int:
+        return self.logits.shape[-1]
+
+    def mask(self) -> torch.Tensor:
+        """Binary (T, E) mask of chosen experts."""
+        return torch.zeros_like(self.logits).scatter_(-1, self.experts, 1.0)
+
+    def combine(self) -> torch.Tensor:
+        """Dense (T, E) combine weights m(x) (zeros off the chosen experts)."""
+        return torch.zeros_like(self.logits).scatter(-1, self.experts, self.weights)
+
+
+def _ranked(selection: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (T, k) of the ones of a binary ``selection``, ordered by ``scores`` (best first)."""
+    return scores.detach().masked_fill(selection == 0, float("-inf")).topk(k, dim=-1).indices
+
+
+class TopKGate(nn.Module):
+    """Top-k softmax gate on a :class:`~mpnn.switch.LearnedSwitch` (see module docstring).
+
+    noise: ``None`` (deterministic top-k) or ``"gumbel"`` (select the top-k of Gumbel-perturbed scores
+    while training, exactly the switch's Gumbel mode; deterministic at eval).
+    normalize: combine weights renormalised over the k kept experts (``softmax(KeepTopK(s))``);
+    ``False`` keeps the raw ``p_i`` as in the Switch Transformer.
+    """
+
+    def __init__(self, in_features: int, n_experts: int, *, k: int = 1, normalize: bool = True,
+                 noise: str | None = None, tau: float = 1.0, alpha: float = 0.0, z_coef: float = 0.0):
+        super().__init__()
+        if noise not in (None, "gumbel"):
+            raise ValueError(f"noise must be None or 'gumbel', got {noise!r}")
+        if alpha < 0 or z_coef < 0:
+            raise ValueError(f"loss weights must be >= 0, got alpha={alpha}, z_coef={z_coef}")
+        self.switch = LearnedSwitch(in_features, n_experts, mode="gumbel" if noise else "topk",
+                                    k=k, tau=tau)
+        self.k, self.normalize, self.alpha, self.z_coef = k, normalize, alpha, z_coef
+
+    @property
+    def n_experts(self) -> int:
+        return self.switch.n_units
+
+    def select(self, logits: torch.Tensor) -> torch.Tensor:
+        """The hard (T, E) mask; equals the forward value of ``self.switch`` on the same input and RNG."""
+        if self.switch.mode == "gumbel" and self.training:
+            return topk_mask(logits.detach() + gumbel_noise(logits), self.k)
+        return topk_mask(logits.detach(), self.k)
+
+    def forward(self, x: torch.Tensor) -> Routing:  # x (T, d)
+        logits = self.switch.scores(x)                                   # (T, E)
+        probs = torch.softmax(logits, dim=-1)
+        sel = self.select(logits)
+        experts = _ranked(sel, logits, self.k)                           # (T, k)
+        if self.normalize:
+            weights = torch.softmax(logits.gather(-1, experts), dim=-1)  # softmax(KeepTopK(s))
+        else:
+            weights = probs.gather(-1, experts)
+        aux = logits.new_zeros(())
+        if self.alpha:
+            aux = aux + self.alpha * switch_aux_loss(probs, sel)
+        if self.z_coef:
+            aux = aux + self.z_coef * z_loss(logits)
+        return Routing(logits, experts, weights, aux)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, normalize={self.normalize}, alpha={self.alpha}, z_coef={self.z_coef}"
+
+
+def SwitchGate(in_features: int, n_experts: int, *, alpha: float = 0.01, z_coef: float = 1e-3) -> TopKGate:
+    """Switch-Transformer router: top-1, raw ``p_i`` as weight, aux loss ``alpha*E*sum f_i P_i``, z-loss."""
+    return TopKGate(in_features, n_experts, k=1, normalize=False, alpha=alpha, z_coef=z_coef)
+
+
+class NoisyTopKGate(nn.Module):
+    """Noisy top-k gating with importance and load losses (Shazeer et al. 2017, see module docstring).
+
+    ``W_g`` (the switch) and ``W_noise`` start at zero, as in the paper.
+    """
+
+    def __init__(self, in_features: int, n_experts: int, *, k: int = 2,
+                 w_importance: float = 0.1, w_load: float = 0.1):
+        super().__init__()
+        if not 1 <= k < n_experts:
+            raise ValueError(f"noisy top-k needs 1 <= k < n_experts={n_experts} (the load estimator "
+                             f"compares with the (k+1)-th score), got k={k}")
+        self.switch = LearnedSwitch(in_features, n_experts, mode="topk", k=k)
+        self.noise = nn.Linear(in_features, n_experts, bias=False)
+        for p in (self.switch.gate.weight, self.switch.gate.bias, self.noise.weight):
+            nn.init.zeros_(p)
+        self.k, self.w_importance, self.w_load = k, w_importance, w_load
+
+    @property
+    def n_experts(self) -> int:
+        return self.switch.n_units
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> Routing:
+        """x (T, d); ``eps`` (T, E) overrides the N(0, 1) noise (used in training only)."""
+        clean = self.switch.scores(x)                                    # (T, E)
+        std = F.softplus(self.noise(x))                                  # (T, E)
+        if self.training:
+            eps = torch.randn_like(clean) if eps is None else eps
+            noisy = clean + eps * std
+        else:
+            noisy = clean
+        top = noisy.topk(self.k + 1, dim=-1).values                      # (T, k+1)
+        experts = noisy.detach().topk(self.k, dim=-1).indices             # (T, k)
+        weights = torch.softmax(noisy.gather(-1, experts), dim=-1)
+        sel = torch.zeros_like(clean).scatter_(-1, experts, 1.0)
+        gates = torch.zeros_like(clean).scatter(-1, experts, weights)   # (T, E)
+        aux = self.w_importance * cv_squared(gates.sum(0))
+        if self.training and self.w_load:
+            # P(x, i): chance that expert i stays in the top k when only its own noise is redrawn
+            threshold = torch.where(sel.bool(), top[:, self.k:self.k + 1], top[:, self.k - 1:self.k])
+            p_in = torch.distributions.Normal(0.0, 1.0).cdf((clean - threshold) / std)
+            aux = aux + self.w_load * cv_squared(p_in.sum(0))
+        return Routing(clean, experts, weights, aux)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, w_importance={self.w_importance}, w_load={self.w_load}"
+
+
+# ---------------------------------------------------------------- token-choice dispatch
+
+def capacity(n_tokens: int, n_experts: int, k: int, capacity_factor: float) -> int:
+    """Expert buffer size ``ceil(c * k * T / E)``, at least 1."""
+    if capacity_factor <= 0:
+        raise ValueError(f"capacity_factor must be positive (or None for dropless), got {capacity_factor}")
+    return max(1, math.ceil(capacity_factor * k * n_tokens / n_experts - 1e-9))
+
+
+@dataclass
+class DispatchPlan:
+    """Where each of the k*T assignments goes; assignment a = rank * T + token."""
+
+    capacity: int
+    position: torch.Tensor    # (k*T,) position in its expert's buffer (before dropping)
+    keep: torch.Tensor        # (k*T,) bool, position < capacity
+    slot: torch.Tensor        # (k*T,) expert * capacity + position, or E*capacity (padding) if dropped
+    slot_token: torch.Tensor  # (E*capacity,) token held by each buffer slot, T for an empty slot
+    load: torch.Tensor        # (E,) assignments requested per expert
+
+
+def plan_dispatch(experts: torch.Tensor, n_experts: int, capacity_factor: float | None) -> DispatchPlan:
+    """Vectorised buffer positions for token-choice routing ``experts`` (T, k), see module docstring."""
+    n_tokens, k = experts.shape
+    flat = experts.t().reshape(-1)                                      # (k*T,) rank-major priority
+    token = torch.arange(n_tokens, device=experts.device).repeat(k)
+    order = torch.argsort(flat, stable=True)
+    load = torch.bincount(flat, minlength=n_experts)
+    start = torch.cumsum(load, 0) - load
+    position = torch.empty_like(flat)
+    position[order] = torch.arange(flat.numel(), device=flat.device) - start[flat[order]]
+    cap = int(load.max()) if capacity_factor is None else capacity(n_tokens, n_experts, k, capacity_factor)
+    keep = position < cap
+    slot = torch.where(keep, flat * cap + position, torch.full_like(flat, n_experts * cap))
+    slot_token = torch.full((n_experts * cap + 1,), n_tokens, dtype=torch.long, device=flat.device)
+    slot_token[slot] = token          # dropped assignments all land in the discarded padding slot
+    return DispatchPlan(cap, position, keep, slot, slot_token[:-1], load)
+
+
+def _store_stats(layer: nn.Module, assignment: torch.Tensor, aux: torch.Tensor, dropped: float) -> None:
+    layer.aux_loss = aux                       # () added to the task loss by :func:`aux_loss`
+    layer.assignment = assignment.detach()     # (T, E) which experts processed each token (weights)
+    layer.dropped = dropped                    # share of token-expert assignments dropped
+
+
+class TokenChoiceMoE(nn.Module):
+    """Each token picks experts with ``gate``; ``capacity_factor`` caps buffers (``None``: dropless).
+
+    forward: (..., d_in) -> (..., d_out); leading dimensions are flattened into T tokens.
+    After a call, ``aux_loss``, ``assignment`` (T, E) binary processed mask and ``dropped`` are set.
+    """
+
+    def __init__(self, gate: nn.Module, experts: Experts, *, capacity_factor: float | None = None):
+        super().__init__()
+        if gate.n_experts != experts.n_experts:
+            raise ValueError(f"gate routes to {gate.n_experts} experts but there are {experts.n_experts}")
+        self.gate, self.experts, self.capacity_factor = gate, experts, capacity_factor
+        self.k = gate.k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead, d = x.shape[:-1], x.shape[-1]
+        x = x.reshape(-1, d)                                             # (T, d)
+        n_tokens, n_experts = x.shape[0], self.experts.n_experts
+        r = self.gate(x)
+        plan = plan_dispatch(r.experts, n_experts, self.capacity_factor)
+        x_pad = torch.cat([x, x.new_zeros(1, d)])                        # row T is the empty slot
+        buf = x_pad[plan.slot_token].view(n_experts, plan.capacity, d)   # (E, C, d)
+        out = self.experts(buf).reshape(n_experts * plan.capacity, -1)   # (E*C, d_out)
+        out = torch.cat([out, out.new_zeros(1, out.shape[1])])
+        per = out[plan.slot].view(self.k, n_tokens, -1)                  # (k, T, d_out)
+        w = r.weights.t() * plan.keep.view(self.k, n_tokens)             # (k, T) dropped -> 0
+        y = (per * w.unsqueeze(-1)).sum(0)                               # (T, d_out)
+        kept = plan.keep.view(self.k, n_tokens).t().to(x.dtype)          # (T, k)
+        assignment = torch.zeros(n_tokens, n_experts, device=x.device).scatter_(-1, r.experts, kept)
+        _store_stats(self, assignment, r.aux_loss, 1.0 - float(plan.keep.float().mean()))
+        self.routing = r
+        return y.view(*lead, -1)
+
+    def active_flops_per_token(self) -> float:
+        d, e = self.experts.d_in, self.experts.n_experts
+        gate = 2 * d * e * (2 if isinstance(self.gate, NoisyTopKGate) else 1)
+        return self.k * self.experts.flops_per_token() + gate
+
+
+# ---------------------------------------------------------------- expert choice and soft MoE
+
+def _groups(x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    """(T, d) -> (1, T, d); (G, T, d) kept: routing happens within each group of T tokens."""
+    if x.dim() == 2:
+        return x.unsqueeze(0), (x.shape[0],)
+    if x.dim() == 3:
+        return x, x.shape[:2]
+    raise ValueError(f"expected tokens (T, d) or groups (G, T, d), got shape {tuple(x.shape)}")
+
+
+class ExpertChoiceMoE(nn.Module):
+    """Expert-choice routing (Zhou et al. 2022): expert e processes its top-C tokens of each group.
+
+    ``C = ceil(c * T / E)`` so on average each token gets ``c`` experts; the router is a
+    :class:`~mpnn.switch.LearnedSwitch` in softmax mode; weights are the router probabilities.
+    forward: (T, d) or (G, T, d) -> same leading shape with d_out.
+    """
+
+    def __init__(self, in_features: int, experts: Experts, *, capacity_factor: float = 1.0):
+        super().__init__()
+        if capacity_factor <= 0:
+            raise ValueError(f"capacity_factor must be positive, got {capacity_factor}")
+        self.switch = LearnedSwitch(in_features, experts.n_experts, mode="softmax")
+        self.experts, self.capacity_factor = experts, capacity_factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xg, lead = _groups(x)
+        g, t, d = xg.shape
+        e = self.experts.n_experts
+        cap = min(t, capacity(t, e, 1, self.capacity_factor))
+        probs = self.switch(xg)                                          # (G, T, E)
+        weight, token = probs.transpose(1, 2).topk(cap, dim=-1)          # (G, E, C)
+        flat_token = (token + t * torch.arange(g, device=x.device).view(g, 1, 1))  # index into G*T
+        buf = xg.reshape(g * t, d)[flat_token].permute(1, 0, 2, 3).reshape(e, g * cap, d)
+        out = self.experts(buf).view(e, g, cap, -1).permute(1, 0, 2, 3)  # (G, E, C, d_out)
+        out = out * weight.unsqueeze(-1)
+        y = out.new_zeros(g * t, out.shape[-1]).index_add(0, flat_token.reshape(-1),
+                                                          out.reshape(-1, out.shape[-1]))
+        assignment = torch.zeros(g, e, t, device=x.device).scatter_(-1, token, 1.0)
+        assignment = assignment.transpose(1, 2).reshape(g * t, e)
+        _store_stats(self, assignment, x.new_zeros(()), 0.0)
+        self.probs = probs.detach()
+        return y.view(*lead, -1)
+
+    def active_flops_per_token(self) -> float:
+        return self.capacity_factor * self.experts.flops_per_token() + 2 * self.experts.d_in * self.experts.n_experts
+
+
+class SoftMoE(nn.Module):
+    """Soft MoE (Puigcerver et al. 2023): E*S slots, each a softmax-weighted mixture of a group's tokens.
+
+    ``logits = X Phi`` (T, E*S); dispatch ``D = softmax over tokens``; slot inputs ``D^T X``; expert e
+    processes its S slots; combine ``C = softmax over slots``; ``Y = C Ỹ``. Fully differentiable, no
+    token is dropped, but every output depends on all tokens of its group.
+    """
+
+    def __init__(self, in_features: int, experts: Experts, *, slots_per_expert: int = 1):
+        super().__init__()
+        if slots_per_expert < 1:
+            raise ValueError(f"slots_per_expert must be >= 1, got {slots_per_expert}")
+        self.experts, self.slots = experts, slots_per_expert
+        n = experts.n_experts * slots_per_expert
+        self.phi = nn.Parameter(torch.randn(in_features, n) / math.sqrt(in_features))
+        self._tokens_per_group = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xg, lead = _groups(x)
+        g, t, d = xg.shape
+        e, s = self.experts.n_experts, self.slots
+        logits = xg @ self.phi                                           # (G, T, E*S)
+        dispatch = torch.softmax(logits, dim=1)                          # over tokens
+        combine = torch.softmax(logits, dim=2)                           # over slots
+        slots = dispatch.transpose(1, 2) @ xg                            # (G, E*S, d)
+        buf = slots.view(g, e, s, d).permute(1, 0, 2, 3).reshape(e, g * s, d)
+        out = self.experts(buf).view(e, g, s, -1).permute(1, 0, 2, 3).reshape(g, e * s, -1)
+        y = combine @ out                                                # (G, T, d_out)
+        assignment = combine.detach().view(g * t, e, s).sum(-1)          # (G*T, E) rows sum to 1
+        _store_stats(self, assignment, x.new_zeros(()), 0.0)
+        self._tokens_per_group = t
+        return y.view(*lead, -1)
+
+    def active_flops_per_token(self, tokens_per_group: int | None = None) -> float:
+        t = tokens_per_group or self._tokens_per_group
+        if t is None:
+            raise ValueError("pass tokens_per_group (or run forward once) to count Soft MoE FLOPs")
+        n = self.experts.n_experts * self.slots
+        d_in, d_out = self.experts.d_in, self.experts.d_out
+        return n / t * self.experts.flops_per_token() + 2 * n * (2 * d_in + d_out)
+
+
+# ---------------------------------------------------------------- helpers
+
+KINDS = ("top1", "top2", "switch", "noisy_top2", "expert_choice", "soft")
+
+
+def make_moe(kind: str, d_in: int, d_hidden: int, d_out: int, n_experts: int, *,
+             capacity_factor: float | None = None, alpha: float = 0.01, z_coef: float = 1e-3,
+             slots_per_expert: int = 1, k: int | None = None) -> nn.Module:
+    """Build a named MoE layer with ``n_experts`` MLP experts ``d_in -> d_hidden -> d_out``.
+
+    kinds: ``top1`` / ``top2`` (top-k softmax, renormalised, Switch aux loss with ``alpha``),
+    ``switch`` (:func:`SwitchGate`), ``noisy_top2`` (:class:`NoisyTopKGate`), ``expert_choice``
+    (capacity factor ``capacity_factor`` or 1), ``soft`` (``slots_per_expert``). ``k`` overrides top-k's k.
+    """
+    experts = Experts(n_experts, d_in, d_hidden, d_out)
+    if kind in ("top1", "top2"):
+        kk = k or int(kind[-1])
+        gate = TopKGate(d_in, n_experts, k=kk, alpha=alpha, z_coef=z_coef)
+        return TokenChoiceMoE(gate, experts, capacity_factor=capacity_factor)
+    if kind == "switch":
+        return TokenChoiceMoE(SwitchGate(d_in, n_experts, alpha=alpha, z_coef=z_coef), experts,
+                              capacity_factor=capacity_factor)
+    if kind == "noisy_top2":
+        w = 0.1 if alpha > 0 else 0.0          # Shazeer et al.'s weights; alpha = 0 turns balancing off
+        gate = NoisyTopKGate(d_in, n_experts, k=k or 2, w_importance=w, w_load=w)
+        return TokenChoiceMoE(gate, experts, capacity_factor=capacity_factor)
+    if kind == "expert_choice":
+        return ExpertChoiceMoE(d_in, experts, capacity_factor=capacity_factor or 1.0)
+    if kind == "soft":
+        return SoftMoE(d_in, experts, slots_per_expert=slots_per_expert)
+    raise ValueError(f"unknown MoE kind {kind!r}; choose one of {KINDS}")
+
+
+def aux_loss(model: nn.Module) -> torch.Tensor | float:
+    """Sum of the ``aux_loss`` left by every MoE layer's last forward (0.0 when there is none)."""
+    losses = [m.aux_loss for m in model.modules() if isinstance(m.__dict__.get("aux_loss"), torch.Tensor)]
+    return torch.stack(losses).sum() if losses else 0.0
