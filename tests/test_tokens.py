@@ -1,0 +1,175 @@
+"""Token selection and merging: hand-computed cases, naive references, FLOPs by hand."""
+import pytest
+import torch
+
+from mpnn.tokens import (Attention, TokenViT, ViTConfig, bipartite_soft_matching, keep_count, merge_wavg,
+                         patchify, select_mask, token_schedule, vit_flops)
+
+SMALL = ViTConfig(patch=7, dim=8, depth=2, heads=2, mlp_ratio=2.0, select_after=1, scorer_hidden=4)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return TokenViT(ViTConfig(patch=4, dim=16, depth=3, heads=2, select_after=1, scorer_hidden=8)).eval()
+
+
+@pytest.fixture(scope="module")
+def x():
+    return torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+
+
+def test_patchify_hand_case():
+    img = torch.arange(28 * 28, dtype=torch.float32).reshape(1, 28, 28)
+    p = patchify(img, 7)
+    assert p.shape == (1, 16, 49)
+    assert torch.equal(p[0, 0], img[0, :7, :7].flatten())
+    assert torch.equal(p[0, 5], img[0, 7:14, 7:14].flatten())   # row 1, column 1 of the 4x4 grid
+    assert torch.equal(p[0, 3], img[0, 0:7, 21:28].flatten())
+
+
+def test_keep_count():
+    assert [keep_count(49, r) for r in (1.0, 0.5, 0.25, 0.01)] == [49, 25, 12, 1]
+    with pytest.raises(ValueError, match="rho"):
+        keep_count(49, 0.0)
+
+
+def test_select_mask_keeps_topk_with_softmax_gradient():
+    s = torch.tensor([[0.1, 2.0, -1.0, 1.5, 0.3]], requires_grad=True)
+    m = select_mask(s, 2, gumbel=False)
+    assert m.tolist() == [[0.0, 1.0, 0.0, 1.0, 0.0]]
+    w = torch.tensor([[1.0, -2.0, 0.5, 3.0, 0.0]])
+    (m * w).sum().backward()
+    s2 = s.detach().clone().requires_grad_(True)
+    (torch.softmax(s2, -1) * w).sum().backward()
+    assert torch.allclose(s.grad, s2.grad)   # straight-through: gradient of the soft distribution
+    # with Gumbel noise: still exactly k ones per row
+    mg = select_mask(torch.randn(4, 49), 12, gumbel=True)
+    hard = (mg > 0.5).float()   # hard + soft - sg(soft) equals hard up to rounding
+    assert torch.allclose(mg, hard, atol=1e-6) and torch.equal(hard.sum(-1), torch.full((4,), 12.0))
+
+
+def test_tome_hand_case():
+    # tokens t0..t3; A = {t0, t2}, B = {t1, t3}. t0 is nearly parallel to t1, t2 is orthogonal to both.
+    x = torch.tensor([[[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [-1.0, 0.0]]])
+    merge = bipartite_soft_matching(x, r=1)
+    y, size = merge_wavg(merge, x, torch.ones(1, 4, 1))
+    expected = torch.tensor([[[0.0, 1.0], [1.0, 0.05], [-1.0, 0.0]]])  # [t2, (t0+t1)/2, t3]
+    assert torch.allclose(y, expected)
+    assert size.flatten().tolist() == [1.0, 2.0, 1.0]
+    # merging the result again with sizes: the size-weighted mean of all three of t0, t1 and t2's partner
+    y2, size2 = merge_wavg(bipartite_soft_matching(y, r=1), y, size)
+    # A = {t2, t3'}; here A = [t2, t3] at positions 0, 2; B = [(t0+t1)/2]; t3 is more similar? cos(t3,B)<0
+    # so t2 (cos ~0.05) merges into B: (1*t2 + 2*B)/3
+    assert torch.allclose(y2[0, -1], (expected[0, 0] + 2 * expected[0, 1]) / 3)
+    assert size2[0, -1].item() == 3.0
+
+
+def _naive_tome(x, metric, size, r):
+    """One sample at a time, with Python loops."""
+    out_x, out_s = [], []
+    for b in range(x.shape[0]):
+        n = x.shape[1]
+        A, Bset = list(range(0, n, 2)), list(range(1, n, 2))
+        cos = lambda i, j: float(torch.nn.functional.cosine_similarity(metric[b, i], metric[b, j], dim=0))
+        best = {}
+        for i in A:
+            sims = [cos(i, j) for j in Bset]
+            jbest = max(range(len(Bset)), key=lambda t: (sims[t], -t))
+            best[i] = (sims[jbest], Bset[jbest])
+        order = sorted(A, key=lambda i: -best[i][0])
+        rr = min(r, n // 2)
+        merged, keep = order[:rr], order[rr:]
+        bx = {j: x[b, j] * size[b, j] for j in Bset}
+        bs = {j: size[b, j].clone() for j in Bset}
+        for i in merged:
+            j = best[i][1]
+            bx[j] = bx[j] + x[b, i] * size[b, i]
+            bs[j] = bs[j] + size[b, i]
+        xs = [x[b, i] for i in keep] + [bx[j] / bs[j] for j in Bset]
+        ss = [size[b, i] for i in keep] + [bs[j] for j in Bset]
+        out_x.append(torch.stack(xs))
+        out_s.append(torch.stack(ss))
+    return torch.stack(out_x), torch.stack(out_s)
+
+
+@pytest.mark.parametrize("n,r", [(7, 2), (8, 3), (9, 4), (6, 10)])
+def test_tome_matches_naive(n, r):
+    g = torch.Generator().manual_seed(n * 10 + r)
+    x = torch.randn(3, n, 5, generator=g)
+    metric = torch.randn(3, n, 4, generator=g)
+    size = torch.randint(1, 4, (3, n, 1), generator=g).float()
+    y, s = merge_wavg(bipartite_soft_matching(metric, r), x, size)
+    yn, sn = _naive_tome(x, metric, size, r)
+    assert y.shape == (3, n - min(r, n // 2), 5)
+    assert torch.allclose(y, yn, atol=1e-6) and torch.equal(s, sn)
+
+
+def test_proportional_attention_equals_duplicated_tokens():
+    torch.manual_seed(0)
+    att = Attention(8, 2)
+    x = torch.randn(1, 3, 8)
+    dup = torch.cat([x, x[:, 2:3]], dim=1)          # token 2 twice
+    out_dup, _ = att(dup)
+    out_size, _ = att(x, size=torch.tensor([[[1.0], [1.0], [2.0]]]))
+    assert torch.allclose(out_dup[:, :3], out_size, atol=1e-6)
+
+
+def test_masked_forward_equals_gathered_and_keeps_topk(model, x):
+    for rho in (0.25, 0.5, 0.9):
+        a = model(x, rho=rho, how="mask")
+        b, info = model(x, rho=rho, how="gather", return_info=True)
+        assert torch.allclose(a, b, atol=1e-5)
+        k = keep_count(49, rho)
+        with torch.no_grad():  # the scorer's top-k after block 0, recomputed by hand
+            h = model.embed(patchify(x, 4)) + model.pos
+            h = model.blocks[0](h)[0]
+            top = model.scorer(h).squeeze(-1).topk(k, dim=-1).indices.sort(-1).values
+        assert torch.equal(info.kept, top)
+        assert info.tokens == [49, k, k]
+
+
+def test_merging_bookkeeping(model, x):
+    assert torch.allclose(model(x, r=0), model(x))
+    logits, info = model(x, r=5, return_info=True)
+    assert info.tokens == token_schedule(model.config, r=5) == [49, 44, 39]
+    assert info.source.shape == (6, 34, 49)
+    assert torch.equal(info.source.sum(1), torch.ones(6, 49))   # every patch in exactly one final token
+    _, info2 = model(x, rho=0.5, r=3, return_info=True)
+    assert info2.tokens == [49, 25, 22]
+
+
+def test_gradient_reaches_scorer_only_through_the_mask(model, x):
+    m = TokenViT(model.config)
+    m.load_state_dict(model.state_dict())
+    m.train()
+    m(x, rho=0.5).sum().backward()
+    assert m.scorer[-1].weight.grad.abs().sum() > 0
+    m.zero_grad()
+    m(x, rho=1.0).sum().backward()
+    assert m.scorer[-1].weight.grad is None or m.scorer[-1].weight.grad.abs().sum() == 0
+
+
+def test_flops_hand_counted():
+    # N = 16 tokens of 49 pixels, d = 8, MLP 16, 2 blocks, scorer hidden 4, 10 classes
+    embed, head = 2 * 16 * 49 * 8, 2 * 8 * 10
+    block16 = 2 * 16 * 8 * 24 + 4 * 256 * 8 + 2 * 16 * 64 + 4 * 16 * 8 * 16
+    assert vit_flops(SMALL) == embed + head + 2 * block16 == 61856
+    block8 = 2 * 8 * 8 * 24 + 4 * 64 * 8 + 2 * 8 * 64 + 4 * 8 * 8 * 16
+    scorer = 2 * 16 * (8 * 4 + 4)
+    assert vit_flops(SMALL, rho=0.5) == embed + head + block16 + scorer + block8 == 48672
+    # ToMe r = 3: block 1 has 16 tokens -> 13 after attention; block 2: 13 -> 10
+    b1 = 2 * 16 * 8 * 24 + 4 * 256 * 8 + 2 * 16 * 64 + 2 * 8 * 8 * 4 + 4 * 13 * 8 * 16
+    b2 = 2 * 13 * 8 * 24 + 4 * 169 * 8 + 2 * 13 * 64 + 2 * 7 * 6 * 4 + 4 * 10 * 8 * 16
+    assert vit_flops(SMALL, r=3) == embed + head + b1 + b2 == 53776
+
+
+def test_bad_inputs(model, x):
+    with pytest.raises(ValueError, match="divide 28"):
+        ViTConfig(patch=5)
+    with pytest.raises(ValueError, match="how"):
+        model(x, how="drop")
+    with pytest.raises(ValueError, match="merging"):
+        model(x, rho=0.5, r=2, how="mask")
+    with pytest.raises(ValueError, match="r "):
+        model(x, r=-1)
