@@ -29,7 +29,7 @@ import yaml
 from . import notebooks, paths
 from .notebooks import ChapterError
 
-VENDOR = {  # site path under _static/vendor -> source in node_modules
+VENDOR = {  # file in the site's _static (staged in _build/src/_vendor) -> source in node_modules
     "vega.min.js": "vega/build/vega.min.js",
     "vega-lite.min.js": "vega-lite/build/vega-lite.min.js",
     "vega-embed.min.js": "vega-embed/build/vega-embed.min.js",
@@ -94,7 +94,7 @@ def stage_sources() -> Path:
     if static.is_dir():
         shutil.copytree(static, src / "_static", dirs_exist_ok=True)
     node_modules = paths.ROOT / "node_modules"
-    vendor = src / "_static" / "vendor"
+    vendor = src / "_vendor"
     for target, source in VENDOR.items():
         origin = node_modules / source
         if not origin.exists():
@@ -195,7 +195,7 @@ def cmd_build(args) -> int:
         raise ChapterError(f"chapter(s) not executed yet: {', '.join(missing)}. "
                            f"Run `python -m mpnn run --profile default` (or `make book`) first.")
     out = paths.build_dir()
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(src), "--path-output", str(out.parent),
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output", str(out.parent),
            "--builder", "html", "-W", "-n", "--keep-going"]
     if out.name != "_build":
         raise ChapterError("jupyter-book writes to <path-output>/_build; keep MPNN_BUILD_DIR named _build")

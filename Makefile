@@ -1,0 +1,75 @@
+# mpnn book. `make test` and `make book` bootstrap everything they need on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PROFILE ?= default
+CHAPTER ?=
+export MPNN_DATA_DIR ?= $(CURDIR)/data/mnist
+
+.PHONY: help setup test unit chapters-smoke site site-test book figures lab bench clean
+
+help:
+	@echo "make test     unit tests, every chapter (smoke profile), site build, browser check"
+	@echo "make book     every chapter (default profile), site in _build/html"
+	@echo "make lab      JupyterLab with the project's kernel"
+	@echo "make figures  regenerate figure files (CHAPTER=name, PROFILE=default)"
+	@echo "make bench    benchmark harness -> _build/bench/results.json"
+
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Python 3.11 is needed (python3.11 or python3 on PATH)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name mpnn --display-name "Python 3 (mpnn)"
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+# Headless Chromium for the site check (Debian's package; needs root or sudo).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; }
+
+setup: $(VENV)/.installed node_modules/.installed
+
+unit: setup
+	$(PY) -m pytest tests --ignore=tests/test_site.py -q
+
+chapters-smoke: setup
+	$(PY) -m mpnn run --profile smoke --keep-going
+
+site: setup
+	$(PY) -m mpnn build
+
+site-test: setup browser
+	MPNN_REQUIRE_SITE=1 $(PY) -m pytest tests/test_site.py -q
+
+test: setup browser
+	$(PY) -m pytest tests --ignore=tests/test_site.py -q
+	$(PY) -m mpnn run --profile smoke --keep-going
+	$(PY) -m mpnn build
+	MPNN_REQUIRE_SITE=1 $(PY) -m pytest tests/test_site.py -q
+
+book: setup
+	$(PY) -m mpnn run --profile $(PROFILE)
+	$(PY) -m mpnn build
+	@echo "open _build/html/index.html"
+
+figures: setup
+	$(PY) -m mpnn run $(CHAPTER) --profile $(PROFILE)
+	@echo "figure files: _build/figures/"
+
+lab: setup
+	MPNN_DATA_DIR=$(MPNN_DATA_DIR) $(VENV)/bin/jupyter lab --notebook-dir=book
+
+bench: setup
+	$(PY) -m mpnn bench
+	$(PY) -m mpnn run performance --profile $(PROFILE)
+
+clean:
+	rm -rf _build
