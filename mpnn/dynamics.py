@@ -1,0 +1,388 @@
+"""Learning dynamics of linear networks on compositional datasets (Jarvis, Klein, Rosman & Saxe 2023).
+
+Dataset (one column per pattern, ``P = 2**pattern_bits`` patterns)::
+
+    X = [Omega_x; Gamma_x]   Omega_x: n1 x P, the first n1 bits of every binary pattern, coded +-1
+                             Gamma_x: k1 stacked copies of r * I_P   (one "name" per pattern)
+    Y = [Omega_y; Gamma_y]   Omega_y: n2 rows of Omega_x drawn at random, Gamma_y: k2 copies of r * I_P
+
+Omega is *compositional* (a low-rank structure shared by all patterns); Gamma is not (one private
+direction per pattern). A two-layer linear network ``Y_hat = W2 W1 X`` is trained by full-batch
+gradient descent on ``L = 1/2 sum_p ||y_p - W2 W1 x_p||^2``, i.e. ``W <- W - lr * dL/dW``.
+
+With ``Sigma_yx = Y X^T / P = U S V^T`` and ``Sigma_x = X X^T / P`` sharing the right singular
+vectors ``V`` (true for these datasets: in pattern space ``X^T X`` and ``Y^T Y`` are both diagonal
+in the basis {rows of Omega_x, their complement}), the mode strength ``u_a = u_a^T W2 W1 v_a`` of a
+balanced network obeys (Saxe, McClelland & Ganguli 2014, with ``tau = 1 / (P lr)``)::
+
+    tau du/dt = 2 u (s - d u)      =>    u(t) = (s/d) / (1 + (s / (d u0) - 1) exp(-2 s t / tau))   (eq. 1)
+
+where ``s`` is the singular value and ``d`` the input variance of the mode. The distinct values are
+(``P = 2**n1``, see :func:`mode_spectrum`)::
+
+    s = sqrt((P + k1 r^2)(P + k2 r^2)) / P,  d = (P + k1 r^2) / P   x n2        (Omega_y modes)
+    s = sqrt((P + k1 r^2) k2 r^2) / P,       d = (P + k1 r^2) / P   x n1 - n2   (Omega_x -> Gamma_y)
+    s = sqrt(k1 k2) r^2 / P,                 d = k1 r^2 / P         x P - n1    (Gamma_x -> Gamma_y)
+
+The learned map splits into four blocks (rows: outputs, columns: inputs); the Gamma_x -> Omega_y
+block is the *non-systematic* coupling: a compositional output read from a pattern's name.
+Architectures are expressed as binary masks on the two weight matrices (:func:`architecture_masks`),
+so every variant and every run trains in one batched pass (``torch.bmm`` over runs).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+__all__ = [
+    "CompositionalData", "Mode", "LinearTrajectory", "ARCHITECTURES", "BLOCKS",
+    "binary_patterns", "make_dataset", "mode_spectrum", "aligned_modes", "sigmoid_trajectory",
+    "architecture_masks", "init_weights", "train_linear", "train_linear_loop", "block_norms",
+    "mode_strengths", "predicted_strengths", "block_losses", "heldout_experiment",
+    "full_rank_probability",
+]
+
+ARCHITECTURES = ("dense", "split", "partitioned", "shallow")
+BLOCKS = ("Omega_x->Omega_y", "Gamma_x->Omega_y", "Omega_x->Gamma_y", "Gamma_x->Gamma_y")
+
+
+# ------------------------------------------------------------------------------------- datasets
+
+def binary_patterns(bits: int) -> torch.Tensor:
+    """All ``2**bits`` binary patterns coded +-1, one per column: (bits, 2**bits), float64.
+
+    Column ``p`` is the binary expansion of ``p`` (most significant bit in row 0), 0 -> -1, 1 -> +1.
+    """
+    if bits < 0:
+        raise ValueError(f"bits must be >= 0, got {bits}")
+    p = torch.arange(2 ** bits)
+    shifts = torch.arange(bits - 1, -1, -1)
+    return ((p[None, :] >> shifts[:, None]) & 1).double() * 2 - 1
+
+
+@dataclass(frozen=True)
+class CompositionalData:
+    """A dataset of the family: ``X`` (d_in, P), ``Y`` (d_out, P) and its parameters."""
+    X: torch.Tensor
+    Y: torch.Tensor
+    n1: int
+    n2: int
+    k1: int
+    k2: int
+    r: float
+    omega_rows: tuple[int, ...]      # rows of Omega_x copied into Omega_y
+
+    @property
+    def n_patterns(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def d_in(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def d_out(self) -> int:
+        return self.Y.shape[0]
+
+    def blocks(self) -> dict[str, tuple[slice, slice]]:
+        """``{block name: (output rows, input columns)}`` of the learned map, in :data:`BLOCKS` order."""
+        ox, gx = slice(0, self.n1), slice(self.n1, self.d_in)
+        oy, gy = slice(0, self.n2), slice(self.n2, self.d_out)
+        return dict(zip(BLOCKS, [(oy, ox), (oy, gx), (gy, ox), (gy, gx)]))
+
+
+def make_dataset(n1: int = 3, n2: int = 1, k1: int = 3, k2: int = 1, r: float = 1.0, *,
+                 pattern_bits: int | None = None, generator: torch.Generator | None = None,
+                 ) -> CompositionalData:
+    """Build ``X = [Omega_x; Gamma_x]``, ``Y = [Omega_y; Gamma_y]`` (module docstring).
+
+    ``pattern_bits`` (default ``n1``) fixes the number of patterns ``P = 2**pattern_bits``; Omega_x
+    uses the first ``n1`` bits, so ``n1 = 0`` with ``pattern_bits = 3`` is the purely
+    non-compositional dataset on 8 patterns. ``generator`` draws the ``n2`` rows of Omega_y.
+    """
+    bits = n1 if pattern_bits is None else pattern_bits
+    for name, v in (("n1", n1), ("n2", n2), ("k1", k1), ("k2", k2), ("pattern_bits", bits)):
+        if not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+    if n2 > n1:
+        raise ValueError(f"n2 ({n2}) cannot exceed n1 ({n1}): Omega_y copies n2 rows of Omega_x")
+    if n1 > bits:
+        raise ValueError(f"n1 ({n1}) cannot exceed pattern_bits ({bits})")
+    if r < 0:
+        raise ValueError(f"r must be >= 0, got {r}")
+    P = 2 ** bits
+    omega_x = binary_patterns(bits)[:n1]                                    # (n1, P)
+    eye = r * torch.eye(P, dtype=torch.float64)
+    X = torch.cat([omega_x] + [eye] * k1, 0)                                # (n1 + k1 P, P)
+    rows = torch.randperm(n1, generator=generator)[:n2].sort().values if n2 else torch.empty(0, dtype=torch.long)
+    Y = torch.cat([omega_x[rows]] + [eye] * k2, 0)                          # (n2 + k2 P, P)
+    if X.shape[0] == 0 or Y.shape[0] == 0:
+        raise ValueError(f"empty input or output: n1={n1}, k1={k1}, n2={n2}, k2={k2}")
+    return CompositionalData(X, Y, n1, n2, k1, k2, float(r), tuple(int(i) for i in rows))
+
+
+# ------------------------------------------------------------------------- closed-form spectrum
+
+@dataclass(frozen=True)
+class Mode:
+    """One distinct singular value ``s`` of Sigma_yx, its input variance ``d``, multiplicity."""
+    name: str
+    s: float
+    d: float
+    multiplicity: int
+
+    @property
+    def target(self) -> float:
+        """Fixed point ``s / d`` of eq. 1: the strength of the mode in the converged map."""
+        return self.s / self.d
+
+
+def mode_spectrum(n1: int, n2: int, k1: int, k2: int, r: float, pattern_bits: int | None = None) -> list[Mode]:
+    """The distinct non-zero singular values of ``Sigma_yx = Y X^T / P`` (``P = 2**pattern_bits``), closed form."""
+    P = 2 ** (n1 if pattern_bits is None else pattern_bits)
+    a, b = P + k1 * r ** 2, P + k2 * r ** 2
+    cand = [("Omega_y", math.sqrt(a * b) / P, a / P, n2),
+            ("Omega_x->Gamma_y", math.sqrt(a * k2 * r ** 2) / P, a / P, n1 - n2),
+            ("Gamma_x->Gamma_y", math.sqrt(k1 * k2) * r ** 2 / P, k1 * r ** 2 / P, P - n1)]
+    return [Mode(n, s, d, m) for n, s, d, m in cand if m > 0 and s > 0]
+
+
+def aligned_modes(data: CompositionalData, tol: float = 1e-9) -> list[tuple[Mode, torch.Tensor, torch.Tensor]]:
+    """Numerical SVD of Sigma_yx grouped by distinct singular value: ``[(mode, U_a, V_a)]``.
+
+    ``U_a`` (d_out, m), ``V_a`` (d_in, m) span the mode's output / input subspaces; ``d`` is the
+    Rayleigh quotient of Sigma_x on ``V_a`` (exactly an eigenvalue here, checked by the tests).
+    """
+    P = data.n_patterns
+    syx = data.Y @ data.X.T / P
+    sx = data.X @ data.X.T / P
+    U, S, Vh = torch.linalg.svd(syx, full_matrices=False)
+    keep = S > tol * max(1.0, float(S[0]))
+    U, S, V = U[:, keep], S[keep], Vh[keep].T
+    groups, start = [], 0
+    for i in range(1, len(S) + 1):
+        if i == len(S) or abs(float(S[i] - S[start])) > 1e-7 * float(S[0]):
+            Va = V[:, start:i]
+            d = float(torch.diagonal(Va.T @ sx @ Va).mean())
+            groups.append((Mode(f"s={float(S[start]):.4f}", float(S[start]), d, i - start), U[:, start:i], Va))
+            start = i
+    return groups
+
+
+def sigmoid_trajectory(t: torch.Tensor, s: float, d: float, u0: torch.Tensor | float, rate: float) -> torch.Tensor:
+    """Eq. 1: ``u(t) = (s/d) / (1 + (s/(d u0) - 1) exp(-rate t))``; ``rate = 2 s / tau`` (per epoch)."""
+    u0 = torch.as_tensor(u0, dtype=torch.float64)
+    K = s / d
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return K / (1 + (K / u0[..., None] - 1) * torch.exp(-rate * t))
+
+
+# ------------------------------------------------------------------------------------- networks
+
+def architecture_masks(arch: str, data: CompositionalData, hidden: int = 50
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Binary masks ``(M1, M2)`` of ``W1`` (H, d_in) and ``W2`` (d_out, H) for each architecture.
+
+    * ``dense``: one hidden layer of ``hidden`` units, all connections;
+    * ``split``: two modules of ``hidden`` units, both seeing the whole input; module 1 feeds only
+      Omega_y, module 2 only Gamma_y (only the output is partitioned);
+    * ``partitioned``: as ``split`` but module 1 sees only Omega_x, so Gamma_x -> Omega_y is cut;
+    * ``shallow``: a single layer ``W`` (d_out, d_in): returns ``(ones, None)``.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
+    if hidden < 1:
+        raise ValueError(f"hidden must be >= 1, got {hidden}")
+    d_in, d_out, n1, n2 = data.d_in, data.d_out, data.n1, data.n2
+    f64 = torch.float64
+    if arch == "shallow":
+        return torch.ones(d_out, d_in, dtype=f64), None
+    if arch == "dense":
+        return torch.ones(hidden, d_in, dtype=f64), torch.ones(d_out, hidden, dtype=f64)
+    m1 = torch.ones(2 * hidden, d_in, dtype=f64)
+    m2 = torch.zeros(d_out, 2 * hidden, dtype=f64)
+    m2[:n2, :hidden] = 1                                   # module 1 -> Omega_y
+    m2[n2:, hidden:] = 1                                   # module 2 -> Gamma_y
+    if arch == "partitioned":
+        m1[:hidden, n1:] = 0                               # module 1 sees Omega_x only
+    return m1, m2
+
+
+def init_weights(seeds: Sequence[int], masks: tuple[torch.Tensor, torch.Tensor | None], init_std: float,
+                 ) -> list[torch.Tensor]:
+    """Independent N(0, init_std^2) weights per run, one ``torch.Generator`` per seed, masked.
+
+    Returns ``[W1]`` (R, d_out, d_in) for a shallow net or ``[W1 (R, H, d_in), W2 (R, d_out, H)]``.
+    """
+    if init_std <= 0:
+        raise ValueError(f"init_std must be > 0, got {init_std}")
+    out = []
+    for m in masks:
+        if m is None:
+            continue
+        ws = []
+        for seed in seeds:   # one generator per run: runs are independent (the original reused one seed)
+            g = torch.Generator().manual_seed(int(seed) + 7919 * len(out))
+            ws.append(torch.randn(m.shape, generator=g, dtype=torch.float64))
+        out.append(torch.stack(ws) * init_std * m)
+    return out
+
+
+@dataclass
+class LinearTrajectory:
+    """Training record: the map ``W(t)`` (T+1, R, d_out, d_in) and the weights at t = 0 and t = T."""
+    maps: torch.Tensor
+    initial: list[torch.Tensor]
+    final: list[torch.Tensor]
+    lr: float
+
+
+def _as_batch(M: torch.Tensor, R: int) -> torch.Tensor:
+    return M.expand(R, *M.shape[-2:]) if M.dim() == 2 else M
+
+
+def train_linear(X: torch.Tensor, Y: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor | None],
+                 seeds: Sequence[int], *, lr: float = 0.02, epochs: int = 300, init_std: float = 2e-4,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
+                 ) -> LinearTrajectory:
+    """Full-batch gradient descent on ``1/2 sum_p ||y_p - W2 W1 x_p||^2`` for all runs in one pass.
+
+    ``X`` (d_in, P) or per-run (R, d_in, P_train); ``Y`` likewise. One step, with ``E = Y - W2 W1 X``::
+
+        W1 += lr * M1 * (W2^T E X^T)        W2 += lr * M2 * (E (W1 X)^T)
+
+    (``W += lr * M * (E X^T)`` for a shallow net). Masked entries start at zero and stay exactly zero.
+    """
+    if epochs < 0 or lr <= 0:
+        raise ValueError(f"need epochs >= 0 and lr > 0, got epochs={epochs}, lr={lr}")
+    R = len(seeds)
+    dev = torch.device(device)
+    ws = [w.to(dev, dtype) for w in init_weights(seeds, masks, init_std)]
+    ms = [m.to(dev, dtype) for m in masks if m is not None]
+    Xb = _as_batch(X.to(dev, dtype), R)                         # (R, d_in, P)
+    Yb = _as_batch(Y.to(dev, dtype), R)                         # (R, d_out, P)
+    initial = [w.clone() for w in ws]
+
+    def full_map(ws):
+        return ws[0] if len(ws) == 1 else torch.bmm(ws[1], ws[0])   # (R, d_out, d_in)
+
+    maps = torch.empty(epochs + 1, R, Yb.shape[1], Xb.shape[1], device=dev, dtype=dtype)
+    maps[0] = full_map(ws)
+    XXt = torch.bmm(Xb, Xb.transpose(1, 2))                    # (R, d_in, d_in)
+    YXt = torch.bmm(Yb, Xb.transpose(1, 2))                    # (R, d_out, d_in)
+    for t in range(epochs):
+        if len(ws) == 1:
+            G = YXt - torch.bmm(ws[0], XXt)                    # E X^T, (R, d_out, d_in)
+            ws[0] = ws[0] + lr * ms[0] * G
+        else:
+            W1, W2 = ws
+            G = YXt - torch.bmm(torch.bmm(W2, W1), XXt)        # E X^T, (R, d_out, d_in)
+            gW1 = torch.bmm(W2.transpose(1, 2), G)             # W2^T E X^T, (R, H, d_in)
+            gW2 = torch.bmm(G, W1.transpose(1, 2))             # E X^T W1^T, (R, d_out, H)
+            ws = [W1 + lr * ms[0] * gW1, W2 + lr * ms[1] * gW2]
+        maps[t + 1] = full_map(ws)
+    return LinearTrajectory(maps, initial, ws, lr)
+
+
+def train_linear_loop(X, Y, masks, seeds, *, lr=0.02, epochs=300, init_std=2e-4, device="cpu",
+                      dtype=torch.float64) -> LinearTrajectory:
+    """Reference: the same training one run at a time (used by the tests and the benchmark)."""
+    runs = [train_linear(X if X.dim() == 2 else X[i:i + 1], Y if Y.dim() == 2 else Y[i:i + 1], masks,
+                         [s], lr=lr, epochs=epochs, init_std=init_std, device=device, dtype=dtype)
+            for i, s in enumerate(seeds)]
+    cat = lambda xs, dim: torch.cat(xs, dim)
+    return LinearTrajectory(cat([r.maps for r in runs], 1),
+                            [cat([r.initial[k] for r in runs], 0) for k in range(len(runs[0].initial))],
+                            [cat([r.final[k] for r in runs], 0) for k in range(len(runs[0].final))], lr)
+
+
+# ------------------------------------------------------------------------------------- analysis
+
+def block_norms(maps: torch.Tensor, data: CompositionalData) -> torch.Tensor:
+    """Frobenius norms of the four blocks of ``maps`` (..., d_out, d_in) -> (..., 4), :data:`BLOCKS` order."""
+    return torch.stack([maps[..., rows, cols].pow(2).sum((-2, -1)).sqrt()
+                        for rows, cols in data.blocks().values()], -1)
+
+
+def mode_strengths(maps: torch.Tensor, modes) -> list[torch.Tensor]:
+    """Learned singular values per distinct mode: singular values of ``U_a^T W V_a``, (..., m_a) each."""
+    return [torch.linalg.svdvals(Ua.T.to(maps) @ maps @ Va.to(maps)) for _, Ua, Va in modes]
+
+
+def predicted_strengths(modes, initial: list[torch.Tensor], epochs: int, lr: float, n_patterns: int,
+                        *, discrete: bool = True) -> list[torch.Tensor]:
+    """Eq. 1 for every mode and run, started from the network's own initial weights.
+
+    Early in training (``W ~ 0``) ``A = W1 V_a`` and ``B^T = W2^T U_a`` obey ``dA = s B^T, dB^T = s A``,
+    so ``A + B^T`` grows and ``A - B^T`` decays: the balanced initial strengths are the eigenvalues
+    of ``(A0 + B0^T)^T (A0 + B0^T) / 4``, (R, m_a). The rate is ``2 s / tau = 2 lr P s`` per epoch
+    (gradient flow) or, with ``discrete=True``, ``2 log(1 + lr P s)``, the exact early growth factor
+    of a gradient-descent step. Returns per mode a tensor (epochs + 1, R, m_a), descending order.
+    """
+    W1, W2 = initial
+    t = torch.arange(epochs + 1, dtype=torch.float64)
+    out = []
+    for mode, Ua, Va in modes:
+        A = W1.double().cpu() @ Va                                             # (R, H, m)
+        Bt = W2.double().cpu().transpose(1, 2) @ Ua                            # (R, H, m)
+        S = A + Bt
+        u0 = torch.linalg.eigvalsh(S.transpose(1, 2) @ S).flip(-1) / 4        # (R, m) descending
+        step = lr * n_patterns * mode.s
+        rate = 2 * math.log1p(step) if discrete else 2 * step
+        out.append(sigmoid_trajectory(t, mode.s, mode.d, u0, rate).permute(2, 0, 1))  # (T+1, R, m)
+    return out
+
+
+def block_losses(maps: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, n2: int) -> torch.Tensor:
+    """Mean over patterns of the summed squared error on Omega_y rows and on Gamma_y rows.
+
+    ``maps`` (T, R, d_out, d_in); ``X``/``Y`` (d_in, P) or per run (R, d_in, P) -> (T, R, 2).
+    """
+    pred = maps @ X                                                            # (T, R, d_out, P)
+    err = (pred - Y).pow(2)
+    comp = err[..., :n2, :].sum(-2).mean(-1)
+    non = err[..., n2:, :].sum(-2).mean(-1)
+    return torch.stack([comp, non], -1)
+
+
+def heldout_experiment(data: CompositionalData, arch: str, seeds: Sequence[int], *, n_train: int = 3,
+                       hidden: int = 50, lr: float = 0.02, epochs: int = 500, init_std: float = 1e-3,
+                       device="cpu") -> dict[str, torch.Tensor]:
+    """Train on ``n_train`` random patterns per run, test on the rest; all runs in one batched pass.
+
+    Each run draws its own training patterns and initial weights from its own seed. Returns losses
+    (T+1, R, 2) (Omega_y, Gamma_y) for ``train`` and ``test`` and the drawn ``train_idx`` (R, n_train).
+    """
+    P = data.n_patterns
+    if not 1 <= n_train < P:
+        raise ValueError(f"n_train must be between 1 and {P - 1} (patterns left to test), got {n_train}")
+    perms = torch.stack([torch.randperm(P, generator=torch.Generator().manual_seed(int(s) + 1))
+                         for s in seeds])                                     # (R, P)
+    tr, te = perms[:, :n_train], perms[:, n_train:]
+    gather = lambda M, idx: M.T[idx].transpose(1, 2)                          # (R, rows, n)
+    masks = architecture_masks(arch, data, hidden)
+    traj = train_linear(gather(data.X, tr), gather(data.Y, tr), masks, seeds, lr=lr, epochs=epochs,
+                        init_std=init_std, device=device)
+    maps = traj.maps.cpu()
+    return {"train": block_losses(maps, gather(data.X, tr), gather(data.Y, tr), data.n2),
+            "test": block_losses(maps, gather(data.X, te), gather(data.Y, te), data.n2),
+            "train_idx": tr, "maps_final": maps[-1]}
+
+
+def full_rank_probability(n1: int, j: int) -> float:
+    """Exact probability that ``j`` distinct patterns drawn uniformly from the ``2**n1`` +-1 patterns
+    give a full-rank (rank ``n1``) covariance ``Omega Omega^T / j``: enumerates all subsets at once."""
+    P = 2 ** n1
+    if not 1 <= j <= P:
+        raise ValueError(f"j must be between 1 and 2**n1 = {P}, got {j}")
+    if math.comb(P, j) > 2_000_000:
+        raise ValueError(f"C({P}, {j}) subsets is too many to enumerate; use n1 <= 4")
+    pats = binary_patterns(n1).T                                               # (P, n1)
+    subsets = torch.tensor(list(itertools.combinations(range(P), j)))          # (C, j)
+    omega = pats[subsets]                                                      # (C, j, n1)
+    cov = omega.transpose(1, 2) @ omega / j                                    # (C, n1, n1)
+    return float((torch.linalg.matrix_rank(cov) == n1).double().mean())
