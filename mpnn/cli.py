@@ -138,7 +138,9 @@ def execute(chapter: str, params: dict[str, Any], profile: str) -> dict[str, Any
         failed.parent.mkdir(parents=True, exist_ok=True)
         if partial.exists():
             partial.replace(failed)
-        record.update(status="failed", cell=exc.exec_count, error=f"{exc.ename}: {exc.evalue}")
+        first_line = (exc.source or "").strip().splitlines()[:1]
+        record.update(status="failed", cell=exc.exec_count, cell_source=first_line[0] if first_line else "",
+                      error=f"{exc.ename}: {exc.evalue}")
     except BaseException as exc:
         partial.unlink(missing_ok=True)
         record.update(status="failed", cell=None, error=f"{type(exc).__name__}: {exc}")
@@ -174,7 +176,8 @@ def cmd_run(args) -> int:
         record = execute(chapter, params, args.profile)
         if record["status"] != "ok":
             failures.append(record)
-            where = f"cell {record['cell']}" if record.get("cell") else "before the first cell"
+            where = (f"cell [{record['cell']}] `{record.get('cell_source', '')}`" if record.get("cell")
+                     else "before the first cell")
             print(f"\nFAILED {chapter} ({where}): {record['error']}\n"
                   f"  partial notebook: {failed_dir() / (chapter + '.ipynb')}", file=sys.stderr)
             if not args.keep_going:

@@ -1,0 +1,84 @@
+"""The papermill runner: validation before execution, failure handling, profiles."""
+import json
+
+import nbformat
+import pytest
+
+from mpnn import cli, notebooks, paths
+from mpnn.notebooks import ChapterError
+
+
+def test_unknown_chapter_lists_choices():
+    with pytest.raises(ChapterError, match="unknown chapter.*valid chapters: .*datasets"):
+        cli.plan(["no_such_chapter"], "smoke", {})
+
+
+def test_unknown_profile_lists_choices():
+    with pytest.raises(ChapterError, match="valid profiles: smoke, default, full"):
+        cli.plan(["datasets"], "huge", {})
+
+
+def test_unknown_parameter_lists_valid_ones():
+    with pytest.raises(ChapterError, match=r"unknown parameter 'epochs'; valid parameters: seed \(int\)"):
+        cli.plan(["datasets"], "smoke", cli.parse_overrides([["epochs", "3"]]))
+
+
+def test_wrong_type_is_rejected_with_default_shown():
+    with pytest.raises(ChapterError, match="'samples_per_digit' must be int .*got 'many'"):
+        cli.plan(["datasets"], "smoke", cli.parse_overrides([["samples_per_digit", "many"]]))
+    with pytest.raises(ChapterError, match="must be int"):
+        cli.plan(["datasets"], "smoke", cli.parse_overrides([["seed", "1.5"]]))
+
+
+def test_values_parse_as_yaml_and_target_chapters():
+    jobs = cli.plan(["datasets"], "smoke", cli.parse_overrides([["datasets:samples_per_digit", "4"]]))
+    assert jobs == [("datasets", {"samples_per_digit": 4})]
+    with pytest.raises(ChapterError, match="not being run"):
+        cli.plan(["datasets"], "smoke", cli.parse_overrides([["performance:quick", "true"]]))
+
+
+def test_int_accepted_for_float_but_bool_not_for_int():
+    assert notebooks.check_value("c", "lr", 1, 0.5) == 1.0
+    with pytest.raises(ChapterError):
+        notebooks.check_value("c", "n", True, 3)
+
+
+def test_every_profile_is_valid_for_every_chapter():
+    for profile in notebooks.PROFILE_NAMES:
+        jobs = cli.plan([], profile, {})
+        assert [c for c, _ in jobs] == notebooks.chapters()
+
+
+def test_main_returns_2_with_message(capsys):
+    assert cli.main(["run", "nope", "--profile", "smoke"]) == 2
+    assert "unknown chapter(s) nope; valid chapters: datasets" in capsys.readouterr().err
+
+
+def _write_notebook(path, cells):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = cells
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_failing_chapter_leaves_no_complete_notebook(tmp_path, monkeypatch):
+    book = tmp_path / "book"
+    book.mkdir()
+    params = nbformat.v4.new_code_cell("x = 1")
+    params.metadata["tags"] = ["parameters"]
+    _write_notebook(book / "broken.ipynb", [params, nbformat.v4.new_code_cell("raise ValueError(f'bad x={x}')")])
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/broken\n")
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    monkeypatch.setattr(paths, "BOOK", book)
+    monkeypatch.setenv("MPNN_BUILD_DIR", str(tmp_path / "_build"))
+    final = tmp_path / "_build" / "src" / "book" / "broken.ipynb"
+    final.parent.mkdir(parents=True)
+    final.write_text("{}")  # a stale complete-looking copy from an earlier run
+    record = cli.execute("broken", {"x": 5}, "smoke")
+    assert record["status"] == "failed" and record["cell_source"].startswith("raise ValueError")
+    assert record["error"] == "ValueError: bad x=5"
+    assert not final.exists()
+    assert not final.with_suffix(".partial.ipynb").exists()
+    assert (tmp_path / "_build" / "failed" / "broken.ipynb").exists()
+    manifest = json.loads((tmp_path / "_build" / "manifests" / "broken.json").read_text())
+    assert manifest["runner"]["status"] == "failed"
