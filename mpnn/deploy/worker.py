@@ -1,0 +1,258 @@
+"""Worker processes: what each rank runs. Lives in ``mpnn`` so spawned processes can import it.
+
+Two ways in, same jobs:
+
+* ``python -m mpnn.deploy.worker JOB RANK WORLD PORT`` -- started by :func:`mpnn.deploy.launch.launch`,
+  which hosts the ``TCPStore`` rendezvous on ``127.0.0.1:PORT``;
+* ``torchrun ... -m mpnn.deploy.worker --torchrun JOB`` -- rank, world size and the rendezvous come
+  from torchrun's environment (``env://``), so the same code runs across machines.
+
+A job is a dict saved with ``torch.save`` (``job["kind"]`` in :data:`JOBS`); rank ``r`` writes
+``result-{r}.pt`` next to the job file, or ``error-{r}.txt`` and exit status 1.
+"""
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import sys
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .engine import ShardedMLP, init_params, reference_model
+from .plan import Plan
+
+__all__ = ["make_data", "batch", "JOBS", "main"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+# ---------------------------------------------------------------------- data (the shared store)
+
+def make_data(spec: dict, n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank builds the same data set: ``{"kind": "mnist", "n", "root"}`` or ``{"kind": "synthetic", "n", "seed"}``."""
+    if spec["kind"] == "mnist":
+        from mpnn.data import load_mnist
+        images, labels = load_mnist("train", root=spec.get("root"))
+        n = int(spec["n"])
+        return images[:n].reshape(n, -1).float() / 255.0, labels[:n]
+    if spec["kind"] == "synthetic":
+        g = torch.Generator().manual_seed(int(spec["seed"]))
+        x = torch.randn(int(spec["n"]), n_in, generator=g, dtype=torch.float64)
+        w = torch.randn(n_in, n_out, generator=g, dtype=torch.float64)
+        return x.float(), (x @ w).argmax(1)
+    raise ValueError(f"unknown data kind {spec['kind']!r}; use 'mnist' or 'synthetic'")
+
+
+def batch(x: torch.Tensor, y: torch.Tensor, step: int, size: int, seed: int):
+    """Batch of step ``step``: a function of (seed, step) only, so a restarted run sees the same batches."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+    idx = torch.randperm(x.shape[0], generator=g)[:size]
+    return x[idx], y[idx]
+
+
+def _io_written() -> int | None:
+    """Bytes this process passed to write()/writev() (gloo's TCP pairs use writev): /proc/self/io wchar."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------- jobs
+
+def job_equivalence(job: dict, rank: int, device) -> dict:
+    """For each plan: one forward/backward (logits, local grads) and ``k`` SGD steps (local rows)."""
+    dtype = DTYPES[job.get("dtype", "float64")]
+    out = []
+    for pd in job["plans"]:
+        plan = Plan.from_dict(pd)
+        params = init_params(plan.sizes, job["seed"], dtype)
+        x, y = make_data(job["data"], plan.sizes[0], plan.sizes[-1])
+        model = ShardedMLP(plan, rank, params=params, device=device, dtype=dtype, timeout_s=job["op_timeout_s"])
+        xb, yb = batch(x, y, 0, job["batch"], job["seed"])
+        model.zero_grad()
+        loss = model.loss_and_backward(xb, yb)
+        first = {"logits": None if model.last_logits is None else model.last_logits.cpu(),
+                 "loss": None if loss is None else float(loss),
+                 "grads": {k: v.cpu() for k, v in model.grads().items()}}
+        first["stats"] = model.stats.as_dict()
+        model.zero_grad()
+        for step in range(job["k_steps"]):
+            model.train_step(*batch(x, y, step, job["batch"], job["seed"]), lr=job["lr"])
+        out.append({"strategy": plan.strategy, **first,
+                    "final": {k: v.cpu() for k, v in model.shard_state().items()}})
+    return {"plans": out}
+
+
+def job_train(job: dict, rank: int, device) -> dict:
+    """SGD for ``steps`` steps, a sharded checkpoint after every ``ckpt_every`` steps, resuming from
+    the latest complete checkpoint in ``ckpt_dir``. ``kill`` = ``{"rank", "step"}`` makes that rank
+    die by SIGKILL just before that step's forward (a crash, not a clean exit)."""
+    dtype = DTYPES[job.get("dtype", "float64")]
+    plan = Plan.from_dict(job["plan"])
+    x, y = make_data(job["data"], plan.sizes[0], plan.sizes[-1])
+    root = Path(job["ckpt_dir"])
+    start = ckpt.latest_step(root)
+    if start is None:
+        model = ShardedMLP(plan, rank, params=init_params(plan.sizes, job["seed"], dtype), device=device,
+                           dtype=dtype, timeout_s=job["op_timeout_s"])
+        start = 0
+    else:
+        shards = ckpt.load_shards(root, start, plan, rank, device=device, dtype=dtype)
+        model = ShardedMLP(plan, rank, shards=shards, device=device, dtype=dtype, timeout_s=job["op_timeout_s"])
+    losses = []
+    kill = job.get("kill") or {}
+    for step in range(start, job["steps"]):
+        if kill.get("rank") == rank and kill.get("step") == step:
+            os.kill(os.getpid(), 9)
+        loss = model.train_step(*batch(x, y, step, job["batch"], job["seed"]), lr=job["lr"])
+        if loss is not None:
+            losses.append((step, float(loss)))
+        if (step + 1) % job.get("ckpt_every", 1) == 0 or step + 1 == job["steps"]:
+            ckpt.save_shards(root, step + 1, plan, model.shard_state())
+    return {"start": start, "losses": losses, "final": {k: v.cpu() for k, v in model.shard_state().items()}}
+
+
+def job_bench(job: dict, rank: int, device) -> dict:
+    """Per plan: ``warmup`` + ``repeats`` training steps; for each timed step the start (after a
+    barrier), the head's forward end, this rank's end, the bytes sent and the socket bytes written."""
+    dtype = DTYPES[job.get("dtype", "float32")]
+    out = []
+    for pd in job["plans"]:
+        plan = Plan.from_dict(pd)
+        x, y = make_data(job["data"], plan.sizes[0], plan.sizes[-1])
+        model = ShardedMLP(plan, rank, params=init_params(plan.sizes, job["seed"], dtype), device=device,
+                           dtype=dtype, timeout_s=job["op_timeout_s"])
+        rows = []
+        for i in range(job["warmup"] + job["repeats"]):
+            xb, yb = batch(x, y, i, job["batch"], job["seed"])
+            model.stats.reset()
+            dist.barrier()
+            io0, t0 = _io_written(), time.perf_counter()
+            model.zero_grad()
+            logits = model.forward(xb)
+            t_fwd = time.perf_counter()
+            grad = None
+            if logits is not None:
+                logits.requires_grad_(True)
+                (grad,) = torch.autograd.grad(F.cross_entropy(logits, yb.to(device)), logits)
+            model.backward(grad)
+            model.sgd_step(job["lr"])
+            t1, io1 = time.perf_counter(), _io_written()
+            if i >= job["warmup"]:
+                rows.append({"t0": t0, "t_fwd": t_fwd if logits is not None else None, "t1": t1,
+                             "wire_bytes": None if io0 is None else io1 - io0, **model.stats.as_dict()})
+        out.append({"strategy": plan.strategy, "world_size": plan.world_size, "rows": rows})
+    return {"plans": out}
+
+
+def job_reference_bench(job: dict, rank: int, device) -> dict:
+    """Single-process baseline: the same network as one nn.Sequential, same steps and threads."""
+    dtype = DTYPES[job.get("dtype", "float32")]
+    sizes = job["sizes"]
+    x, y = make_data(job["data"], sizes[0], sizes[-1])
+    model = reference_model([(w.to(device), b.to(device)) for w, b in init_params(sizes, job["seed"], dtype)])
+    opt = torch.optim.SGD(model.parameters(), lr=job["lr"])
+    rows = []
+    for i in range(job["warmup"] + job["repeats"]):
+        xb, yb = batch(x, y, i, job["batch"], job["seed"])
+        xb, yb = xb.to(device, dtype), yb.to(device)
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        logits = model(xb)
+        t_fwd = time.perf_counter()
+        F.cross_entropy(logits, yb).backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t1 = time.perf_counter()
+        if i >= job["warmup"]:
+            rows.append({"t0": t0, "t_fwd": t_fwd, "t1": t1})
+    return {"rows": rows}
+
+
+def job_fail(job: dict, rank: int, device) -> dict:
+    """Fault hook: after a barrier, rank ``job['rank']`` raises (``mode='raise'``) or stops
+    responding (``mode='hang'``, sleeps); every other rank waits for a message from it."""
+    dist.barrier()
+    if rank == job["rank"]:
+        if job.get("mode") == "hang":
+            time.sleep(3600)
+        raise RuntimeError("injected failure")
+    buf = torch.zeros(1)
+    dist.irecv(buf, src=job["rank"]).wait(timedelta(seconds=float(job["op_timeout_s"])))
+    return {}
+
+
+JOBS = {"equivalence": job_equivalence, "train": job_train, "bench": job_bench,
+        "reference_bench": job_reference_bench, "fail": job_fail}
+
+
+# ---------------------------------------------------------------------- process entry
+
+def _device(job: dict, local_rank: int) -> torch.device:
+    if job.get("backend") == "nccl":
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def run_rank(job_path: str, rank: int, world_size: int, store=None) -> int:
+    """Join the group, run the job, write the result or the error; always destroy the group."""
+    job = torch.load(job_path, weights_only=False)
+    outdir = Path(job_path).parent
+    torch.set_num_threads(int(job.get("threads", 1)))
+    timeout = timedelta(seconds=float(job.get("op_timeout_s", 60)))
+    status = 0
+    try:
+        backend = job.get("backend", "gloo")
+        kw = {"store": store} if store is not None else {"init_method": "env://"}
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout, **kw)
+        device = _device(job, int(os.environ.get("LOCAL_RANK", rank)))
+        result = JOBS[job["kind"]](job, rank, device)
+        result["rank"], result["pid"] = rank, os.getpid()
+        tmp = outdir / f".result-{rank}.pt"
+        torch.save(result, tmp)
+        os.replace(tmp, outdir / f"result-{rank}.pt")
+    except BaseException as exc:  # noqa: BLE001 -- any failure must reach the launcher as text
+        status = 1
+        (outdir / f"error-{rank}.txt").write_text(
+            f"rank {rank} stopped: {type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+    finally:
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001 -- a dead peer must not keep this rank alive
+                pass
+    return status
+
+
+def main(argv: list[str]) -> None:
+    # A rank the launcher has to stop prints where it was stuck into its log.
+    faulthandler.register(signal.SIGTERM, chain=True)
+    if argv and argv[0] == "--torchrun":
+        status = run_rank(argv[1], int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+    else:
+        job_path, rank, world_size, port = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+        job = torch.load(job_path, weights_only=False)
+        store = dist.TCPStore("127.0.0.1", port, world_size=None, is_master=False,
+                              timeout=timedelta(seconds=float(job.get("op_timeout_s", 60))))
+        status = run_rank(job_path, rank, world_size, store)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)   # skip interpreter teardown: nothing may keep a failed rank alive
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

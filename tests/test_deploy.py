@@ -1,0 +1,206 @@
+"""mpnn.deploy: plans, the distributed engine against one process, faults, restart, teardown."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mpnn.deploy import (DeployError, PlanError, STRATEGIES, by_count, by_ids, by_layer, by_percentage,
+                         init_params, launch, make_plan, reference_model)
+from mpnn.deploy import checkpoint as ckpt
+from mpnn.deploy import cost
+from mpnn.deploy.plan import Plan
+from mpnn.deploy.worker import batch, make_data
+
+SIZES = [12, 10, 7, 4]      # input 12, hidden 10 and 7, output 4
+SEED, LR, BATCH, K = 3, 0.2, 16, 3
+DATA = {"kind": "synthetic", "n": 64, "seed": 5}
+
+
+def _gone(pid: int) -> bool:
+    return not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def _assert_no_leftovers(outcomes) -> None:
+    assert all(_gone(o.pid) for o in outcomes), [o.describe() for o in outcomes]
+
+
+# ---------------------------------------------------------------------- plans (no processes)
+
+def test_count_and_percentage_plans_by_hand():
+    p = by_count([5, 4, 3], [[1, 3], [2, 1]])
+    assert p.owner[0].tolist() == [0, 1, 1, 1] and p.owner[1].tolist() == [0, 0, 1]
+    # 50/25/25 % of 4 neurons = [2, 1, 1]; of 3 neurons = [1.5, .75, .75] -> floors [1, 0, 0],
+    # the 2 left over go to the largest remainders (ranks 1 and 2) -> [1, 1, 1].
+    q = by_percentage([5, 4, 3], [50, 25, 25])
+    assert q.owner[0].tolist() == [0, 0, 1, 2] and q.owner[1].tolist() == [0, 1, 2]
+    assert p.params_per_rank() == [1 * 6 + 2 * 5, 3 * 6 + 1 * 5]
+
+
+def test_ids_layer_plans_and_metadata():
+    p = by_ids([3, 4, 2], {0: [0, 2, 4], 1: [1, 3, 5]})   # global IDs: layer 1 = 0..3, layer 2 = 4..5
+    assert p.owner[0].tolist() == [0, 1, 0, 1] and p.owner[1].tolist() == [0, 1]
+    m = p.metadata(1)
+    assert m["local"] == {1: [[1, 2], [3, 4]], 2: [[5, 6]]}
+    assert m["remote"] == {1: {0: [[0, 1], [2, 3]]}}          # rank 1 reads neurons 0 and 2 of layer 1
+    assert m["send_to"] == {1: [0], 2: [0]}                    # layer 2 goes to the head (rank 0)
+    lay = by_layer([3, 4, 5, 2], [0, 1, 1])
+    assert lay.metadata(0) == {"rank": 0, "local": {1: [[0, 4]]}, "remote": {3: {1: [[9, 11]]}},
+                               "send_to": {1: [1]}}
+    for plan in (p, lay, make_plan("percentage", SIZES, 3)):
+        back = Plan.from_json(json.dumps(json.loads(plan.to_json())))
+        assert back == plan
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: by_ids([3, 2, 2], {0: [0, 1, 2], 1: [2, 3]}), "owned twice"),
+    (lambda: by_ids([3, 2, 2], {0: [0, 1], 1: [3]}), "owned by no rank"),
+    (lambda: by_ids([3, 2, 2], {0: [0, 1, 2, 3], 5: []}, world_size=2), "not a rank"),
+    (lambda: by_ids([3, 2, 2], {0: [0, 1, 2, 9]}), "do not exist"),
+    (lambda: by_count([3, 2, 2], [[1, 1], [2, 1]]), "sum to 3 but the layer has 2"),
+    (lambda: by_count([3, 2, 2], [[1, 1]]), "one row per layer"),
+    (lambda: by_percentage([3, 2, 2], [60, 60]), "sum to 100"),
+    (lambda: by_layer([3, 2, 2], [0, 2]), "own no neuron"),
+    (lambda: make_plan("layer", [3, 2, 2], 3), "at most 2 ranks"),
+    (lambda: make_plan("random", [3, 2, 2], 2), "unknown strategy"),
+    (lambda: Plan([3, 2, 2], 2, [torch.tensor([0, 1]), torch.tensor([0, 3])]), "unknown ranks"),
+    (lambda: Plan([3, 2, 2], 2, [torch.tensor([0, 1]), torch.tensor([0, 1, 1])]), "has 3 entries"),
+    (lambda: Plan.from_dict({"sizes": [3, 2], "world_size": 1, "owner": [[[0, 0, 1], [0, 0, 2]]]}), "owned twice"),
+])
+def test_invalid_plans_are_rejected(make, message):
+    with pytest.raises(PlanError, match=message):
+        make()
+
+
+def test_volume_matches_closed_forms():
+    for P in (2, 3, 4):
+        sizes = [30, 16, 12, 10]
+        nw = make_plan("count", sizes, P)
+        v = cost.volume(nw, batch=7)
+        assert sum(v["fwd_bytes"]) == sum(v["bwd_bytes"]) == cost.neuron_wise_forward_bytes(sizes, P, 7)
+        assert sum(v["fwd_msgs"]) == 2 * P * (P - 1) + (P - 1)
+    lw = by_layer([30, 16, 12, 10], [0, 1, 1])
+    assert sum(cost.volume(lw, 5)["fwd_bytes"]) == cost.layer_wise_forward_bytes([30, 16, 12, 10], [0, 1, 1], 5) \
+        == 5 * 4 * (16 + 10)
+
+
+# ---------------------------------------------------------------------- distributed equivalence
+
+def _reference_run(dtype=torch.float64):
+    """Single process: logits and gradients of step 0, parameters after K SGD steps."""
+    x, y = make_data(DATA, SIZES[0], SIZES[-1])
+    net = reference_model(init_params(SIZES, SEED, dtype))
+    xb, yb = batch(x, y, 0, BATCH, SEED)
+    logits = net(xb.to(dtype))
+    F.cross_entropy(logits, yb).backward()
+    grads = [(m.weight.grad.clone(), m.bias.grad.clone()) for m in net if isinstance(m, torch.nn.Linear)]
+    net.zero_grad()
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    for step in range(K):
+        opt.zero_grad()
+        xb, yb = batch(x, y, step, BATCH, SEED)
+        F.cross_entropy(net(xb.to(dtype)), yb).backward()
+        opt.step()
+    final = [(m.weight.detach(), m.bias.detach()) for m in net if isinstance(m, torch.nn.Linear)]
+    return logits.detach(), grads, final
+
+
+def _assemble(plan: Plan, per_rank: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for l in range(1, plan.n_layers + 1):
+        w = torch.full((plan.sizes[l], plan.sizes[l - 1]), float("nan"), dtype=torch.float64)
+        b = torch.full((plan.sizes[l],), float("nan"), dtype=torch.float64)
+        for r, d in enumerate(per_rank):
+            if f"L{l}.weight" in d:
+                ids = plan.local(l, r)
+                w[ids], b[ids] = d[f"L{l}.weight"], d[f"L{l}.bias"]
+        out.append((w, b))
+    return out
+
+
+def test_distributed_equals_single_process_for_every_strategy():
+    world = 3
+    plans = [make_plan(s, SIZES, world) for s in STRATEGIES]
+    job = {"kind": "equivalence", "plans": [p.to_dict() for p in plans], "seed": SEED, "data": DATA,
+           "batch": BATCH, "lr": LR, "k_steps": K, "dtype": "float64"}
+    res = launch(job, world, timeout_s=90)
+    _assert_no_leftovers(res.outcomes)
+    logits, grads, final = _reference_run()
+    tol = {"rtol": 1e-6, "atol": 1e-6}
+    for i, plan in enumerate(plans):
+        per = [r["plans"][i] for r in res.results]
+        assert per[0]["strategy"] == plan.strategy
+        torch.testing.assert_close(per[plan.head]["logits"], logits, **tol)
+        for (gw, gb), (rw, rb) in zip(_assemble(plan, [p["grads"] for p in per]), grads):
+            torch.testing.assert_close(gw, rw, **tol)
+            torch.testing.assert_close(gb, rb, **tol)
+        for (fw, fb), (rw, rb) in zip(_assemble(plan, [p["final"] for p in per]), final):
+            torch.testing.assert_close(fw, rw, **tol)
+            torch.testing.assert_close(fb, rb, **tol)
+        # bytes the engine sent in one forward/backward == the volume model (float64: 8 bytes)
+        v = cost.volume(plan, BATCH, elem_bytes=8)
+        assert [p["stats"]["bytes_sent"]["forward"] for p in per] == v["fwd_bytes"]
+        assert [p["stats"]["bytes_sent"]["backward"] for p in per] == v["bwd_bytes"]
+
+
+# ---------------------------------------------------------------------- faults, restart, teardown
+
+def test_killed_rank_stops_the_others_and_restart_loses_no_update(tmp_path):
+    world, steps, kill_step = 3, 4, 2
+    plan = make_plan("count", SIZES, world)
+    job = {"kind": "train", "plan": plan.to_dict(), "seed": SEED, "data": DATA, "batch": BATCH, "lr": LR,
+           "steps": steps, "ckpt_every": 1, "ckpt_dir": str(tmp_path / "shared"), "dtype": "float64",
+           "kill": {"rank": 2, "step": kill_step}}
+    t0 = time.perf_counter()
+    with pytest.raises(DeployError) as info:
+        launch(job, world, timeout_s=90, grace_s=15)
+    wall = time.perf_counter() - t0
+    outcomes = info.value.outcomes
+    _assert_no_leftovers(outcomes)
+    assert outcomes[2].returncode == -signal.SIGKILL and "SIGKILL" in str(info.value)
+    for o in outcomes[:2]:              # survivors noticed by themselves, with their own error report
+        assert o.returncode == 1 and not o.killed_by_launcher, o.describe()
+        assert o.error.startswith(f"rank {o.rank} stopped:"), o.error
+        assert o.exit_s - outcomes[2].exit_s < 15
+    assert wall < 90
+    assert ckpt.latest_step(tmp_path / "shared") == kill_step      # steps 0 and 1 were completed
+    # restart the group without the fault: resumes at step 2 and ends where a clean run ends
+    res = launch({**job, "kill": None}, world, timeout_s=90)
+    _assert_no_leftovers(res.outcomes)
+    assert all(r["start"] == kill_step for r in res.results)
+    x, y = make_data(DATA, SIZES[0], SIZES[-1])
+    net = reference_model(init_params(SIZES, SEED, torch.float64))
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    for step in range(steps):
+        opt.zero_grad()
+        xb, yb = batch(x, y, step, BATCH, SEED)
+        F.cross_entropy(net(xb.double()), yb).backward()
+        opt.step()
+    ref = [(m.weight.detach(), m.bias.detach()) for m in net if isinstance(m, torch.nn.Linear)]
+    got = _assemble(plan, [r["final"] for r in res.results])
+    _, stored, step = ckpt.consolidate(tmp_path / "shared")
+    assert step == steps
+    for (w, b), (sw, sb), (rw, rb) in zip(got, stored, ref):
+        torch.testing.assert_close(w, rw, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(sw, rw, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(b, rb, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(sb, rb, rtol=1e-6, atol=1e-6)
+    with pytest.raises(PlanError, match="different plan"):   # resuming with another plan is refused
+        ckpt._check_plan(ckpt.step_dir(tmp_path / "shared", steps), make_plan("layer", SIZES, world))
+
+
+def test_hung_rank_times_out_and_is_killed():
+    t0 = time.perf_counter()
+    with pytest.raises(DeployError) as info:
+        launch({"kind": "fail", "rank": 1, "mode": "hang", "op_timeout_s": 3}, 2, timeout_s=60, grace_s=2)
+    wall = time.perf_counter() - t0
+    o = info.value.outcomes
+    _assert_no_leftovers(o)
+    assert o[0].returncode == 1 and "rank 0 stopped" in o[0].error       # its wait timed out
+    assert o[1].killed_by_launcher                                        # the hung rank was stopped
+    assert wall < 45
