@@ -1,0 +1,151 @@
+"""mpnn.dynamics against hand-computed cases, a numerical ODE solution and autograd."""
+import math
+
+import pytest
+import torch
+
+from mpnn import dynamics as D
+
+
+def test_binary_patterns_hand_computed():
+    expected = torch.tensor([[-1., -1., 1., 1.], [-1., 1., -1., 1.]], dtype=torch.float64)
+    assert torch.equal(D.binary_patterns(2), expected)
+    assert D.binary_patterns(0).shape == (0, 1)
+
+
+def test_dataset_layout():
+    data = D.make_dataset(3, 1, 3, 1, 1.0, generator=torch.Generator().manual_seed(0))
+    assert data.X.shape == (27, 8) and data.Y.shape == (9, 8)
+    omega = D.binary_patterns(3)
+    assert torch.equal(data.X[:3], omega)
+    for k in range(3):
+        assert torch.equal(data.X[3 + 8 * k: 11 + 8 * k], torch.eye(8, dtype=torch.float64))
+    assert torch.equal(data.Y[:1], omega[list(data.omega_rows)])
+    assert torch.equal(data.Y[1:], torch.eye(8, dtype=torch.float64))
+    # the rows of Omega_x are orthogonal with squared norm P
+    assert torch.allclose(omega @ omega.T, 8 * torch.eye(3, dtype=torch.float64))
+
+
+def test_bad_parameters_raise_clear_errors():
+    with pytest.raises(ValueError, match="n2 .* cannot exceed n1"):
+        D.make_dataset(2, 3, 1, 1, 1.0)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        D.architecture_masks("sparse", D.make_dataset(1, 1, 1, 1, 1.0))
+    with pytest.raises(ValueError, match="n_train"):
+        D.heldout_experiment(D.make_dataset(2, 1, 1, 1, 1.0), "dense", [0], n_train=4)
+
+
+def test_spectrum_hand_computed_n1_1():
+    # X = Y = [[-1, 1], [1, 0], [0, 1]]: Sigma_yx = X X^T / 2 has eigenvalues 3/2, 1/2, 0
+    data = D.make_dataset(1, 1, 1, 1, 1.0)
+    assert torch.equal(data.X, torch.tensor([[-1., 1.], [1., 0.], [0., 1.]], dtype=torch.float64))
+    modes = D.mode_spectrum(1, 1, 1, 1, 1.0)
+    assert [(m.s, m.d, m.multiplicity) for m in modes] == [(1.5, 1.5, 1), (0.5, 0.5, 1)]
+
+
+@pytest.mark.parametrize("params", [(3, 1, 3, 1, 1.0), (3, 2, 1, 1, 2.0), (4, 1, 2, 3, 0.5), (3, 0, 1, 1, 2.0)])
+def test_closed_form_spectrum_matches_numerical_svd(params):
+    data = D.make_dataset(*params, generator=torch.Generator().manual_seed(1))
+    closed = sorted(((m.s, m.d, m.multiplicity) for m in D.mode_spectrum(*params)), reverse=True)
+    numeric = [(m.s, m.d, m.multiplicity) for m, _, _ in D.aligned_modes(data)]
+    assert len(closed) == len(numeric)
+    for (s, d, k), (s2, d2, k2) in zip(closed, numeric):
+        assert math.isclose(s, s2, rel_tol=1e-9) and math.isclose(d, d2, rel_tol=1e-9) and k == k2
+    # V_a are eigenvectors of Sigma_x (the condition for eq. 1)
+    sx = data.X @ data.X.T / data.n_patterns
+    for mode, _, V in D.aligned_modes(data):
+        assert torch.allclose(sx @ V, mode.d * V, atol=1e-10)
+
+
+def test_sigmoid_matches_numerical_ode():
+    s, d, u0, rate = 1.2, 1.5, 1e-4, 0.4
+    t = torch.linspace(0, 60, 6001, dtype=torch.float64)
+    closed = D.sigmoid_trajectory(t, s, d, torch.tensor([u0]), rate)[0]
+    # RK4 on du/dt = (rate / s) u (s - d u)  (tau du/dt = 2 u (s - d u) with rate = 2 s / tau)
+    f = lambda u: rate / s * u * (s - d * u)
+    h, u, num = float(t[1] - t[0]), u0, [u0]
+    for _ in range(len(t) - 1):
+        k1 = f(u); k2 = f(u + h * k1 / 2); k3 = f(u + h * k2 / 2); k4 = f(u + h * k3)
+        u = u + h * (k1 + 2 * k2 + 2 * k3 + k4) / 6
+        num.append(u)
+    assert torch.allclose(closed, torch.tensor(num, dtype=torch.float64), atol=1e-8)
+    assert math.isclose(float(closed[-1]), s / d, rel_tol=1e-6)
+
+
+def test_one_step_equals_autograd():
+    data = D.make_dataset(2, 1, 1, 1, 1.0, generator=torch.Generator().manual_seed(0))
+    masks = D.architecture_masks("dense", data, hidden=4)
+    lr = 0.05
+    traj = D.train_linear(data.X, data.Y, masks, [3], lr=lr, epochs=1, init_std=0.1)
+    W1, W2 = [w[0].clone().requires_grad_(True) for w in traj.initial]
+    loss = 0.5 * (data.Y - W2 @ W1 @ data.X).pow(2).sum()
+    loss.backward()
+    expected = (W2 - lr * W2.grad) @ (W1 - lr * W1.grad)
+    assert torch.allclose(traj.maps[1, 0], expected.detach(), atol=1e-14)
+
+
+def test_batched_equals_loop_and_runs_are_independent():
+    data = D.make_dataset(3, 1, 3, 1, 1.0, generator=torch.Generator().manual_seed(0))
+    masks = D.architecture_masks("split", data, hidden=8)
+    seeds = [11, 12, 13]
+    a = D.train_linear(data.X, data.Y, masks, seeds, epochs=20, init_std=0.01)
+    b = D.train_linear_loop(data.X, data.Y, masks, seeds, epochs=20, init_std=0.01)
+    assert torch.allclose(a.maps, b.maps, atol=1e-13)
+    assert not torch.allclose(a.initial[0][0], a.initial[0][1])    # one seed per run
+
+
+def test_block_norms_hand_computed():
+    data = D.make_dataset(1, 1, 1, 1, 1.0)                  # inputs: Omega 1 + Gamma 2, outputs 1 + 2
+    W = torch.tensor([[3., 4., 0.], [0., 1., 2.], [2., 0., 2.]], dtype=torch.float64)
+    # blocks: O->O [[3]], G->O [[4, 0]], O->G [[0], [2]], G->G [[1, 2], [0, 2]]
+    assert torch.allclose(D.block_norms(W, data), torch.tensor([3., 4., 2., 3.], dtype=torch.float64))
+
+
+def test_partition_cuts_coupling_and_split_does_not():
+    data = D.make_dataset(3, 1, 3, 1, 1.0, generator=torch.Generator().manual_seed(0))
+    norms = {}
+    for arch in ("dense", "split", "partitioned"):
+        traj = D.train_linear(data.X, data.Y, D.architecture_masks(arch, data, 20), [0, 1], epochs=150)
+        norms[arch] = D.block_norms(traj.maps[-1], data)
+    assert torch.all(norms["partitioned"][:, 1] == 0)          # Gamma_x -> Omega_y exactly zero
+    # converged: the min-norm interpolating map, Omega_y row = omega^T X^T / (P + k1 r^2), so
+    # ||Gamma_x -> Omega_y|| = r sqrt(k1 P) / (P + k1 r^2) and ||Omega_x -> Omega_y|| = P / (P + k1 r^2)
+    expected = math.sqrt(3 * 8) / 11
+    assert torch.allclose(norms["dense"][:, 0], torch.tensor(8 / 11, dtype=torch.float64), atol=2e-3)
+    assert torch.allclose(norms["dense"][:, 1], torch.tensor(expected, dtype=torch.float64), atol=2e-3)
+    assert torch.allclose(norms["split"][:, 1], torch.tensor(expected, dtype=torch.float64), atol=2e-3)
+    assert torch.allclose(norms["partitioned"][:, 0], torch.tensor(1.0, dtype=torch.float64), atol=1e-3)
+
+
+def test_simulation_follows_closed_form_and_converges_with_lr():
+    data = D.make_dataset(3, 1, 3, 1, 1.0, generator=torch.Generator().manual_seed(0))
+    modes = D.aligned_modes(data)
+    masks = D.architecture_masks("dense", data)
+    devs = {}
+    for lr, epochs in ((0.02, 300), (0.005, 1200)):
+        traj = D.train_linear(data.X, data.Y, masks, [5, 6, 7, 8], lr=lr, epochs=epochs)
+        learned = D.mode_strengths(traj.maps, modes)
+        pred = D.predicted_strengths(modes, traj.initial, epochs, lr, data.n_patterns)
+        devs[lr] = [float(((l - p).abs() / m.target).amax()) for (m, _, _), l, p in zip(modes, learned, pred)]
+    assert max(devs[0.02]) < 0.1
+    assert max(devs[0.005]) < 0.1
+    assert devs[0.005][0] < devs[0.02][0] / 2                    # discretisation error shrinks with lr
+    assert devs[0.005][0] < 0.025
+
+
+def test_partitioned_generalises_when_training_patterns_span_omega():
+    data = D.make_dataset(3, 2, 1, 1, 2.0, pattern_bits=3, generator=torch.Generator().manual_seed(0))
+    seeds = list(range(12))
+    res = {a: D.heldout_experiment(data, a, seeds, epochs=500) for a in ("dense", "partitioned")}
+    omega = D.binary_patterns(3)
+    full = torch.linalg.matrix_rank(omega.T[res["dense"]["train_idx"]]) == 3     # (R,)
+    assert full.any()
+    assert float(res["partitioned"]["test"][-1, full, 0].max()) < 1e-6
+    assert float(res["dense"]["test"][-1, full, 0].min()) > 0.1
+
+
+def test_full_rank_probability_hand_computed():
+    # n1 = 3, three of the 8 cube vertices: dependent iff an antipodal pair is drawn (4 * 6 of 56)
+    assert math.isclose(D.full_rank_probability(3, 3), 32 / 56)
+    assert D.full_rank_probability(3, 2) == 0.0 and D.full_rank_probability(3, 8) == 1.0
+    assert math.isclose(D.full_rank_probability(2, 2), 4 / 6)      # 2 antipodal pairs of 6
