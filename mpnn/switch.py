@@ -21,12 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 __all__ = [
     "topk_mask", "straight_through", "gumbel_softmax",
-    "Rule", "RuleSwitch", "TagSwitch", "LearnedSwitch",
+    "Rule", "RuleSwitch", "TagSwitch", "LearnedSwitch", "GatedNeurons", "train_gated_neurons",
 ]
 
 
@@ -124,6 +125,53 @@ class RuleSwitch:
     def assignment(self, rows: Sequence[Mapping[str, object]]) -> torch.Tensor:
         """Index of the first unit of each row, -1 where no rule matches: shape (len(rows),)."""
         return torch.tensor([(self.units_for(r) or (-1,))[0] for r in rows], dtype=torch.long)
+
+    def route_columns(self, columns: Mapping[str, Sequence]) -> torch.Tensor:
+        """Vectorised :meth:`route` on column arrays ``{feature: values (N,)}``: mask (N, n_units).
+
+        Same first-match semantics, evaluated rule by rule with numpy (no Python loop over rows).
+        """
+        cols = {k: np.asarray(v) for k, v in columns.items()}
+        if not cols:
+            raise ValueError("route_columns needs at least one feature column")
+        n = len(next(iter(cols.values())))
+        mask = torch.zeros(n, self.n_units)
+        free = np.ones(n, dtype=bool)                      # rows no earlier rule has taken
+        for rule in self.rules:
+            hit = free.copy()
+            for name, wanted in rule.when.items():
+                if name not in cols:
+                    raise KeyError(f"rule {dict(rule.when)} needs column {name!r}; got {sorted(cols)}")
+                many = isinstance(wanted, (list, tuple, set, frozenset))
+                hit &= np.isin(cols[name], list(wanted)) if many else cols[name] == wanted
+            rows = torch.as_tensor(np.flatnonzero(hit))
+            if rule.units:
+                mask[rows[:, None], torch.tensor(rule.units)[None, :]] = 1.0
+            free &= ~hit
+        if self.default:
+            rows = torch.as_tensor(np.flatnonzero(free))
+            mask[rows[:, None], torch.tensor(self.default)[None, :]] = 1.0
+        return mask
+
+    def assign_columns(self, columns: Mapping[str, Sequence]) -> torch.Tensor:
+        """First unit of each row (long, (N,)), -1 where no rule matches: vectorised :meth:`assignment`."""
+        mask = self.route_columns(columns)
+        return torch.where(mask.any(-1), mask.argmax(-1), torch.full((mask.shape[0],), -1))
+
+    def relabel(self, mapping: Sequence[int] | Mapping[int, int]) -> "RuleSwitch":
+        """The same table with unit ``u`` renamed ``mapping[u]`` (e.g. a swapped, misaligned switch)."""
+        m = dict(enumerate(mapping)) if not isinstance(mapping, Mapping) else dict(mapping)
+        fix = lambda units: tuple(m.get(u, u) for u in units)
+        return RuleSwitch([(r.when, fix(r.units)) for r in self.rules], n_units=self.n_units,
+                          default=None if self.default is None else fix(self.default))
+
+    def to_frame(self):
+        """The table as a pandas DataFrame (one row per rule)."""
+        import pandas as pd
+        return pd.DataFrame(self.table()).set_index("rule")
+
+    def _repr_html_(self) -> str:
+        return self.to_frame().to_html()
 
     def table(self) -> list[dict]:
         """The rules as records (for a DataFrame or a printed table)."""
@@ -225,3 +273,71 @@ class LearnedSwitch(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.gate.in_features}, units={self.n_units}, mode={self.mode}, k={self.k}, tau={self.tau}"
+
+
+# ---------------------------------------------------------------- learned switch, trained
+
+class GatedNeurons(nn.Module):
+    """``R`` independent replicas of a learned switch over ``n`` logistic neurons.
+
+    Gate ``s = x Wg + bg`` (as :class:`LearnedSwitch`), neurons ``z_i = w_i . x + b_i``. Trained as a
+    mixture of experts on the likelihood ``p(y|x) = sum_i softmax(s)_i p_i(y|x)`` (Jacobs et al. 1991);
+    at inference the switch is hard: each input goes to ``argmax_i s_i`` only.
+    x (R, N, d) -> gate scores (R, N, n) and neuron logits (R, N, n).
+    """
+
+    def __init__(self, replicas: int, d: int, n_units: int, seeds: Sequence[int]):
+        super().__init__()
+        if len(seeds) != replicas:
+            raise ValueError(f"need one seed per replica ({replicas}), got {len(seeds)}")
+        gW, W = [], []
+        for s in seeds:
+            g = torch.Generator().manual_seed(int(s))
+            gW.append(torch.randn(d, n_units, generator=g))
+            W.append(0.1 * torch.randn(n_units, d, generator=g))
+        self.gate_W = nn.Parameter(torch.stack(gW))                # (R, d, n)
+        self.gate_b = nn.Parameter(torch.zeros(replicas, n_units))  # (R, n)
+        self.W = nn.Parameter(torch.stack(W))                       # (R, n, d)
+        self.b = nn.Parameter(torch.zeros(replicas, n_units))       # (R, n)
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(x, self.gate_W) + self.gate_b[:, None]    # (R, N, n)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(x, self.W.transpose(1, 2)) + self.b[:, None]  # (R, N, n)
+
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        """Hard switch decision: the neuron each input goes to, (R, N) long."""
+        return self.scores(x).argmax(-1)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """P(y=1) from the routed neuron only (hard switch): (R, N)."""
+        z = self.logits(x).gather(-1, self.route(x)[..., None])[..., 0]
+        return torch.sigmoid(z)
+
+
+def train_gated_neurons(x: torch.Tensor, y: torch.Tensor, n_units: int, *, seeds: Sequence[int],
+                        steps: int = 800, lr: float = 0.05, l2: float = 1e-3,
+                        balance: float = 0.1) -> GatedNeurons:
+    """Learn switch and neurons jointly: minimise ``-mean log sum_i g_i p_i(y|x)`` per replica.
+
+    ``balance`` adds ``sum_i gbar_i log(n gbar_i)`` (KL of the mean gate ``gbar`` from uniform) so
+    that no neuron is left without inputs. x (R, N, d), y (R, N) in {0, 1}; full-batch Adam.
+    """
+    if x.dim() != 3 or y.shape != x.shape[:2]:
+        raise ValueError(f"need x (R, N, d) and y (R, N), got {tuple(x.shape)} and {tuple(y.shape)}")
+    model = GatedNeurons(x.shape[0], x.shape[2], n_units, seeds).to(device=x.device, dtype=x.dtype)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    y = y.to(x)[..., None]                                          # (R, N, 1)
+    for _ in range(steps):
+        opt.zero_grad()
+        log_g = torch.log_softmax(model.scores(x), -1)              # (R, N, n)
+        z = model.logits(x)
+        log_p = -(nn.functional.softplus(z) - y * z)                # log p_i(y|x), (R, N, n)
+        nll = -torch.logsumexp(log_g + log_p, -1).mean(1).sum()     # replicas' losses summed
+        gbar = log_g.exp().mean(1)                                  # (R, n)
+        kl = (gbar * torch.log(gbar * n_units + 1e-12)).sum()
+        obj = nll + balance * kl + 0.5 * l2 * (model.W ** 2).sum()
+        obj.backward()
+        opt.step()
+    return model

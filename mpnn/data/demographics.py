@@ -185,7 +185,7 @@ def features(df: pd.DataFrame, dtype: torch.dtype = torch.float32) -> torch.Tens
 
 def targets(df: pd.DataFrame, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The 0/1 target ``responded`` as a tensor of shape (N,)."""
-    return torch.as_tensor(df["responded"].to_numpy(), dtype=dtype)
+    return torch.tensor(df["responded"].to_numpy(), dtype=dtype)
 
 
 _COLUMNS = ["id", "group", "age_band", "income_band", "age", "income", "female", "education",
