@@ -40,7 +40,8 @@ from mpnn.switch import LearnedSwitch, topk_mask
 __all__ = [
     "Routing", "DispatchPlan", "Experts", "TopKGate", "SwitchGate", "NoisyTopKGate",
     "capacity", "plan_dispatch", "cv_squared", "switch_aux_loss", "z_loss",
-    "TokenChoiceMoE", "ExpertChoiceMoE", "SoftMoE", "make_moe", "aux_loss",
+    "TokenChoiceMoE", "ExpertChoiceMoE", "SoftMoE", "DenseMLP", "make_moe", "aux_loss",
+    "prepare_mnist", "FitResult", "fit_classifier", "routing_entropy", "expert_digit_table",
 ]
 
 
@@ -309,15 +310,20 @@ def _store_stats(layer: nn.Module, assignment: torch.Tensor, aux: torch.Tensor, 
 class TokenChoiceMoE(nn.Module):
     """Each token picks experts with ``gate``; ``capacity_factor`` caps buffers (``None``: dropless).
 
+    ``eval_capacity_factor`` applies in eval mode (default ``None``: dropless, so a token's output
+    does not depend on the other tokens of its batch).
+
     forward: (..., d_in) -> (..., d_out); leading dimensions are flattened into T tokens.
     After a call, ``aux_loss``, ``assignment`` (T, E) binary processed mask and ``dropped`` are set.
     """
 
-    def __init__(self, gate: nn.Module, experts: Experts, *, capacity_factor: float | None = None):
+    def __init__(self, gate: nn.Module, experts: Experts, *, capacity_factor: float | None = None,
+                 eval_capacity_factor: float | None = None):
         super().__init__()
         if gate.n_experts != experts.n_experts:
             raise ValueError(f"gate routes to {gate.n_experts} experts but there are {experts.n_experts}")
-        self.gate, self.experts, self.capacity_factor = gate, experts, capacity_factor
+        self.gate, self.experts = gate, experts
+        self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.k = gate.k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -325,14 +331,15 @@ class TokenChoiceMoE(nn.Module):
         x = x.reshape(-1, d)                                             # (T, d)
         n_tokens, n_experts = x.shape[0], self.experts.n_experts
         r = self.gate(x)
-        plan = plan_dispatch(r.experts, n_experts, self.capacity_factor)
-        x_pad = torch.cat([x, x.new_zeros(1, d)])                        # row T is the empty slot
-        buf = x_pad[plan.slot_token].view(n_experts, plan.capacity, d)   # (E, C, d)
-        out = self.experts(buf).reshape(n_experts * plan.capacity, -1)   # (E*C, d_out)
-        out = torch.cat([out, out.new_zeros(1, out.shape[1])])
-        per = out[plan.slot].view(self.k, n_tokens, -1)                  # (k, T, d_out)
-        w = r.weights.t() * plan.keep.view(self.k, n_tokens)             # (k, T) dropped -> 0
-        y = (per * w.unsqueeze(-1)).sum(0)                               # (T, d_out)
+        plan = plan_dispatch(r.experts, n_experts,
+                             self.capacity_factor if self.training else self.eval_capacity_factor)
+        # empty slots hold token 0 and dropped assignments read slot 0: both get weight 0 below
+        n_slots = n_experts * plan.capacity
+        buf = x.index_select(0, plan.slot_token.clamp_max(n_tokens - 1))   # (E*C, d)
+        out = self.experts(buf.view(n_experts, plan.capacity, d)).reshape(n_slots, -1)  # (E*C, d_out)
+        per = out.index_select(0, plan.slot.clamp_max(n_slots - 1))       # (k*T, d_out)
+        w = r.weights.t().reshape(-1) * plan.keep                         # (k*T,) dropped -> 0
+        y = (per * w.unsqueeze(-1)).view(self.k, n_tokens, -1).sum(0)     # (T, d_out)
         kept = plan.keep.view(self.k, n_tokens).t().to(x.dtype)          # (T, k)
         assignment = torch.zeros(n_tokens, n_experts, device=x.device).scatter_(-1, r.experts, kept)
         _store_stats(self, assignment, r.aux_loss, 1.0 - float(plan.keep.float().mean()))
@@ -438,7 +445,7 @@ class SoftMoE(nn.Module):
 
 # ---------------------------------------------------------------- helpers
 
-KINDS = ("top1", "top2", "switch", "noisy_top2", "expert_choice", "soft")
+KINDS = ("top1", "top2", "switch", "noisy_top2", "expert_choice", "soft", "dense")
 
 
 def make_moe(kind: str, d_in: int, d_hidden: int, d_out: int, n_experts: int, *,
@@ -446,7 +453,7 @@ def make_moe(kind: str, d_in: int, d_hidden: int, d_out: int, n_experts: int, *,
              slots_per_expert: int = 1, k: int | None = None) -> nn.Module:
     """Build a named MoE layer with ``n_experts`` MLP experts ``d_in -> d_hidden -> d_out``.
 
-    kinds: ``top1`` / ``top2`` (top-k softmax, renormalised, Switch aux loss with ``alpha``),
+    kinds: ``dense`` (:class:`DenseMLP`, ``n_experts`` ignored), ``top1`` / ``top2`` (top-k softmax, renormalised, Switch aux loss with ``alpha``),
     ``switch`` (:func:`SwitchGate`), ``noisy_top2`` (:class:`NoisyTopKGate`), ``expert_choice``
     (capacity factor ``capacity_factor`` or 1), ``soft`` (``slots_per_expert``). ``k`` overrides top-k's k.
     """
@@ -458,6 +465,8 @@ def make_moe(kind: str, d_in: int, d_hidden: int, d_out: int, n_experts: int, *,
     if kind == "switch":
         return TokenChoiceMoE(SwitchGate(d_in, n_experts, alpha=alpha, z_coef=z_coef), experts,
                               capacity_factor=capacity_factor)
+    if kind == "dense":
+        return DenseMLP(d_in, d_hidden, d_out)
     if kind == "noisy_top2":
         w = 0.1 if alpha > 0 else 0.0          # Shazeer et al.'s weights; alpha = 0 turns balancing off
         gate = NoisyTopKGate(d_in, n_experts, k=k or 2, w_importance=w, w_load=w)
@@ -473,3 +482,118 @@ def aux_loss(model: nn.Module) -> torch.Tensor | float:
     """Sum of the ``aux_loss`` left by every MoE layer's last forward (0.0 when there is none)."""
     losses = [m.aux_loss for m in model.modules() if isinstance(m.__dict__.get("aux_loss"), torch.Tensor)]
     return torch.stack(losses).sum() if losses else 0.0
+
+
+class DenseMLP(nn.Module):
+    """Dense baseline ``relu(x W1 + b1) W2 + b2``: one expert that every token uses, (..., d_in) -> (..., d_out)."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int):
+        super().__init__()
+        self.experts = Experts(1, d_in, d_hidden, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        return self.experts(x.reshape(1, -1, x.shape[-1])).view(*lead, -1)
+
+    def active_flops_per_token(self) -> float:
+        return self.experts.flops_per_token()
+
+
+# ---------------------------------------------------------------- MNIST experiments
+
+def prepare_mnist(n_train: int | None = None, n_test: int | None = None, *, seed: int = 0,
+                  device: str | torch.device = "cpu", root=None):
+    """Flattened, standardised MNIST ``((x_train, y_train), (x_test, y_test))``, x (N, 784) float32.
+
+    ``n_train`` / ``n_test`` take a seeded random subset (``None``: all 60,000 / 10,000 images).
+    """
+    from mpnn.data.mnist import load_mnist
+    out = []
+    for split, n in (("train", n_train), ("test", n_test)):
+        images, labels = load_mnist(split, root=root)
+        if n is not None:
+            if not 1 <= n <= len(labels):
+                raise ValueError(f"n_{split} must be in 1..{len(labels)}, got {n}")
+            idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
+            images, labels = images[idx], labels[idx]
+        x = (images.reshape(len(labels), -1).float() / 255.0 - 0.1307) / 0.3081
+        out.append((x.to(device), labels.to(device)))
+    return tuple(out)
+
+
+@dataclass
+class FitResult:
+    accuracy: float                   # test accuracy
+    history: list                     # dicts: step, epoch, loss, share (E,) of processed assignments
+    assignment: torch.Tensor | None   # (N_test, E) experts that processed each test image
+    predictions: torch.Tensor         # (N_test,)
+    dropped: float                    # mean share of assignments dropped while training
+    seconds: float
+
+
+def fit_classifier(model: nn.Module, train, test, *, epochs: int, batch_size: int = 128, lr: float = 1e-3,
+                   seed: int = 0, log_every: int = 50, progress: bool = True, desc: str = "") -> FitResult:
+    """Adam on cross-entropy + the MoE auxiliary losses; logs expert shares every ``log_every`` steps.
+
+    A batch is also the routing group of expert-choice and soft MoE layers; the test set is evaluated
+    in groups of ``batch_size`` images in a fixed order.
+    """
+    import time
+    from tqdm.auto import tqdm
+    (x, y), (xt, yt) = train, test
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = math.ceil(len(y) / batch_size)
+    history, window, window_loss, drops, step = [], None, [], [], 0
+    start = time.perf_counter()
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False)
+    model.train()
+    for epoch in range(epochs):
+        perm = torch.randperm(len(y), generator=gen).to(x.device)
+        for b in range(steps_per_epoch):
+            idx = perm[b * batch_size:(b + 1) * batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            (loss + aux_loss(model)).backward()
+            opt.step()
+            step += 1
+            window_loss.append(loss.detach())
+            a = getattr(model, "assignment", None)
+            if a is not None:
+                window = a.sum(0) if window is None else window + a.sum(0)
+                drops.append(model.dropped)
+            if step % log_every == 0 or step == epochs * steps_per_epoch:
+                rec = {"step": step, "epoch": step / steps_per_epoch,
+                       "loss": float(torch.stack(window_loss).mean())}
+                if window is not None:
+                    rec["share"] = (window / window.sum()).cpu()
+                history.append(rec)
+                window, window_loss = None, []
+            bar.update()
+    bar.close()
+    model.eval()
+    preds, assigns = [], []
+    with torch.no_grad():
+        for b in range(0, len(yt), batch_size):
+            preds.append(model(xt[b:b + batch_size]).argmax(-1))
+            if getattr(model, "assignment", None) is not None:
+                assigns.append(model.assignment)
+    preds = torch.cat(preds)
+    return FitResult(float((preds == yt).float().mean()), history,
+                     torch.cat(assigns).cpu() if assigns else None, preds.cpu(),
+                     float(sum(drops) / len(drops)) if drops else 0.0, time.perf_counter() - start)
+
+
+def routing_entropy(share: torch.Tensor) -> float:
+    """Entropy of the expert shares over log E: 1 = perfectly balanced, 0 = one expert takes all."""
+    p = share.double().clamp_min(0)
+    p = p / p.sum()
+    h = -(p * torch.log(p.clamp_min(1e-300))).sum()
+    return float(h / math.log(len(p)))
+
+
+def expert_digit_table(assignment: torch.Tensor, labels: torch.Tensor, n_classes: int = 10):
+    """(classes, E): share of each class's assignment mass that goes to each expert (rows sum to 1)."""
+    onehot = F.one_hot(labels.long().cpu(), n_classes).double()       # (N, classes)
+    table = onehot.t() @ assignment.double()                            # (classes, E)
+    return table / table.sum(1, keepdim=True).clamp_min(1e-12)

@@ -286,7 +286,7 @@ def test_soft_moe_matches_reference():
 
 
 def test_make_moe_and_aux_loss_helper():
-    for kind in moe.KINDS:
+    for kind in moe.KINDS[:-1]:                                  # every MoE kind; "dense" below
         layer = moe.make_moe(kind, 5, 6, 3, 4, capacity_factor=1.0 if kind != "soft" else None)
         model = torch.nn.Sequential(layer)
         out = model(torch.randn(2, 8, 5) if kind in ("expert_choice", "soft") else torch.randn(16, 5))
@@ -294,9 +294,22 @@ def test_make_moe_and_aux_loss_helper():
         assert layer.assignment.shape[1] == 4
         loss = moe.aux_loss(model)
         assert (float(loss) > 0) == (kind in ("top1", "top2", "switch", "noisy_top2"))
+    dense = moe.make_moe("dense", 5, 6, 3, 4)
+    x = torch.randn(7, 5)
+    assert torch.allclose(dense(x), _ref_expert(dense.experts, 0, x))
+    assert moe.aux_loss(dense) == 0.0
     with pytest.raises(ValueError, match="unknown MoE kind"):
         moe.make_moe("top9", 5, 6, 3, 4)
     with pytest.raises(ValueError, match="k must be between"):
         moe.TopKGate(5, 4, k=5)
     with pytest.raises(ValueError, match="gate routes to 3 experts"):
         moe.TokenChoiceMoE(moe.TopKGate(5, 3), _experts())
+
+
+def test_routing_entropy_and_digit_table():
+    assert moe.routing_entropy(torch.tensor([1.0, 1, 1, 1])) == pytest.approx(1.0)
+    assert moe.routing_entropy(torch.tensor([1.0, 0, 0, 0])) == pytest.approx(0.0)
+    assert moe.routing_entropy(torch.tensor([1.0, 1, 0, 0])) == pytest.approx(0.5)   # log 2 / log 4
+    a = torch.tensor([[1.0, 0], [1, 0], [0, 1]])
+    table = moe.expert_digit_table(a, torch.tensor([0, 1, 1]), n_classes=2)
+    assert table.tolist() == [[1.0, 0.0], [0.5, 0.5]]
