@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .plan import Plan
 
-__all__ = ["init_params", "reference_model", "CommStats", "ShardedMLP"]
+__all__ = ["init_params", "reference_model", "PeerLost", "CommStats", "ShardedMLP"]
 
 
 def init_params(sizes: list[int], seed: int, dtype: torch.dtype = torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -62,6 +62,10 @@ def reference_model(params) -> torch.nn.Sequential:
         if i < len(params) - 1:
             layers.append(torch.nn.ReLU())
     return torch.nn.Sequential(*layers)
+
+
+class PeerLost(RuntimeError):
+    """A transfer with another rank failed or timed out: that rank died, hung or was cut off."""
 
 
 @dataclass
@@ -156,8 +160,13 @@ class ShardedMLP:
             reqs.append(dist.isend(t, dst=dst, tag=tag))
             self.stats.bytes_sent[phase] += t.numel() * t.element_size()
             self.stats.messages[phase] += 1
-        for r in reqs:
-            r.wait(self.timeout)
+        try:
+            for r in reqs:
+                r.wait(self.timeout)
+        except RuntimeError as exc:
+            peers = sorted({src for src, _ in recvs} | {dst for dst, _ in sends})
+            raise PeerLost(f"rank {self.rank} lost contact with rank(s) {peers} during the {phase} "
+                           f"exchange of layer {tag % 1000} ({str(exc).splitlines()[0][:160]})") from exc
         self.stats.comm_s[phase] += time.perf_counter() - t0
         return out
 

@@ -154,7 +154,14 @@ def job_bench(job: dict, rank: int, device) -> dict:
                 rows.append({"t0": t0, "t_fwd": t_fwd if logits is not None else None, "t1": t1,
                              "wire_bytes": None if io0 is None else io1 - io0, **model.stats.as_dict()})
         out.append({"strategy": plan.strategy, "world_size": plan.world_size, "rows": rows})
-    return {"plans": out}
+    result = {"plans": out}
+    if job.get("reference"):
+        # The single-process baseline under the same conditions: rank 0 alone, the others idle in
+        # a barrier (a blocking socket wait, not a busy loop).
+        if rank == 0:
+            result["reference"] = job_reference_bench({**job, "sizes": plan.sizes}, rank, device)["rows"]
+        dist.barrier()
+    return result
 
 
 def job_reference_bench(job: dict, rank: int, device) -> dict:
