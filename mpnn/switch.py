@@ -59,7 +59,7 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False,
     if tau <= 0:
         raise ValueError(f"tau must be positive, got {tau}")
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    g = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    g = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))  # Gumbel(0, 1)
     soft = torch.softmax((logits + g) / tau, dim=-1)
     if not hard:
         return soft
