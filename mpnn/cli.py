@@ -123,14 +123,15 @@ def execute(chapter: str, params: dict[str, Any], profile: str) -> dict[str, Any
     for stale in (final, partial, failed, manifest):
         stale.unlink(missing_ok=True)
     final.parent.mkdir(parents=True, exist_ok=True)
-    env = {"MPNN_RENDER": "static", "MPNN_PROFILE": profile}
+    # TQDM_DISABLE: progress bars inside the kernel would land in the site as widgets or stderr noise.
+    env = {"MPNN_RENDER": "static", "MPNN_PROFILE": profile, "TQDM_DISABLE": "1"}
     old_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     start = time.time()
     record: dict[str, Any] = {"chapter": chapter, "profile": profile, "overrides": params}
     try:
         pm.execute_notebook(str(source), str(partial), parameters=params, cwd=str(paths.BOOK),
-                            kernel_name="python3", progress_bar={"desc": chapter, "leave": True},
+                            kernel_name="python3", progress_bar={"desc": chapter, "leave": True, "disable": False},
                             request_save_on_cell_execute=False, log_output=False)
         partial.replace(final)
         record["status"] = "ok"

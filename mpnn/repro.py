@@ -154,8 +154,11 @@ class Run:
             "claims": [asdict(c) | {"outcome": c.outcome} for c in self.claims],
         }
 
-    def finish(self, display: bool = True) -> dict[str, Any]:
-        """Show the claims table, write the manifest, raise if a claim failed."""
+    def finish(self, display: bool = True) -> None:
+        """Show the claims table, write the manifest, raise if a claim failed.
+
+        The manifest written is kept as ``self.written`` (returning it would print it in the notebook).
+        """
         if not self.claims:
             raise RuntimeError(f"{self.chapter}: no claims were recorded; every chapter asserts its claims")
         if display:
@@ -172,7 +175,7 @@ class Run:
         if failed:
             lines = "\n".join(f"- {c.id}: document says {c.document!r}; measured {c.measured!r}" for c in failed)
             raise AssertionError(f"{self.chapter}: {len(failed)} claim(s) did not reproduce:\n{lines}")
-        return manifest
+        self.written = manifest
 
 
 def start_run(chapter: str, namespace: dict[str, Any], *, deterministic: bool = True) -> Run:
