@@ -29,7 +29,7 @@ from torch import nn
 __all__ = [
     "EarlyExitConfig", "EarlyExitNet", "ExitResult", "normalised_entropy", "early_exit_predict",
     "exit_decisions", "count_flops", "exit_costs", "full_cost", "predicted_speedup",
-    "train_early_exit", "images_to_tensor", "time_call",
+    "train_early_exit", "images_to_tensor", "time_call", "time_interleaved",
 ]
 
 
@@ -275,7 +275,7 @@ def train_early_exit(model: EarlyExitNet, images: torch.Tensor, labels: torch.Te
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.eval()
     return losses
 
@@ -296,3 +296,24 @@ def time_call(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1) ->
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2]
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], *, repeats: int = 7, warmup: int = 1) -> dict[str, float]:
+    """Median wall time (s) of each callable, calling them in turn (a, b, c, a, b, c, ...) so that a
+    drifting machine load affects all of them alike. On a shared CPU this is much steadier than timing
+    each callable in its own block."""
+    def sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            f()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}

@@ -336,6 +336,6 @@ def train_vit(model: TokenViT, images: torch.Tensor, labels: torch.Tensor, *, ep
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.eval()
     return losses

@@ -1,0 +1,30 @@
+"""Early exits: batched inference that drops exited samples vs the full network.
+
+``ratio_to_early_exit`` of the ``full`` variant is the measured speed-up; ``predicted_speedup`` (FLOPs)
+is stored with it, so measured / predicted is the fraction of the FLOP saving that turns into time.
+The threshold is set to the entropy quantile that makes exactly ``exit_fraction`` of the batch leave
+at the first exit, so the case does not need a trained model.
+"""
+import torch
+
+from mpnn.bench import case
+from mpnn.early_exit import EarlyExitNet, early_exit_predict, normalised_entropy, predicted_speedup
+
+
+@case("early_exit/batched-inference", group="early_exits", params={"exit_fraction": [0.5, 0.9]})
+def batched_inference(exit_fraction, quick):
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = EarlyExitNet().eval()
+    x = torch.randn(500 if quick else 4000, 1, 28, 28, generator=g)
+    with torch.no_grad():
+        h = normalised_entropy(model(x)[0])
+    threshold = float(torch.quantile(h.double(), exit_fraction)) + 1e-12
+    frac = torch.tensor([exit_fraction, 1 - exit_fraction])
+    extra = {"predicted_speedup": float(predicted_speedup(model, frac)), "batch": x.shape[0]}
+
+    def full():
+        with torch.no_grad():
+            model.forward_full(x)
+
+    return {"early_exit": lambda: early_exit_predict(model, x, threshold), "full": full}, extra

@@ -1,0 +1,44 @@
+"""Token selection and merging: inference on fewer tokens vs all tokens.
+
+``ratio_to_fewer_tokens`` of ``all_tokens`` is the measured speed-up; ``predicted_speedup`` is the FLOP
+ratio from :func:`mpnn.tokens.vit_flops`. Weights are untrained (speed does not depend on them).
+"""
+import torch
+
+from mpnn.bench import case
+from mpnn.tokens import TokenViT, ViTConfig, vit_flops
+
+CONFIG = ViTConfig(patch=4, dim=32, depth=4, heads=2, select_after=1)
+
+
+def _setup(quick):
+    torch.manual_seed(0)
+    model = TokenViT(CONFIG).eval()
+    x = torch.randn(256 if quick else 1000, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    return model, x
+
+
+def _variants(model, x, **kw):
+    def fewer():
+        with torch.no_grad():
+            model(x, **kw)
+
+    def full():
+        with torch.no_grad():
+            model(x)
+
+    return {"fewer_tokens": fewer, "all_tokens": full}
+
+
+@case("tokens/selection", group="token_selection", params={"rho": [0.5, 0.25]})
+def selection(rho, quick):
+    model, x = _setup(quick)
+    extra = {"predicted_speedup": vit_flops(CONFIG) / vit_flops(CONFIG, rho=rho), "batch": x.shape[0]}
+    return _variants(model, x, rho=rho), extra
+
+
+@case("tokens/merging", group="token_selection", params={"r": [4, 8]})
+def merging(r, quick):
+    model, x = _setup(quick)
+    extra = {"predicted_speedup": vit_flops(CONFIG) / vit_flops(CONFIG, r=r), "batch": x.shape[0]}
+    return _variants(model, x, r=r), extra
