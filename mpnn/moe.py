@@ -532,15 +532,30 @@ class FitResult:
 
 
 def fit_classifier(model: nn.Module, train, test, *, epochs: int, batch_size: int = 128, lr: float = 1e-3,
-                   seed: int = 0, log_every: int = 50, progress: bool = True, desc: str = "") -> FitResult:
+                   seed: int = 0, log_every: int = 50, progress: bool = True, desc: str = "",
+                   cpu_threads: int | None = 1) -> FitResult:
     """Adam on cross-entropy + the MoE auxiliary losses; logs expert shares every ``log_every`` steps.
+
+    On CPU, training runs on ``cpu_threads`` threads (restored afterwards): these models are small,
+    so one thread is fastest (no intra-op synchronisation, which is very slow on a busy machine)
+    and the numbers do not depend on the machine's core count. ``None`` leaves torch's setting.
 
     A batch is also the routing group of expert-choice and soft MoE layers; the test set is evaluated
     in groups of ``batch_size`` images in a fixed order.
     """
+    (x, y), (xt, yt) = train, test
+    threads = torch.get_num_threads()
+    if cpu_threads is not None and x.device.type == "cpu":
+        torch.set_num_threads(cpu_threads)
+    try:
+        return _fit(model, x, y, xt, yt, epochs, batch_size, lr, seed, log_every, progress, desc)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(model, x, y, xt, yt, epochs, batch_size, lr, seed, log_every, progress, desc) -> FitResult:
     import time
     from tqdm.auto import tqdm
-    (x, y), (xt, yt) = train, test
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(y) / batch_size)
