@@ -31,6 +31,7 @@ so every variant and every run trains in one batched pass (``torch.bmm`` over ru
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ __all__ = [
     "binary_patterns", "make_dataset", "mode_spectrum", "aligned_modes", "sigmoid_trajectory",
     "architecture_masks", "init_weights", "train_linear", "train_linear_loop", "block_norms",
     "mode_strengths", "predicted_strengths", "block_losses", "heldout_experiment",
-    "full_rank_probability",
+    "full_rank_probability", "single_thread",
 ]
 
 ARCHITECTURES = ("dense", "split", "partitioned", "shallow")
@@ -239,6 +240,24 @@ class LinearTrajectory:
     initial: list[torch.Tensor]
     final: list[torch.Tensor]
     lr: float
+
+
+@contextlib.contextmanager
+def single_thread(device: torch.device | str = "cpu"):
+    """Run torch on one CPU thread inside the block (no-op for CUDA).
+
+    The matrices here are tiny (e.g. 9 x 50 x 27 per run): splitting them over threads costs more
+    than it saves, and on an oversubscribed CPU it can be many times slower (see the benchmark).
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _as_batch(M: torch.Tensor, R: int) -> torch.Tensor:

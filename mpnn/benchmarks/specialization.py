@@ -30,12 +30,8 @@ def linear_runs(runs, quick):
 
     def single_thread(fn):
         def run():
-            n = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
+            with D.single_thread(device):
                 return fn()
-            finally:
-                torch.set_num_threads(n)
         return run
 
     batched = lambda: D.train_linear(data.X, data.Y, masks, seeds, epochs=epochs, device=device)
