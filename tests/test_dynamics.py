@@ -7,6 +7,12 @@ import torch
 from mpnn import dynamics as D
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with D.single_thread():          # tiny matrices: threads only add overhead
+        yield
+
+
 def test_binary_patterns_hand_computed():
     expected = torch.tensor([[-1., -1., 1., 1.], [-1., 1., -1., 1.]], dtype=torch.float64)
     assert torch.equal(D.binary_patterns(2), expected)
