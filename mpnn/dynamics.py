@@ -37,6 +37,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -221,16 +222,12 @@ def init_weights(seeds: Sequence[int], masks: tuple[torch.Tensor, torch.Tensor |
     """
     if init_std <= 0:
         raise ValueError(f"init_std must be > 0, got {init_std}")
-    out = []
-    for m in masks:
-        if m is None:
-            continue
-        ws = []
-        for seed in seeds:   # one generator per run: runs are independent (the original reused one seed)
-            g = torch.Generator().manual_seed(int(seed) + 7919 * len(out))
-            ws.append(torch.randn(m.shape, generator=g, dtype=torch.float64))
-        out.append(torch.stack(ws) * init_std * m)
-    return out
+    layers = [m for m in masks if m is not None]
+    per_run = []
+    for seed in seeds:       # one generator per run: runs are independent (the original reused one seed)
+        g = torch.Generator().manual_seed(int(seed))
+        per_run.append([torch.randn(m.shape, generator=g, dtype=torch.float64) for m in layers])
+    return [torch.stack([w[i] for w in per_run]) * init_std * m for i, m in enumerate(layers)]
 
 
 @dataclass
@@ -379,8 +376,10 @@ def heldout_experiment(data: CompositionalData, arch: str, seeds: Sequence[int],
     P = data.n_patterns
     if not 1 <= n_train < P:
         raise ValueError(f"n_train must be between 1 and {P - 1} (patterns left to test), got {n_train}")
-    perms = torch.stack([torch.randperm(P, generator=torch.Generator().manual_seed(int(s) + 1))
-                         for s in seeds])                                     # (R, P)
+    # the training patterns come from a child of the run's seed, independent of its initial weights
+    perm_seeds = [int(np.random.SeedSequence([int(s), 1]).generate_state(1)[0]) for s in seeds]
+    perms = torch.stack([torch.randperm(P, generator=torch.Generator().manual_seed(ps))
+                         for ps in perm_seeds])                               # (R, P)
     tr, te = perms[:, :n_train], perms[:, n_train:]
     gather = lambda M, idx: M.T[idx].transpose(1, 2)                          # (R, rows, n)
     masks = architecture_masks(arch, data, hidden)
