@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from mpnn.bench import case
 from mpnn.deploy import STRATEGIES, init_params, reference_model
-from mpnn.deploy.experiments import timing
+from mpnn.deploy.experiments import distributed_runs
 
 
 @case("deploy/step-time", group="multipart_deployment", params={"world_size": [2, 4]}, repeats=3)
@@ -20,8 +20,8 @@ def step_time(world_size, quick):
     sizes = [784, 128, 128, 64, 10] if quick else [784, 512, 512, 256, 10]
     bsz = 32 if quick else 128
     data = {"kind": "synthetic", "n": 512, "seed": 0}
-    df = timing(sizes, [world_size], list(STRATEGIES), [0], data=data, batch_size=bsz, lr=0.01,
-                warmup=2, repeats=5 if quick else 20)
+    _, df = distributed_runs(sizes, [world_size], list(STRATEGIES), [0], data=data, batch_size=bsz, lr=0.01,
+                             k_steps=1, warmup=2, repeats=5 if quick else 20)
     extra = {"sizes": sizes, "batch": bsz, "single_step_s": float(df.t_single.iloc[0])}
     for row in df[df.strategy != "single process"].itertuples():
         extra[f"step_s_{row.strategy}"] = float(row.step_s)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -86,7 +87,9 @@ def consolidate(root: str | Path, step: int | None = None) -> tuple[Plan, list[t
     plan = Plan.from_json((path / "plan.json").read_text())
     meta = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
     sd = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in meta.items()}
-    dcp.load(sd, checkpoint_id=path, no_dist=True)
+    with warnings.catch_warnings():   # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(sd, checkpoint_id=path, no_dist=True)
     params = []
     for l in range(1, plan.n_layers + 1):
         some = next(v for k, v in sd.items() if k.endswith(f".L{l}.weight"))

@@ -1,8 +1,8 @@
 """The chapter's experiments as functions returning tidy tables (the notebook only configures/plots).
 
-* :func:`equivalence`  -- distributed vs single-process logits, gradients and k-step parameters;
-* :func:`timing`       -- step latency, bytes and messages per strategy and number of ranks,
-                          plus the single-process step under the same thread budget;
+* :func:`distributed_runs` -- per number of ranks, one group that checks distributed against
+  single-process logits, gradients and k-step parameters, then times every strategy and the
+  single-process step under the same thread budget;
 * :func:`fault_and_restart` -- kill a rank mid-run, then resume from the shared checkpoint.
 """
 from __future__ import annotations
@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from .cost import critical_fraction, volume
 from .engine import init_params, reference_model
-from .launch import DeployError, launch
+from .launch import DeployError, launch, leftover
 from .plan import Plan, make_plan
 from .worker import batch, make_data
 
-__all__ = ["assemble", "reference", "equivalence", "timing", "fault_and_restart"]
+__all__ = ["assemble", "reference", "distributed_runs", "fault_and_restart"]
 
 
 def assemble(plan: Plan, per_rank: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -63,25 +63,18 @@ def _maxdiff(a, b) -> float:
     return max(float((x - y).abs().max()) for (x, xb), (y, yb) in zip(a, b) for x, y in ((x, y), (xb, yb)))
 
 
-def equivalence(sizes, world_sizes, strategies, *, seed, data, batch_size, lr, k_steps, timeout_s=180.0,
-                backend="gloo") -> pd.DataFrame:
-    """One launch per world size running every strategy; max |distributed - single| per quantity."""
-    logits, grads, final = reference(sizes, seed, data, batch_size, lr, k_steps)
+def _equivalence_rows(plans, results, P, reference_out, batch_size, k_steps) -> list[dict]:
+    logits, grads, final = reference_out
     rows = []
-    for P in world_sizes:
-        plans = [make_plan(s, sizes, P) for s in strategies if not (s == "layer" and P > len(sizes) - 1)]
-        job = {"kind": "equivalence", "plans": [p.to_dict() for p in plans], "seed": seed, "data": data,
-               "batch": batch_size, "lr": lr, "k_steps": k_steps, "dtype": "float64", "backend": backend}
-        res = launch(job, P, timeout_s=timeout_s)
-        for i, plan in enumerate(plans):
-            per = [r["plans"][i] for r in res.results]
-            rows.append({"strategy": plan.strategy, "ranks": P,
-                         "logits": float((per[plan.head]["logits"] - logits).abs().max()),
-                         "gradients": _maxdiff(assemble(plan, [p["grads"] for p in per]), grads),
-                         f"params after {k_steps} steps": _maxdiff(assemble(plan, [p["final"] for p in per]), final),
-                         "bytes match model": [p["stats"]["bytes_sent"]["forward"] for p in per]
-                         == volume(plan, batch_size, 8)["fwd_bytes"]})
-    return pd.DataFrame(rows)
+    for i, plan in enumerate(plans):
+        per = [r["plans"][i] for r in results]
+        rows.append({"strategy": plan.strategy, "ranks": P,
+                     "logits": float((per[plan.head]["logits"] - logits).abs().max()),
+                     "gradients": _maxdiff(assemble(plan, [p["grads"] for p in per]), grads),
+                     f"params after {k_steps} steps": _maxdiff(assemble(plan, [p["final"] for p in per]), final),
+                     "bytes match model": [p["stats"]["bytes_sent"]["forward"] for p in per]
+                     == volume(plan, batch_size, 8)["fwd_bytes"]})
+    return rows
 
 
 def _summarise_launch(plan: Plan, per_rank: list[dict], batch_size: int) -> list[dict]:
@@ -107,35 +100,48 @@ def _summarise_launch(plan: Plan, per_rank: list[dict], batch_size: int) -> list
     return rows
 
 
-def timing(sizes, world_sizes, strategies, seeds, *, data, batch_size, lr, warmup, repeats,
-           timeout_s=300.0, backend="gloo", progress=None) -> pd.DataFrame:
-    """Median per launch (one launch per world size and seed, every strategy inside it) of the step
-    time and traffic. Each launch also times the single-process ``nn.Sequential`` step on rank 0
-    while the other ranks wait (``strategy = "single process"``); ``ratio_to_single`` compares with
-    the single-process step of the same launch."""
-    out = []
-    for seed in seeds:
-        for P in world_sizes:
-            plans = [make_plan(s, sizes, P) for s in strategies if not (s == "layer" and P > len(sizes) - 1)]
-            job = {"kind": "bench", "plans": [p.to_dict() for p in plans], "seed": seed, "data": data,
-                   "batch": batch_size, "lr": lr, "warmup": warmup, "repeats": repeats, "dtype": "float32",
-                   "backend": backend, "reference": True}
-            res = launch(job, P, timeout_s=timeout_s)
+def distributed_runs(sizes, world_sizes, strategies, seeds, *, data, batch_size, lr, k_steps, warmup,
+                     repeats, timeout_s=300.0, backend="gloo", progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One group per number of ranks ``P`` (every strategy inside it), running
+
+    1. the equivalence job (float64, seed ``seeds[0]``): max |distributed - single process| of the
+       logits, the gradients and the parameters after ``k_steps`` SGD steps, per strategy;
+    2. the timing job (float32) for every seed: medians of the step time and traffic per strategy,
+       and the single-process ``nn.Sequential`` step on rank 0 while the others wait
+       (``strategy = "single process"``); ``ratio_to_single`` compares within the same seed and group.
+    """
+    ref = reference(sizes, seeds[0], data, batch_size, lr, k_steps)
+    eq_rows, tm_rows = [], []
+    for P in world_sizes:
+        plans = [make_plan(s, sizes, P) for s in strategies if not (s == "layer" and P > len(sizes) - 1)]
+        job = {"kind": "multi", "plans": [p.to_dict() for p in plans], "data": data, "batch": batch_size,
+               "lr": lr, "backend": backend, "jobs": [
+                   {"kind": "equivalence", "seed": seeds[0], "k_steps": k_steps, "dtype": "float64"},
+                   {"kind": "bench", "seeds": list(seeds), "warmup": warmup, "repeats": repeats,
+                    "dtype": "float32", "reference": True}]}
+        res = launch(job, P, timeout_s=timeout_s)
+        eq_part = [r["parts"][0] for r in res.results]
+        bench = [r["parts"][1] for r in res.results]
+        eq_rows += _equivalence_rows(plans, eq_part, P, ref, batch_size, k_steps)
+        for seed in seeds:
             st = pd.DataFrame([{"step_s": r["t1"] - r["t0"], "forward_s": r["t_fwd"] - r["t0"]}
-                               for r in res.results[0]["reference"]]).median()
+                               for r in bench[0]["reference"][seed]]).median()
             single = float(st["step_s"])
-            out.append({"strategy": "single process", "ranks": P, "seed": seed, **st.to_dict(),
-                        "bytes": 0, "model_bytes": 0, "comm_s": 0.0, "f_crit": 1.0, "t_single": single})
-            for i, plan in enumerate(plans):
-                per = pd.DataFrame(_summarise_launch(plan, [r["plans"][i] for r in res.results], batch_size))
-                out.append({"strategy": plan.strategy, "ranks": P, "seed": seed,
-                            **per.median(numeric_only=True).to_dict(), "f_crit": critical_fraction(plan),
-                            "t_single": single})
-            if progress is not None:
-                progress.update(1)
-    df = pd.DataFrame(out)
-    df["ratio_to_single"] = df["step_s"] / df["t_single"]
-    return df
+            tm_rows.append({"strategy": "single process", "ranks": P, "seed": seed, **st.to_dict(),
+                            "bytes": 0, "model_bytes": 0, "comm_s": 0.0, "f_crit": 1.0, "t_single": single})
+            for j, entry in enumerate(bench[0]["plans"]):
+                if entry["seed"] != seed:
+                    continue
+                plan = plans[j % len(plans)]
+                per = pd.DataFrame(_summarise_launch(plan, [b["plans"][j] for b in bench], batch_size))
+                tm_rows.append({"strategy": plan.strategy, "ranks": P, "seed": seed,
+                                **per.median(numeric_only=True).to_dict(), "f_crit": critical_fraction(plan),
+                                "t_single": single})
+        if progress is not None:
+            progress.update(1)
+    tm = pd.DataFrame(tm_rows)
+    tm["ratio_to_single"] = tm["step_s"] / tm["t_single"]
+    return pd.DataFrame(eq_rows), tm
 
 
 def fault_and_restart(sizes, world_size, *, strategy, seed, data, batch_size, lr, steps, kill_rank,
@@ -156,13 +162,14 @@ def fault_and_restart(sizes, world_size, *, strategy, seed, data, batch_size, lr
     fail_wall = time.perf_counter() - t0
     resume_step = ckpt.latest_step(shared)
     res = launch({**job, "kill": None}, world_size, timeout_s=timeout_s)
+    pids = [o.pid for o in outcomes] + [o.pid for o in res.outcomes]
     _, _, ref_final = reference(sizes, seed, data, batch_size, lr, steps)
     got = assemble(plan, [r["final"] for r in res.results])
     _, stored, last = ckpt.consolidate(shared)
     t_kill = outcomes[kill_rank].exit_s
     return {
-        "error": failure, "fail_wall_s": fail_wall, "resume_step": resume_step, "last_step": last,
-        "outcomes": pd.DataFrame([{"rank": o.rank, "how it ended": o.describe().split(") ", 1)[1],
+        "leftover": leftover(pids), "error": failure, "fail_wall_s": fail_wall, "resume_step": resume_step, "last_step": last,
+        "outcomes": pd.DataFrame([{"rank": o.rank, "pid": o.pid, "how it ended": o.describe().split(") ", 1)[1],
                                    "exit after start (s)": o.exit_s,
                                    "stopped after the kill (s)": o.exit_s - t_kill,
                                    "killed by launcher": o.killed_by_launcher} for o in outcomes]),

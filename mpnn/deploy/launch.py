@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["DeployError", "RankOutcome", "LaunchResult", "launch", "torchrun", "torchrun_command",
-           "free_port", "choose_backend"]
+           "free_port", "choose_backend", "leftover"]
 
 
 class DeployError(RuntimeError):
@@ -67,6 +67,19 @@ class LaunchResult:
     results: list                    # per rank, the job's result dict
     outcomes: list = field(default_factory=list)
     wall_s: float = 0.0
+
+
+def leftover(pids) -> list[int]:
+    """The pids among ``pids`` that still exist as live processes (zombies count as gone)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            alive.append(pid)
+    return alive
 
 
 def free_port() -> int:

@@ -25,7 +25,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from . import checkpoint as ckpt
 from .engine import ShardedMLP, init_params, reference_model
 from .plan import Plan
 
@@ -99,6 +98,7 @@ def job_train(job: dict, rank: int, device) -> dict:
     """SGD for ``steps`` steps, a sharded checkpoint after every ``ckpt_every`` steps, resuming from
     the latest complete checkpoint in ``ckpt_dir``. ``kill`` = ``{"rank", "step"}`` makes that rank
     die by SIGKILL just before that step's forward (a crash, not a clean exit)."""
+    from . import checkpoint as ckpt   # imported here: torch.distributed.checkpoint is slow to import
     dtype = DTYPES[job.get("dtype", "float64")]
     plan = Plan.from_dict(job["plan"])
     x, y = make_data(job["data"], plan.sizes[0], plan.sizes[-1])
@@ -125,43 +125,50 @@ def job_train(job: dict, rank: int, device) -> dict:
 
 
 def job_bench(job: dict, rank: int, device) -> dict:
-    """Per plan: ``warmup`` + ``repeats`` training steps; for each timed step the start (after a
-    barrier), the head's forward end, this rank's end, the bytes sent and the socket bytes written."""
+    """Per seed and plan: ``warmup`` + ``repeats`` training steps; for each timed step the start
+    (after a barrier), the head's forward end, this rank's end, the bytes sent and the socket bytes
+    written. With ``reference``, rank 0 then times the single-process step per seed."""
     dtype = DTYPES[job.get("dtype", "float32")]
-    out = []
-    for pd in job["plans"]:
-        plan = Plan.from_dict(pd)
-        x, y = make_data(job["data"], plan.sizes[0], plan.sizes[-1])
-        model = ShardedMLP(plan, rank, params=init_params(plan.sizes, job["seed"], dtype), device=device,
-                           dtype=dtype, timeout_s=job["op_timeout_s"])
-        rows = []
-        for i in range(job["warmup"] + job["repeats"]):
-            xb, yb = batch(x, y, i, job["batch"], job["seed"])
-            model.stats.reset()
+    out, reference = [], {}
+    for seed in job.get("seeds", [job.get("seed", 0)]):
+        for pd in job["plans"]:
+            plan = Plan.from_dict(pd)
+            x, y = make_data(job["data"], plan.sizes[0], plan.sizes[-1])
+            model = ShardedMLP(plan, rank, params=init_params(plan.sizes, seed, dtype), device=device,
+                               dtype=dtype, timeout_s=job["op_timeout_s"])
+            rows = []
+            for i in range(job["warmup"] + job["repeats"]):
+                xb, yb = batch(x, y, i, job["batch"], seed)
+                model.stats.reset()
+                dist.barrier()
+                io0, t0 = _io_written(), time.perf_counter()
+                model.zero_grad()
+                logits = model.forward(xb)
+                t_fwd = time.perf_counter()
+                grad = None
+                if logits is not None:
+                    logits.requires_grad_(True)
+                    (grad,) = torch.autograd.grad(F.cross_entropy(logits, yb.to(device)), logits)
+                model.backward(grad)
+                model.sgd_step(job["lr"])
+                t1, io1 = time.perf_counter(), _io_written()
+                if i >= job["warmup"]:
+                    rows.append({"t0": t0, "t_fwd": t_fwd if logits is not None else None, "t1": t1,
+                                 "wire_bytes": None if io0 is None else io1 - io0, **model.stats.as_dict()})
+            out.append({"seed": seed, "strategy": plan.strategy, "world_size": plan.world_size, "rows": rows})
+        if job.get("reference"):
+            # The single-process baseline under the same conditions: rank 0 alone, the others idle
+            # in a barrier (a blocking socket wait, not a busy loop).
+            if rank == 0:
+                reference[seed] = job_reference_bench({**job, "seed": seed, "sizes": plan.sizes}, rank, device)["rows"]
             dist.barrier()
-            io0, t0 = _io_written(), time.perf_counter()
-            model.zero_grad()
-            logits = model.forward(xb)
-            t_fwd = time.perf_counter()
-            grad = None
-            if logits is not None:
-                logits.requires_grad_(True)
-                (grad,) = torch.autograd.grad(F.cross_entropy(logits, yb.to(device)), logits)
-            model.backward(grad)
-            model.sgd_step(job["lr"])
-            t1, io1 = time.perf_counter(), _io_written()
-            if i >= job["warmup"]:
-                rows.append({"t0": t0, "t_fwd": t_fwd if logits is not None else None, "t1": t1,
-                             "wire_bytes": None if io0 is None else io1 - io0, **model.stats.as_dict()})
-        out.append({"strategy": plan.strategy, "world_size": plan.world_size, "rows": rows})
-    result = {"plans": out}
-    if job.get("reference"):
-        # The single-process baseline under the same conditions: rank 0 alone, the others idle in
-        # a barrier (a blocking socket wait, not a busy loop).
-        if rank == 0:
-            result["reference"] = job_reference_bench({**job, "sizes": plan.sizes}, rank, device)["rows"]
-        dist.barrier()
-    return result
+    return {"plans": out, "reference": reference}
+
+
+def job_multi(job: dict, rank: int, device) -> dict:
+    """Several jobs in one group, one after the other (``job["jobs"]``, each updating ``job``)."""
+    common = {k: v for k, v in job.items() if k not in ("kind", "jobs")}
+    return {"parts": [JOBS[j["kind"]]({**common, **j}, rank, device) for j in job["jobs"]]}
 
 
 def job_reference_bench(job: dict, rank: int, device) -> dict:
@@ -203,7 +210,7 @@ def job_fail(job: dict, rank: int, device) -> dict:
 
 
 JOBS = {"equivalence": job_equivalence, "train": job_train, "bench": job_bench,
-        "reference_bench": job_reference_bench, "fail": job_fail}
+        "reference_bench": job_reference_bench, "fail": job_fail, "multi": job_multi}
 
 
 # ---------------------------------------------------------------------- process entry
