@@ -274,7 +274,6 @@ class StackedSGD:
         self.eye = torch.eye(self.C, device=device)
         if self.local:
             self.index = models[0].hidden.index.to(device)              # (H, K)
-            self.patches = self._gather_windows(self.X)                 # (N, H, K)
         if self.moe:
             self.Wg = st([m.gate.gate.weight for m in models])          # (M, E, P)
             self.bg = st([m.gate.gate.bias for m in models])            # (M, E)
@@ -301,14 +300,18 @@ class StackedSGD:
         return out
 
     # ---------------------------------------------------------------- one step, eq. (2)
-    def step(self, rows: torch.Tensor) -> None:
-        """One per-sample SGD step for every model; ``rows`` (M,) are the samples' indices."""
+    def step(self, rows: torch.Tensor, patch_rows: torch.Tensor | None = None) -> None:
+        """One per-sample SGD step for every model; ``rows`` (M,) are the samples' indices
+        (``patch_rows``: their positions in the gathered windows, see :meth:`fit`)."""
         lr, clip = self.lr, self.clip
         y = self.y.index_select(0, rows)                                # (M,)
         if self.moe or not self.local:
             x = self.X.index_select(0, rows)                            # (M, P+1)
         if self.local:
-            xin = self.patches.index_select(0, rows).to(torch.float32)  # (M, K, H), x * 255
+            if patch_rows is None:                                      # direct call: gather now
+                patch_rows, self.patches, self._rows = torch.arange(len(rows), device=rows.device), \
+                    self._gather_windows(self.X.index_select(0, rows)), rows
+            xin = self.patches.index_select(0, patch_rows).to(torch.float32)  # (M, K, H), x*255
             pre = (xin * self.W1).sum(1).mul_(1 / 255).add_(self.b1)    # (M, H)
         else:
             xin = x[:, None, :self.P]                                   # (M, 1, P)
@@ -345,20 +348,39 @@ class StackedSGD:
     def fit(self, schedule: torch.Tensor, *, every: int = 0,
             callback: Callable[[int], None] | None = None, progress: bool = True,
             desc: str = "per-sample SGD") -> None:
-        """Run ``schedule`` (T, M) of sample indices; ``callback(t)`` after every ``every`` steps."""
+        """Run ``schedule`` (T, M) of sample indices; ``callback(t)`` after every ``every`` steps.
+
+        Only the rows the schedule visits get their windows gathered. On the CPU the steps run on
+        one thread: each operation is tiny, and thread hand-offs would cost more than they save.
+        """
         if schedule.dim() != 2 or schedule.shape[1] != self.M:
             raise ValueError(f"schedule must be (T, {self.M}), got {tuple(schedule.shape)}")
         from tqdm.auto import tqdm
         schedule = schedule.to(self.device)
+        if self.local:
+            needed = schedule.unique()                                      # sorted rows
+            self.patches = self._gather_windows(self.X[needed])             # (R, K, H)
+            self._rows = needed
         T = schedule.shape[0]
         chunk = every if every else max(1, T // 100)
-        with torch.no_grad(), tqdm(total=T, desc=desc, disable=not progress, mininterval=1.0) as bar:
-            for t0 in range(0, T, chunk):
-                for t in range(t0, min(T, t0 + chunk)):
-                    self.step(schedule[t])
-                bar.update(min(T, t0 + chunk) - t0)
-                if every and callback is not None:
-                    callback(min(T, t0 + chunk))
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            with torch.no_grad(), tqdm(total=T, desc=desc, disable=not progress, mininterval=1.0) as bar:
+                for t0 in range(0, T, chunk):
+                    block = schedule[t0:t0 + chunk]
+                    local_block = torch.searchsorted(self._rows, block) if self.local else block
+                    for t in range(len(block)):
+                        self.step(block[t], local_block[t])
+                    bar.update(len(block))
+                    if every and callback is not None:
+                        torch.set_num_threads(threads)
+                        callback(t0 + len(block))
+                        if self.device.type == "cpu":
+                            torch.set_num_threads(1)
+        finally:
+            torch.set_num_threads(threads)
 
     # ---------------------------------------------------------------- batched inference
     @torch.no_grad()
