@@ -30,8 +30,13 @@ def step_time(world_size, quick):
     net = reference_model(init_params(sizes, 0))
     x, y = torch.randn(bsz, sizes[0]), torch.randint(0, sizes[-1], (bsz,))
 
-    def single_process():
-        net.zero_grad()
-        F.cross_entropy(net(x), y).backward()
+    def single_process():   # one thread, like every rank
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            net.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+        finally:
+            torch.set_num_threads(threads)
 
     return {"single_process": single_process}, extra
