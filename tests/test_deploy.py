@@ -201,3 +201,31 @@ def test_hung_rank_times_out_and_is_killed():
     assert o[0].returncode == 1 and "rank 0 stopped" in o[0].error       # its wait timed out
     assert o[1].killed_by_launcher                                        # the hung rank was stopped
     assert wall < 45
+
+
+def test_critical_fraction_and_projection_by_hand():
+    sizes = [4, 6, 3]                     # multiply-adds: 24 (layer 1) + 18 (layer 2) = 42
+    p = by_count(sizes, [[4, 2], [2, 1]])   # busiest shares 4/6 and 2/3
+    assert cost.critical_fraction(p) == pytest.approx((24 * 4 / 6 + 18 * 2 / 3) / 42)
+    assert cost.critical_fraction(by_layer(sizes, [0, 1])) == 1.0
+    hw = cost.Hardware(flops=1e12, alpha_s=1e-5, beta_Bps=1e9, memory_B=1e9, bytes_per_param=4, elem_bytes=2)
+    out = cost.project(width=100, layers=10, batch=8, P=[1, 4], hw=hw)
+    compute = 6 * 10 * 100 ** 2 * 8 / 1e12
+    act = 8 * 100 * 2
+    assert out["neuron_wise_s"][0] == pytest.approx(compute) and out["layer_wise_s"][0] == pytest.approx(compute)
+    assert out["neuron_wise_s"][1] == pytest.approx(compute / 4 + 20 * (3e-5 + act * 0.75 / 1e9))
+    assert out["layer_wise_s"][1] == pytest.approx(compute + 6 * (1e-5 + act / 1e9))
+    assert out["min_servers"] == 1 and out["memory_per_server_B"][1] == pytest.approx(10 * 100 ** 2 * 4 / 4)
+
+
+def test_latency_fit_recovers_known_constants():
+    rng = torch.Generator().manual_seed(0)
+    n = 24
+    t1 = torch.rand(n, generator=rng).double() * 1e-3 + 1e-3
+    fc = torch.rand(n, generator=rng).double() * 0.7 + 0.3
+    msgs = torch.randint(1, 30, (n,), generator=rng).double()
+    nbytes = torch.randint(1_000, 1_000_000, (n,), generator=rng).double()
+    t = 1.5 * t1 * fc + 2e-4 * msgs + nbytes / 5e8
+    fit = cost.fit_latency(t.numpy(), t1.numpy(), fc.numpy(), msgs.numpy(), nbytes.numpy())
+    assert fit.c == pytest.approx(1.5, rel=1e-6) and fit.alpha_s == pytest.approx(2e-4, rel=1e-6)
+    assert fit.beta_Bps == pytest.approx(5e8, rel=1e-6) and fit.rel_err.max() < 1e-9
