@@ -40,6 +40,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from mpnn.repro import cpu_threads
+
 __all__ = [
     "CompositionalData", "Mode", "LinearTrajectory", "ARCHITECTURES", "BLOCKS",
     "binary_patterns", "make_dataset", "mode_spectrum", "aligned_modes", "sigmoid_trajectory",
@@ -246,15 +248,8 @@ def single_thread(device: torch.device | str = "cpu"):
     The matrices here are tiny (e.g. 9 x 50 x 27 per run): splitting them over threads costs more
     than it saves, and on an oversubscribed CPU it can be many times slower (see the benchmark).
     """
-    if torch.device(device).type != "cpu":
+    with cpu_threads(1, device):
         yield
-        return
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _as_batch(M: torch.Tensor, R: int) -> torch.Tensor:

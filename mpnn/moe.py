@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mpnn.repro import cpu_threads
 from mpnn.switch import LearnedSwitch, topk_mask
 
 __all__ = [
@@ -544,13 +545,8 @@ def fit_classifier(model: nn.Module, train, test, *, epochs: int, batch_size: in
     in groups of ``batch_size`` images in a fixed order.
     """
     (x, y), (xt, yt) = train, test
-    threads = torch.get_num_threads()
-    if cpu_threads is not None and x.device.type == "cpu":
-        torch.set_num_threads(cpu_threads)
-    try:
+    with cpu_threads(cpu_threads, x.device):
         return _fit(model, x, y, xt, yt, epochs, batch_size, lr, seed, log_every, progress, desc)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fit(model, x, y, xt, yt, epochs, batch_size, lr, seed, log_every, progress, desc) -> FitResult:

@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -67,6 +68,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
     return dev
+
+
+@contextmanager
+def cpu_threads(n: int | None = 1, device: torch.device | str = "cpu"):
+    """Run the block with ``n`` intra-op CPU threads, restoring the previous count afterwards.
+
+    The book's models are small: splitting their matrices over threads costs more in
+    synchronisation than it saves (many times more on a busy machine), and one thread also fixes
+    the reduction order. ``n=None`` or a non-CPU ``device`` leaves torch's setting alone.
+    """
+    if n is None or torch.device(device).type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def package_versions() -> dict[str, str]:

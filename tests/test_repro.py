@@ -91,3 +91,16 @@ def test_start_run_checks_parameter_types():
         repro.start_run("datasets", {"seed": 0})
     run = repro.start_run("datasets", {"seed": 3, "samples_per_digit": 2, "device": "cpu"})
     assert run.parameters["seed"] == 3 and run.device.type == "cpu"
+
+
+def test_cpu_threads_sets_and_restores():
+    before = torch.get_num_threads()
+    with repro.cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError):
+        with repro.cpu_threads(1):
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with repro.cpu_threads(None):
+        assert torch.get_num_threads() == before

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mpnn.bench import case
+from mpnn.repro import cpu_threads
 from mpnn.deploy import STRATEGIES, init_params, reference_model
 from mpnn.deploy.experiments import distributed_runs
 
@@ -31,12 +32,8 @@ def step_time(world_size, quick):
     x, y = torch.randn(bsz, sizes[0]), torch.randint(0, sizes[-1], (bsz,))
 
     def single_process():   # one thread, like every rank
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with cpu_threads(1):
             net.zero_grad()
             F.cross_entropy(net(x), y).backward()
-        finally:
-            torch.set_num_threads(threads)
 
     return {"single_process": single_process}, extra
