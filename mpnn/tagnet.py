@@ -248,6 +248,10 @@ class StackedSGD:
         kinds = {(type(m).__name__, m.connectivity, m.n_hidden) for m in models}
         if len(kinds) != 1:
             raise ValueError(f"models must share class, connectivity and size, got {sorted(kinds)}")
+        if models[0].connectivity == "local" and any(
+                not torch.equal(m.hidden.index, models[0].hidden.index) for m in models):
+            raise ValueError("local models must share one window layout (grid, window, stride, "
+                             "offset); train different layouts in separate StackedSGD instances")
         if X.dim() != 2 or X.shape[1] != models[0].n_inputs or len(X) != len(y):
             raise ValueError(f"X must be (N, {models[0].n_inputs}) with one label per row; "
                              f"got X {tuple(X.shape)}, y {tuple(y.shape)}")

@@ -155,3 +155,9 @@ def test_bad_inputs():
         tagnet.TagNet(connectivity="conv")
     with pytest.raises(ValueError, match="blocked"):
         tagnet.epoch_order(y, torch.arange(10), "random")
+
+
+def test_different_window_layouts_are_rejected():
+    X, y = data(10)
+    with pytest.raises(ValueError, match="window layout"):
+        tagnet.StackedSGD([tagnet.TagNet(), tagnet.TagNet(offset=5)], X, y)
