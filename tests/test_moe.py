@@ -8,7 +8,15 @@ from scipy.stats import norm
 from mpnn import moe
 from mpnn.switch import LearnedSwitch
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Reference comparisons in double precision; restored so other test files keep float32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _experts(e=4, d=5, h=6, o=3, seed=0):
