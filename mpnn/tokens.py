@@ -92,11 +92,6 @@ def select_mask(scores: torch.Tensor, k: int, *, tau: float = 1.0, gumbel: bool 
     """
     if gumbel:
         soft = gumbel_softmax(scores, tau)
-        if torch.isnan(soft).any():
-            # mpnn.switch.gumbel_softmax at foundation commit 061b734 negates the clamped log (NaN noise);
-            # until it is fixed, draw the Gumbel noise g = -log(-log u) here.
-            u = torch.rand_like(scores).clamp(1e-20, 1.0 - 1e-7)
-            soft = torch.softmax((scores - torch.log(-torch.log(u))) / tau, dim=-1)
     else:
         soft = torch.softmax(scores / tau, dim=-1)
     return straight_through(topk_mask(soft.detach(), k), soft)
