@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpnn.repro import cpu_threads
+from mpnn import repro
 from mpnn.switch import LearnedSwitch, topk_mask
 
 __all__ = [
@@ -545,7 +545,7 @@ def fit_classifier(model: nn.Module, train, test, *, epochs: int, batch_size: in
     in groups of ``batch_size`` images in a fixed order.
     """
     (x, y), (xt, yt) = train, test
-    with cpu_threads(cpu_threads, x.device):
+    with repro.cpu_threads(cpu_threads, x.device):
         return _fit(model, x, y, xt, yt, epochs, batch_size, lr, seed, log_every, progress, desc)
 
 

@@ -319,3 +319,17 @@ def test_routing_entropy_and_digit_table():
     a = torch.tensor([[1.0, 0], [1, 0], [0, 1]])
     table = moe.expert_digit_table(a, torch.tensor([0, 1, 1]), n_classes=2)
     assert table.tolist() == [[1.0, 0.0], [0.5, 0.5]]
+
+
+def test_fit_classifier_is_deterministic_and_restores_threads():
+    x, y = torch.rand(256, 784), torch.randint(0, 10, (256,))
+    threads = torch.get_num_threads()
+    params = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = moe.make_moe("switch", 784, 8, 10, 4, alpha=0.1)
+        moe.fit_classifier(model, (x, y), (x, y), epochs=1, batch_size=64, lr=1e-3, seed=3, log_every=2,
+                           progress=False)
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(params[0], params[1])
+    assert torch.get_num_threads() == threads
