@@ -5,7 +5,8 @@ The image is cut into ``(28/p)^2`` patches of ``p x p`` pixels, each a token. Tw
 * **Learned selection** (DynamicViT-style, Rao et al. 2021; the subsampling of Scardapane et al. 2024,
   eq. 1). After ``select_after`` blocks a scorer gives every token a score ``s_j``; the ``k = round(rho * n)``
   highest are kept. While training, the mask is a straight-through Gumbel top-k:
-  ``m = topk(softmax((s + g) / tau)) + soft - sg(soft)`` (hard forward value, Gumbel-softmax gradient),
+  ``m = topk(softmax((s + sigma g) / tau)) + soft - sg(soft)`` (hard forward value, Gumbel-softmax gradient;
+  the noise scale ``sigma`` is annealed during training),
   built from :mod:`mpnn.switch` primitives. Dropped tokens are removed from attention by renormalising the
   attention rows over kept keys, ``A_ij = m_j exp(a_ij) / sum_l m_l exp(a_il)``, and from the mean pooling,
   so the masked forward equals the forward on the gathered tokens, and ``d L / d m_j`` is non-zero for
@@ -46,6 +47,7 @@ class ViTConfig:
     classes: int = 10
     select_after: int = 1     # learned selection happens after this many blocks (0 = on the patch embeddings)
     scorer_hidden: int = 32   # hidden width of the token scorer MLP
+    pos_init: float = 0.5     # std of the learned position embeddings at initialisation
 
     def __post_init__(self):
         if self.patch < 1 or 28 % self.patch:
@@ -84,14 +86,19 @@ def keep_count(n: int, rho: float) -> int:
     return max(1, int(math.floor(rho * n + 0.5)))
 
 
-def select_mask(scores: torch.Tensor, k: int, *, tau: float = 1.0, gumbel: bool = True) -> torch.Tensor:
+def select_mask(scores: torch.Tensor, k: int, *, tau: float = 1.0, gumbel: bool = True,
+                noise: float = 1.0) -> torch.Tensor:
     """Straight-through top-k token mask (B, n) from scores (B, n).
 
-    Forward value: the hard top-k of the (Gumbel-perturbed when ``gumbel``) softmax over tokens; gradient:
-    that soft distribution's (:func:`mpnn.switch.gumbel_softmax`, :func:`mpnn.switch.straight_through`).
+    Forward value: the hard top-k of ``soft = softmax((s + noise * g) / tau)``, ``g`` Gumbel(0, 1) noise when
+    ``gumbel`` (else none); gradient: that of ``soft`` (:func:`mpnn.switch.gumbel_softmax`,
+    :func:`mpnn.switch.straight_through`). ``noise`` scales the Gumbel noise: ``softmax((s/sigma + g) / (tau/sigma))
+    = softmax((s + sigma g) / tau)``, so ``noise -> 0`` moves from exploring token subsets to the plain top-k.
     """
-    if gumbel:
-        soft = gumbel_softmax(scores, tau)
+    if noise < 0:
+        raise ValueError(f"noise (scale of the Gumbel noise) must be >= 0, got {noise}")
+    if gumbel and noise > 0:
+        soft = gumbel_softmax(scores / noise, tau / noise)
     else:
         soft = torch.softmax(scores / tau, dim=-1)
     return straight_through(topk_mask(soft.detach(), k), soft)
@@ -196,7 +203,9 @@ class TokenViT(nn.Module):
         c = config or ViTConfig()
         self.config = c
         self.embed = nn.Linear(c.patch * c.patch, c.dim)
-        self.pos = nn.Parameter(0.02 * torch.randn(1, c.n_tokens, c.dim))
+        # mean pooling makes the model blind to patch positions except through ``pos``: a 0.02 init (the usual
+        # ViT value) leaves it a bag of patches for hundreds of steps, 0.5 lets it use positions from the start
+        self.pos = nn.Parameter(c.pos_init * torch.randn(1, c.n_tokens, c.dim))
         self.blocks = nn.ModuleList([Block(c) for _ in range(c.depth)])
         self.scorer = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.scorer_hidden), nn.GELU(),
                                     nn.Linear(c.scorer_hidden, 1))
@@ -204,13 +213,14 @@ class TokenViT(nn.Module):
         self.head = nn.Linear(c.dim, c.classes)
 
     def forward(self, x: torch.Tensor, *, rho: float = 1.0, r: int = 0, selector: str = "learned",
-                how: str = "auto", tau: float = 1.0, return_info: bool = False):
+                how: str = "auto", tau: float = 1.0, noise: float = 1.0, return_info: bool = False):
         """Logits (B, classes) of images (B, 1, 28, 28).
 
         rho: keep ratio of the selection after ``select_after`` blocks (1 = no selection); r: tokens merged
         per block (0 = no merging); selector: "learned" scorer or "random" scores (a control);
         how: "mask" (straight-through Gumbel mask, the training path), "gather" (drop tokens, the inference
-        path) or "auto" (mask while training, gather otherwise).
+        path) or "auto" (mask while training, gather otherwise); tau, noise: temperature and Gumbel noise
+        scale of the training mask (:func:`select_mask`).
         """
         c = self.config
         if selector not in ("learned", "random"):
@@ -237,7 +247,7 @@ class TokenViT(nn.Module):
                 else:
                     scores = torch.rand(B, h.shape[1], device=h.device, dtype=h.dtype)
                 if how == "mask":
-                    mask = select_mask(scores, k, tau=tau, gumbel=self.training)  # (B, n)
+                    mask = select_mask(scores, k, tau=tau, gumbel=self.training, noise=noise)  # (B, n)
                     if return_info:
                         kept = mask.detach().nonzero()[:, 1].reshape(B, k)
                 else:
@@ -301,18 +311,29 @@ def vit_flops(config: ViTConfig, *, rho: float = 1.0, r: int = 0) -> float:
 
 def train_vit(model: TokenViT, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 1,
               batch_size: int = 128, lr: float = 2e-3, train_rhos: Sequence[float] = (1.0,),
-              tau: float = 1.0, seed: int = 0, progress: Callable | None = None) -> list[float]:
-    """AdamW with linear warm-up and cosine decay; step ``t`` trains at keep ratio ``train_rhos[t % len]``
-    (one model then serves every rho at inference). Returns the loss per step."""
+              tau: float = 1.0, noise: tuple[float, float] = (1.0, 1.0), full_tokens_fraction: float = 0.0,
+              seed: int = 0, progress: Callable | None = None) -> list[float]:
+    """AdamW with linear warm-up and cosine decay. Returns the loss per step.
+
+    The first ``full_tokens_fraction`` of the steps train the backbone on all tokens (rho = 1): a scorer
+    on untrained features has nothing to rank. After that, step ``t`` trains at keep ratio
+    ``train_rhos[t % len]`` (one model then serves every rho at inference), with the Gumbel noise scale
+    going linearly from ``noise[0]`` to ``noise[1]`` (exploration of token subsets early, the top-k used at
+    inference late)."""
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
     for rho in train_rhos:
         keep_count(model.config.n_tokens, rho)  # validates
+    if not 0 <= full_tokens_fraction < 1:
+        raise ValueError(f"full_tokens_fraction must be in [0, 1), got {full_tokens_fraction}")
+    if len(noise) != 2 or min(noise) < 0:
+        raise ValueError(f"noise must be (start, end) Gumbel noise scales >= 0, got {noise}")
     g = torch.Generator().manual_seed(int(seed))
     n = images.shape[0]
     spe = math.ceil(n / batch_size)
     total = epochs * spe
     warm = max(1, total // 20)
+    n_full = int(full_tokens_fraction * total)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda t: min(1.0, (t + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
@@ -325,8 +346,13 @@ def train_vit(model: TokenViT, images: torch.Tensor, labels: torch.Tensor, *, ep
         if step % spe == 0:
             order = torch.randperm(n, generator=g).to(images.device)
         b = order[(step % spe) * batch_size:][:batch_size]
-        rho = float(train_rhos[step % len(train_rhos)])
-        loss = F.cross_entropy(model(images[b], rho=rho, tau=tau), labels[b])
+        if step < n_full:
+            rho, sigma = 1.0, noise[0]
+        else:
+            rho = float(train_rhos[step % len(train_rhos)])
+            f = (step - n_full) / max(1, total - n_full - 1)
+            sigma = noise[0] + (noise[1] - noise[0]) * f
+        loss = F.cross_entropy(model(images[b], rho=rho, tau=tau, noise=sigma), labels[b])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

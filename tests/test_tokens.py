@@ -173,3 +173,50 @@ def test_bad_inputs(model, x):
         model(x, rho=0.5, r=2, how="mask")
     with pytest.raises(ValueError, match="r "):
         model(x, r=-1)
+
+
+def test_select_mask_noise_scale_is_sigma_times_gumbel():
+    # noise=sigma keeps the top-k of s + sigma * g, with g drawn exactly as mpnn.switch.gumbel_softmax draws it
+    s = torch.randn(3, 10, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    sigma, tau, k = 0.3, 0.7, 4
+    torch.manual_seed(5)
+    m = select_mask(s, k, tau=tau, noise=sigma)
+    torch.manual_seed(5)
+    u = torch.rand(3, 10)
+    g = -torch.log(-torch.log(u))
+    z = s.detach() + sigma * g
+    expected = torch.zeros(3, 10).scatter_(1, z.topk(k, dim=-1).indices, 1.0)
+    assert torch.allclose(m, expected, atol=1e-6)
+    w = torch.randn(3, 10, generator=torch.Generator().manual_seed(2))
+    (m * w).sum().backward()
+    s2 = s.detach().clone().requires_grad_(True)
+    (torch.softmax((s2 + sigma * g) / tau, -1) * w).sum().backward()
+    assert torch.allclose(s.grad, s2.grad, atol=1e-6)
+    # noise 0: the plain top-k of the scores, whatever the generator state
+    m0 = select_mask(s.detach(), k, noise=0.0)
+    assert torch.allclose(m0, torch.zeros(3, 10).scatter_(1, s.detach().topk(k, dim=-1).indices, 1.0), atol=1e-6)
+    with pytest.raises(ValueError, match="noise"):
+        select_mask(s, k, noise=-1.0)
+
+
+def test_train_vit_schedule_full_tokens_then_annealed_noise():
+    from mpnn.tokens import train_vit
+    torch.manual_seed(0)
+    model = TokenViT(SMALL)
+    calls = []
+    forward = model.forward
+
+    def spy(x, **kw):
+        calls.append((kw["rho"], kw["noise"]))
+        return forward(x, **kw)
+
+    model.forward = spy
+    images = torch.randn(40, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(40) % 10
+    # 40 images, batch 4 -> 10 steps; the first 4 on all tokens, then rho cycles and noise goes 1 -> 0
+    train_vit(model, images, labels, epochs=1, batch_size=4, train_rhos=(1.0, 0.5), noise=(1.0, 0.0),
+              full_tokens_fraction=0.4)
+    assert [c[0] for c in calls] == [1.0] * 4 + [1.0, 0.5, 1.0, 0.5, 1.0, 0.5]
+    assert [round(c[1], 6) for c in calls[4:]] == [round(1 - i / 5, 6) for i in range(6)]
+    with pytest.raises(ValueError, match="full_tokens_fraction"):
+        train_vit(model, images, labels, full_tokens_fraction=1.0)
