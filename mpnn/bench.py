@@ -9,6 +9,11 @@ Cases may also return ``(variants, extra)`` where ``extra`` is a dict of derived
 
 The reference that all kernels are judged against is :func:`dense_mm_gflops`: the measured
 GFLOP/s of a dense ``torch.mm`` on this machine.
+
+Everything runs with a fixed number of CPU threads (``threads``, default 1): the book's kernels are
+small, and on a shared machine multi-threaded timings of small ops are dominated by scheduling
+(seen here: a loop of small matmuls 150x slower on 2 busy threads than on 1). Pass ``threads=N``
+(``python -m mpnn bench --threads N``) to measure a multi-core setting.
 """
 from __future__ import annotations
 
@@ -117,20 +122,27 @@ def run_case(c: Case, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def run_all(quick: bool = False, only: str | None = None, progress: bool = True) -> dict[str, Any]:
+def run_all(quick: bool = False, only: str | None = None, progress: bool = True,
+            threads: int = 1) -> dict[str, Any]:
+    """Run every registered case (or those whose name contains ``only``) on ``threads`` CPU threads."""
+    from .repro import cpu_threads
     cases = [c for c in discover().values() if only is None or only in c.name]
     if only is not None and not cases:
         raise ValueError(f"no benchmark case matches {only!r}; cases: {', '.join(sorted(REGISTRY))}")
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
     from tqdm.auto import tqdm
     rows = []
-    for c in tqdm(cases, desc="benchmarks", disable=not progress):
-        rows.extend(run_case(c, quick))
+    with cpu_threads(threads):
+        for c in tqdm(cases, desc="benchmarks", disable=not progress):
+            rows.extend(run_case(c, quick))
+        reference = dense_mm_gflops(512 if quick else 1024)
     return {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "threads": threads,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "quick": quick,
-        "reference": dense_mm_gflops(512 if quick else 1024),
+        "reference": reference,
         "results": rows,
     }
 

@@ -220,7 +220,7 @@ def cmd_list(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import bench
-    results = bench.run_all(quick=args.quick, only=args.only)
+    results = bench.run_all(quick=args.quick, only=args.only, threads=args.threads)
     path = bench.write_results(results)
     print(f"benchmarks: {path}")
     return 0
@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="run the benchmark harness")
     bench.add_argument("--quick", action="store_true", help="small sizes (CI)")
     bench.add_argument("--only", default=None, help="run cases whose name contains this text")
+    bench.add_argument("--threads", type=int, default=1, help="CPU threads for every case (default 1)")
     args = parser.parse_args(argv)
     handlers = {"run": cmd_run, "build": cmd_build, "list": cmd_list, "bench": cmd_bench}
     try:

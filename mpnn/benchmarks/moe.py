@@ -29,7 +29,7 @@ def _loop_over_experts(layer: moe.TokenChoiceMoE, x: torch.Tensor) -> torch.Tens
 @case("moe/forward-backward", group="conditional_computation",
       params={"k": [1, 2], "n_experts": [8, 32]})
 def forward_backward(k, n_experts, quick):
-    tokens, d, h = (1024, 128, 128) if quick else (8192, 256, 512)
+    tokens, d, h = (512, 64, 64) if quick else (8192, 256, 512)
     torch.manual_seed(0)
     x = torch.randn(tokens, d)
     layer = moe.TokenChoiceMoE(moe.TopKGate(d, n_experts, k=k), moe.Experts(n_experts, d, h, d))

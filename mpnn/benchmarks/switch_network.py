@@ -30,8 +30,8 @@ def _data(n: int, seed: int = 0):
 
 @case("switch/isolated-training", group="switch_network", params={"neurons": [5, 100, 1000]}, repeats=3)
 def isolated_training(neurons, quick):
-    steps = 10 if quick else 50
-    n = min(neurons, 100) if quick else neurons
+    steps = 5 if quick else 50
+    n = min(neurons, 20) if quick else neurons              # quick (CI): the code path, not the scaling
     x, y, a = _data(n)
     parts = [(x[a == i], y[a == i]) for i in range(n)]        # pre-split for the loops (untimed)
 
@@ -59,6 +59,6 @@ def isolated_training(neurons, quick):
         return W
 
     variants = {"vectorised": vectorised, "loop": loop, "dense": dense}
-    if n <= 100:                                              # autograd loop: minutes at 1000
+    if n <= 100 and not quick:                                # autograd loop: minutes at 1000
         variants["loop-autograd"] = loop_autograd
     return variants, {"neurons_run": n, "steps": steps, "observations": n * PER_NEURON}
