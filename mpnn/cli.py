@@ -133,6 +133,7 @@ def execute(chapter: str, params: dict[str, Any], profile: str) -> dict[str, Any
         pm.execute_notebook(str(source), str(partial), parameters=params, cwd=str(paths.BOOK),
                             kernel_name="python3", progress_bar={"desc": chapter, "leave": True, "disable": False},
                             request_save_on_cell_execute=False, log_output=False)
+        strip_widget_outputs(partial)
         partial.replace(final)
         record["status"] = "ok"
     except PapermillExecutionError as exc:
@@ -156,6 +157,30 @@ def execute(chapter: str, params: dict[str, Any], profile: str) -> dict[str, Any
         record["runner_duration_s"] = round(time.time() - start, 2)
         _merge_manifest(manifest, record)
     return record
+
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def strip_widget_outputs(notebook: Path) -> int:
+    """Drop live-widget outputs (notebook progress bars) and widget state from an executed notebook.
+
+    The site has no kernel behind it: a widget output would make jupyter-book load require.js and the
+    widget manager from a CDN and render an empty box. Explorers already show a static view in site
+    runs; what remains are ``tqdm.notebook`` bars, which carry no result. Returns how many went.
+    """
+    import nbformat
+    nb = nbformat.read(notebook, as_version=4)
+    dropped = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = [o for o in cell.outputs if WIDGET_MIME not in o.get("data", {})]
+        dropped += len(cell.outputs) - len(kept)
+        cell.outputs = kept
+    nb.metadata.pop("widgets", None)
+    nbformat.write(nb, notebook)
+    return dropped
 
 
 def _merge_manifest(path: Path, record: dict[str, Any]) -> None:

@@ -82,3 +82,18 @@ def test_failing_chapter_leaves_no_complete_notebook(tmp_path, monkeypatch):
     assert (tmp_path / "_build" / "failed" / "broken.ipynb").exists()
     manifest = json.loads((tmp_path / "_build" / "manifests" / "broken.json").read_text())
     assert manifest["runner"]["status"] == "failed"
+
+
+def test_widget_outputs_are_stripped_for_the_site(tmp_path):
+    cell = nbformat.v4.new_code_cell("bar")
+    cell.outputs = [
+        nbformat.v4.new_output("display_data", data={cli.WIDGET_MIME: {"model_id": "x"}, "text/plain": "bar 0%"}),
+        nbformat.v4.new_output("stream", name="stdout", text="kept\n"),
+    ]
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {}}
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    assert cli.strip_widget_outputs(path) == 1
+    out = nbformat.read(path, as_version=4)
+    assert [o.output_type for o in out.cells[0].outputs] == ["stream"] and "widgets" not in out.metadata
