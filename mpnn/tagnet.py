@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import repro
 from .local import LocallyConnected
 from .switch import LearnedSwitch, TagSwitch
 
@@ -367,35 +368,39 @@ class StackedSGD:
             self._rows = needed
         T = schedule.shape[0]
         chunk = every if every else max(1, T // 100)
-        threads = torch.get_num_threads()
-        if self.device.type == "cpu":
-            torch.set_num_threads(1)
-        try:
-            with torch.no_grad(), tqdm(total=T, desc=desc, disable=not progress, mininterval=1.0) as bar:
-                for t0 in range(0, T, chunk):
-                    block = schedule[t0:t0 + chunk]
-                    local_block = torch.searchsorted(self._rows, block) if self.local else block
-                    for t in range(len(block)):
-                        self.step(block[t], local_block[t])
-                    bar.update(len(block))
-                    if every and callback is not None:
-                        torch.set_num_threads(threads)
-                        callback(t0 + len(block))
-                        if self.device.type == "cpu":
-                            torch.set_num_threads(1)
-        finally:
-            torch.set_num_threads(threads)
+        # the callbacks run on the same single thread: switching the thread count back and forth
+        # made each evaluation several times slower on a busy machine (oversubscribed cores)
+        with repro.cpu_threads(1, self.device), torch.no_grad(), \
+                tqdm(total=T, desc=desc, disable=not progress, mininterval=1.0) as bar:
+            for t0 in range(0, T, chunk):
+                block = schedule[t0:t0 + chunk]
+                local_block = torch.searchsorted(self._rows, block) if self.local else block
+                for t in range(len(block)):
+                    self.step(block[t], local_block[t])
+                bar.update(len(block))
+                if every and callback is not None:
+                    callback(t0 + len(block))
 
     # ---------------------------------------------------------------- batched inference
+    def _pick(self, models) -> torch.Tensor:
+        """Model indices (S,) of a ``models`` argument: None = all ``M``."""
+        if models is None:
+            return torch.arange(self.M, device=self.device)
+        idx = torch.as_tensor(models, dtype=torch.long, device=self.device).flatten()
+        if len(idx) == 0 or int(idx.min()) < 0 or int(idx.max()) >= self.M:
+            raise ValueError(f"models must be indices in 0..{self.M - 1}, got {models!r}")
+        return idx
+
     @torch.no_grad()
-    def hidden(self, X: torch.Tensor) -> torch.Tensor:
-        """Unmasked activations of every model: X (B, P) -> (M, B, H)."""
+    def hidden(self, X: torch.Tensor, models=None) -> torch.Tensor:
+        """Unmasked activations: X (B, P) -> (S, B, H) for the models ``models`` (default all M)."""
+        sel = self._pick(models)
         x = F.pad(X.to(self.device, torch.float32), (0, 1))
         if self.local:
-            pre = torch.einsum("bhk,mkh->mbh", x[:, self.index], self.W1)
+            pre = torch.einsum("bhk,mkh->mbh", x[:, self.index], self.W1[sel])
         else:
-            pre = torch.einsum("bp,mhp->mbh", x[:, :self.P], self.W1)
-        return F.leaky_relu(pre + self.b1[:, None], self.slope)
+            pre = torch.einsum("bp,mhp->mbh", x[:, :self.P], self.W1[sel])
+        return F.leaky_relu(pre + self.b1[sel, None], self.slope)
 
     @torch.no_grad()
     def gate_choice(self, X: torch.Tensor) -> torch.Tensor:
@@ -405,34 +410,36 @@ class StackedSGD:
 
     @torch.no_grad()
     def logits(self, X: torch.Tensor, tags: torch.Tensor | None = None, *, route: str = "tag",
-               chunk: int = 2048) -> torch.Tensor:
-        """Logits (M, B, C). ``route``: ``"tag"`` (hidden mask of tag ``tags`` (B,) or (M, B)),
-        ``"all"`` (every hidden neuron active) or ``"gate"`` (MoE: the gate's expert)."""
+               chunk: int = 2048, models=None) -> torch.Tensor:
+        """Logits (S, B, C) of the models ``models`` (default all M). ``route``: ``"tag"`` (hidden
+        mask of tag ``tags`` (B,) or (S, B)), ``"all"`` (every hidden neuron active) or ``"gate"``
+        (MoE: the gate's expert)."""
         if route not in ("tag", "all", "gate"):
             raise ValueError(f"route must be 'tag', 'all' or 'gate', got {route!r}")
         if route == "gate" and not self.moe:
             raise ValueError("route='gate' needs TwoExpertMoE models")
         if route == "tag" and (tags is None or self.moe):
             raise ValueError("route='tag' needs tags and TagNet models")
+        sel = self._pick(models)
         outs = []
         for s in range(0, len(X), chunk):
             xb = X[s:s + chunk]
-            a = self.hidden(xb)                                          # (M, b, H)
+            a = self.hidden(xb, sel)                                     # (S, b, H)
             if route == "tag":
-                t = tags[..., s:s + chunk].to(self.device).expand(self.M, len(xb))
-                tab = self.tables.view(self.M, 10, -1)[:, :2]                # tag 0/1 rows: (M,2,H)
+                t = tags[..., s:s + chunk].to(self.device).expand(len(sel), len(xb))
+                tab = self.tables.view(self.M, 10, -1)[sel, :2]              # tag 0/1 rows: (S,2,H)
                 a = a * torch.gather(tab, 1, t[..., None].expand(-1, -1, a.shape[-1]))
             elif route == "gate":
-                a = a * self.groups[self.gate_choice(xb)]
-            outs.append(torch.einsum("mbh,mch->mbc", a, self.W2) + self.b2[:, None])
+                a = a * self.groups[self.gate_choice(xb)[sel]]
+            outs.append(torch.einsum("mbh,mch->mbc", a, self.W2[sel]) + self.b2[sel, None])
         return torch.cat(outs, 1)
 
-    def accuracy(self, X, y, tags=None, *, route: str = "tag") -> torch.Tensor:
-        """(M,) accuracy of every model; ``route="tag"`` with ``tags=None`` uses the label parity
-        (the document's oracle routing)."""
+    def accuracy(self, X, y, tags=None, *, route: str = "tag", models=None) -> torch.Tensor:
+        """(S,) accuracy of the models ``models`` (default all M); ``route="tag"`` with
+        ``tags=None`` uses the label parity (the document's oracle routing)."""
         if route == "tag" and tags is None:
             tags = PARITY.to(y.device)[y]
-        pred = self.logits(X, tags, route=route).argmax(-1)
+        pred = self.logits(X, tags, route=route, models=models).argmax(-1)
         return (pred == y.to(self.device)).float().mean(-1).cpu()
 
     def export(self) -> list[nn.Module]:
