@@ -134,6 +134,21 @@ def test_batched_inference_matches_module():
     moe = tagnet.TwoExpertMoE(generator=torch.Generator().manual_seed(4))
     e2 = tagnet.StackedSGD([moe], X, y)
     assert torch.allclose(e2.logits(X, route="gate")[0], moe(X), atol=1e-5)
+    # a subset of the models gives exactly their rows of the full computation
+    assert torch.allclose(eng.logits(X, tags, models=[1]), logits[1:], atol=1e-6)
+    assert torch.equal(eng.accuracy(X, y, models=[1, 0]), eng.accuracy(X, y)[[1, 0]])
+    with pytest.raises(ValueError, match="models must be indices"):
+        eng.logits(X, tags, models=[2])
+
+
+def test_fit_callback_runs_on_one_thread_and_restores_count():
+    X, y = data(40)
+    eng = tagnet.StackedSGD([tagnet.TagNet(generator=torch.Generator().manual_seed(0))], X, y)
+    before, seen = torch.get_num_threads(), []
+    eng.fit(torch.arange(40)[:, None], every=10, callback=lambda t: seen.append((t, torch.get_num_threads())),
+            progress=False)
+    assert seen == [(10, 1), (20, 1), (30, 1), (40, 1)]
+    assert torch.get_num_threads() == before
 
 
 def test_router_learns_a_separable_tag():
