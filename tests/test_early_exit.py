@@ -50,7 +50,14 @@ def test_entropy_closed_form():
 def test_batched_equals_one_sample_at_a_time(model, x):
     with torch.no_grad():
         H0 = normalised_entropy(model(x)[0])
-    T = float(H0.median())  # about half the samples leave at exit 0
+    # A threshold in the widest gap between two middle entropies, never on a sample's own entropy:
+    # batched and one-sample kernels may differ in the last bits, so a tie could go either way.
+    Hs = H0.sort().values
+    mid = Hs[len(Hs) // 4: 3 * len(Hs) // 4 + 1]
+    gaps = mid[1:] - mid[:-1]
+    i = int(gaps.argmax())
+    T = float((mid[i] + mid[i + 1]) / 2)
+    assert float(gaps[i]) > 1e-4  # the nearest sample is far from T compared with float error (~1e-7)
     res = early_exit_predict(model, x, T)
     n0 = int((H0 < T).sum())
     assert 0 < n0 < len(x)

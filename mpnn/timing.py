@@ -1,0 +1,138 @@
+"""Timing claims that hold on a shared machine: measured interleaved, recorded, and replayable.
+
+A timing claim ("wall time follows FLOPs", "fewer messages win") is a *ratio measured in one run*:
+the variants are called in turn (a, b, a, b, ...) so that a drifting machine load hits all of them
+alike, and the median of the repeats is kept (:func:`time_interleaved`).
+
+A chapter decides such a claim with a module-level function of ``mpnn`` that takes only
+torch-saveable inputs (models, tensors, numbers) and returns a dict with at least
+``{"passed": bool, "measured": str}``, and calls it through :func:`measure`::
+
+    res = timing.measure("early_exits", "wall-time-follows-flops", early_exit.wall_time_claim,
+                         model=model, x=x, thresholds=[0.1, 0.2])
+    run.claim("wall-time-follows-flops", ..., measured=res["measured"], passed=res["passed"])
+
+:func:`measure` runs the function and saves the function's name, its inputs and its result under
+``_build/timing/<chapter>/<claim>.pt``. ``python -m mpnn timing --repeats 5 --load 1`` replays every
+recorded claim several times in a row while other processes keep CPU cores busy
+(:func:`replay_all`): the evidence that a claim asserted in CI does not hang on a quiet machine.
+In a book run the runner executes the cells tagged ``timing`` alone (no other chapter computing).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import paths
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], *, repeats: int = 7, warmup: int = 1) -> dict[str, float]:
+    """Median wall time (s) of each callable, called in turn (a, b, c, a, b, c, ...) ``repeats`` times."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+
+    def sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            f()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
+def timing_dir() -> Path:
+    return paths.build_dir() / "timing"
+
+
+def _qualified_name(fn: Callable) -> str:
+    name = f"{fn.__module__}:{fn.__qualname__}"
+    if "<" in fn.__qualname__ or not fn.__module__.startswith("mpnn"):
+        raise ValueError(f"a timing claim must be a module-level function of mpnn (got {name}): "
+                         "the replay imports it by name")
+    return name
+
+
+def _resolve(name: str) -> Callable:
+    module, _, qualname = name.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def measure(chapter: str, claim: str, fn: Callable[..., dict], **inputs) -> dict:
+    """Run the timing claim ``fn(**inputs)``, save what a replay needs, return its result dict."""
+    name = _qualified_name(fn)
+    result = fn(**inputs)
+    if not isinstance(result, dict) or not {"passed", "measured"} <= set(result):
+        raise TypeError(f"{name} must return a dict with 'passed' and 'measured', got {result!r}")
+    target = timing_dir() / chapter / f"{claim}.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".pt.tmp")
+    torch.save({"chapter": chapter, "claim": claim, "fn": name, "inputs": inputs, "result": result}, tmp)
+    tmp.replace(target)
+    return result
+
+
+def recorded() -> list[Path]:
+    """Every recorded timing claim, sorted by chapter and claim."""
+    return sorted(timing_dir().glob("*/*.pt"))
+
+
+def _spin(stop) -> None:  # keeps one core busy until ``stop`` is set
+    x = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            x += 1
+
+
+def replay_all(repeats: int = 5, load: int = 1, only: str | None = None, progress: bool = True) -> list[dict]:
+    """Replay each recorded timing claim ``repeats`` times in a row with ``load`` busy processes.
+
+    Returns one row per replay (chapter, claim, repetition, passed, measured) and writes them to
+    ``_build/timing/robustness.json``. Raises ``FileNotFoundError`` when nothing was recorded yet.
+    """
+    files = [f for f in recorded() if only is None or only in f"{f.parent.name}/{f.stem}"]
+    if not files:
+        raise FileNotFoundError(f"no recorded timing claims under {timing_dir()}"
+                                + (f" matching {only!r}" if only else "")
+                                + ": run the chapters first (`python -m mpnn run --profile default`)")
+    from tqdm.auto import tqdm
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    spinners = [ctx.Process(target=_spin, args=(stop,), daemon=True) for _ in range(load)]
+    rows: list[dict] = []
+    try:
+        for p in spinners:
+            p.start()
+        time.sleep(0.5 if load else 0.0)
+        for f in tqdm(files, desc="timing claims", disable=not progress):
+            spec = torch.load(f, weights_only=False)
+            fn = _resolve(spec["fn"])
+            for i in range(repeats):
+                res = fn(**spec["inputs"])
+                rows.append({"chapter": spec["chapter"], "claim": spec["claim"], "repetition": i + 1,
+                             "load_processes": load, "passed": bool(res["passed"]), "measured": res["measured"]})
+    finally:
+        stop.set()
+        for p in spinners:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+    out = timing_dir() / "robustness.json"
+    out.write_text(json.dumps({"repeats": repeats, "load_processes": load, "rows": rows}, indent=2))
+    return rows
