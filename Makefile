@@ -7,14 +7,19 @@ PROFILE ?= default
 CHAPTER ?=
 export MPNN_DATA_DIR ?= $(CURDIR)/data/mnist
 
-.PHONY: help setup test unit chapters-smoke site site-test book figures lab bench clean
+JOBS ?=
+JOBS_FLAG := $(if $(JOBS),--jobs $(JOBS),)
+
+.PHONY: help setup test smoke unit chapters-smoke site site-test book figures lab bench timing clean
 
 help:
-	@echo "make test     unit tests, every chapter (smoke profile), site build, browser check"
+	@echo "make test     unit tests, every chapter (default profile: every claim decided), site build, browser check"
+	@echo "make smoke    the same with the smoke profile (fast iteration; many claims not tested)"
 	@echo "make book     every chapter (default profile), site in _build/html"
 	@echo "make lab      JupyterLab with the project's kernel"
 	@echo "make figures  regenerate figure files (CHAPTER=name, PROFILE=default)"
 	@echo "make bench    benchmark harness -> _build/bench/results.json"
+	@echo "make timing   replay the recorded timing claims 5 times with one core kept busy"
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 is needed (python3.11 or python3 on PATH)"; exit 1; }
@@ -40,7 +45,7 @@ unit: setup
 	$(PY) -m pytest tests --ignore=tests/test_site.py -q
 
 chapters-smoke: setup
-	$(PY) -m mpnn run --profile smoke --keep-going
+	$(PY) -m mpnn run --profile smoke --keep-going $(JOBS_FLAG)
 
 site: setup
 	$(PY) -m mpnn build
@@ -48,14 +53,22 @@ site: setup
 site-test: setup browser
 	MPNN_REQUIRE_SITE=1 $(PY) -m pytest tests/test_site.py -q
 
+# CI: the book exactly as `make book` publishes it (default profile), then the site and its browser check.
 test: setup browser
 	$(PY) -m pytest tests --ignore=tests/test_site.py -q
-	$(PY) -m mpnn run --profile smoke --keep-going
+	$(PY) -m mpnn run --profile default --keep-going $(JOBS_FLAG)
+	$(PY) -m mpnn build
+	MPNN_REQUIRE_SITE=1 $(PY) -m pytest tests/test_site.py -q
+
+# Fast iteration: the same steps on the smoke profile.
+smoke: setup browser
+	$(PY) -m pytest tests --ignore=tests/test_site.py -q
+	$(PY) -m mpnn run --profile smoke --keep-going $(JOBS_FLAG)
 	$(PY) -m mpnn build
 	MPNN_REQUIRE_SITE=1 $(PY) -m pytest tests/test_site.py -q
 
 book: setup
-	$(PY) -m mpnn run --profile $(PROFILE)
+	$(PY) -m mpnn run --profile $(PROFILE) $(JOBS_FLAG)
 	$(PY) -m mpnn build
 	@echo "open _build/html/index.html"
 
@@ -69,6 +82,10 @@ lab: setup
 bench: setup
 	$(PY) -m mpnn bench
 	$(PY) -m mpnn run performance --profile $(PROFILE)
+
+# Needs the chapters' recorded timing claims (_build/timing/, written by `make book` or `make test`).
+timing: setup
+	$(PY) -m mpnn timing --repeats 5 --load 1
 
 clean:
 	rm -rf _build

@@ -1,15 +1,18 @@
 """Command line: execute chapters with papermill, build the offline site, run benchmarks.
 
     python -m mpnn list
-    python -m mpnn run [CHAPTER ...] --profile smoke|default|full [-p NAME VALUE ...] [--keep-going]
+    python -m mpnn run [CHAPTER ...] --profile smoke|default|full [-p NAME VALUE ...] [--keep-going] [--jobs N]
     python -m mpnn build
     python -m mpnn bench [--quick] [--only PATTERN]
+    python -m mpnn timing [--repeats 5] [--load 1] [--only PATTERN]
 
 ``run`` validates every chapter, profile block and ``-p`` override against the notebooks'
 ``parameters`` cells *before* executing anything, then executes each notebook of ``book/`` into
 ``_build/src/book/`` (the committed notebooks stay stripped). A failing chapter is reported with its
 cell and error; its partial notebook goes to ``_build/failed/`` and no executed copy that looks
-complete is left in the site source. ``build`` turns ``_build/src`` into ``_build/html`` with
+complete is left in the site source. With ``--jobs N`` up to N chapters execute side by side, each
+kernel on ``cores // N`` CPU threads; code cells tagged ``timing`` run alone (:class:`CellGate`), so
+the timing claims are measured on a machine that no other chapter is loading. ``build`` turns ``_build/src`` into ``_build/html`` with
 jupyter-book (no re-execution, warnings are errors) and copies in the JavaScript the site serves.
 """
 from __future__ import annotations
@@ -20,7 +23,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +116,91 @@ def stage_sources() -> Path:
     return src
 
 
-def execute(chapter: str, params: dict[str, Any], profile: str) -> dict[str, Any]:
-    """Execute one chapter; returns its outcome record (never leaves a complete-looking failure)."""
+TIMING_TAG = "timing"
+
+
+class CellGate:
+    """A readers-writer gate over the code cells of chapters executing side by side.
+
+    Ordinary cells share the machine; a cell tagged ``timing`` waits until no other cell is
+    executing and, while it waits or runs, no new cell starts (the writer has priority, so a timing
+    cell waits at most for the cells already running). One slot per chapter: :meth:`Slot.enter`
+    before a cell, :meth:`Slot.leave` after it (idempotent, so a cell that died still lets go).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0          # ordinary cells executing
+        self._exclusive = False   # a timing cell executing
+        self._waiting = 0         # timing cells waiting
+        self.log: list[tuple[float, str, str]] = []  # (time, chapter, "enter-timing" | "leave-timing")
+
+    class Slot:
+        def __init__(self, gate: "CellGate", chapter: str) -> None:
+            self.gate, self.chapter, self.held = gate, chapter, None
+
+        def enter(self, exclusive: bool) -> None:
+            self.leave()
+            g = self.gate
+            with g._cond:
+                if exclusive:
+                    g._waiting += 1
+                    g._cond.wait_for(lambda: not g._exclusive and g._shared == 0)
+                    g._waiting -= 1
+                    g._exclusive = True
+                    g.log.append((time.time(), self.chapter, "enter-timing"))
+                else:
+                    g._cond.wait_for(lambda: not g._exclusive and g._waiting == 0)
+                    g._shared += 1
+            self.held = "exclusive" if exclusive else "shared"
+
+        def leave(self) -> None:
+            if self.held is None:
+                return
+            g = self.gate
+            with g._cond:
+                if self.held == "exclusive":
+                    g._exclusive = False
+                    g.log.append((time.time(), self.chapter, "leave-timing"))
+                else:
+                    g._shared -= 1
+                g._cond.notify_all()
+            self.held = None
+
+    def slot(self, chapter: str) -> "CellGate.Slot":
+        return CellGate.Slot(self, chapter)
+
+
+def kernel_env(profile: str, threads: int | None = None) -> dict[str, str]:
+    """Environment of the chapter kernels: static rendering, profile, no progress widgets, threads."""
+    # TQDM_DISABLE: progress bars inside the kernel would land in the site as widgets or stderr noise.
+    env = {"MPNN_RENDER": "static", "MPNN_PROFILE": profile, "TQDM_DISABLE": "1"}
+    if threads is not None:
+        env["MPNN_THREADS"] = str(threads)
+    return env
+
+
+@contextmanager
+def environment(env: dict[str, str]):
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def execute(chapter: str, params: dict[str, Any], profile: str, *, gate: CellGate | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """Execute one chapter; returns its outcome record (never leaves a complete-looking failure).
+
+    With a ``gate``, every code cell passes it (cells tagged ``timing`` alone); the caller then sets
+    the kernels' environment (:func:`kernel_env`), otherwise this function does.
+    """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -123,16 +212,20 @@ def execute(chapter: str, params: dict[str, Any], profile: str) -> dict[str, Any
     for stale in (final, partial, failed, manifest):
         stale.unlink(missing_ok=True)
     final.parent.mkdir(parents=True, exist_ok=True)
-    # TQDM_DISABLE: progress bars inside the kernel would land in the site as widgets or stderr noise.
-    env = {"MPNN_RENDER": "static", "MPNN_PROFILE": profile, "TQDM_DISABLE": "1"}
-    old_env = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    env = environment(kernel_env(profile)) if gate is None else nullcontext()
+    slot = gate.slot(chapter) if gate is not None else None
+    hooks = {}
+    if slot is not None:
+        hooks = {"on_cell_execute": lambda cell, cell_index: slot.enter(TIMING_TAG in cell.metadata.get("tags", [])),
+                 "on_cell_executed": lambda cell, cell_index, execute_reply: slot.leave()}
     start = time.time()
     record: dict[str, Any] = {"chapter": chapter, "profile": profile, "overrides": params}
     try:
-        pm.execute_notebook(str(source), str(partial), parameters=params, cwd=str(paths.BOOK),
-                            kernel_name="python3", progress_bar={"desc": chapter, "leave": True, "disable": False},
-                            request_save_on_cell_execute=False, log_output=False)
+        with env:
+            pm.execute_notebook(str(source), str(partial), parameters=params, cwd=str(paths.BOOK),
+                                kernel_name="python3",
+                                progress_bar={"desc": chapter, "leave": True, "disable": not progress},
+                                request_save_on_cell_execute=False, log_output=False, **hooks)
         strip_widget_outputs(partial)
         partial.replace(final)
         record["status"] = "ok"
@@ -149,11 +242,8 @@ def execute(chapter: str, params: dict[str, Any], profile: str) -> dict[str, Any
         if isinstance(exc, KeyboardInterrupt):
             raise
     finally:
-        for k, v in old_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if slot is not None:
+            slot.leave()
         record["runner_duration_s"] = round(time.time() - start, 2)
         _merge_manifest(manifest, record)
     return record
@@ -192,26 +282,70 @@ def _merge_manifest(path: Path, record: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, default=str))
 
 
+def default_jobs() -> int:
+    """Chapters side by side: one per CPU core (the chapters' kernels run on one thread each)."""
+    return max(1, os.cpu_count() or 1)
+
+
+# Chapters that read other chapters' manifests run after everything else.
+RUN_LAST = ("reproducibility",)
+
+
+def run_chapters(jobs: list[tuple[str, dict]], profile: str, n_jobs: int = 1, keep_going: bool = False,
+                 report=print) -> list[dict[str, Any]]:
+    """Execute ``jobs`` with up to ``n_jobs`` chapters side by side; returns their outcome records.
+
+    Chapters named in :data:`RUN_LAST` start once every other chapter has finished. After a failure
+    without ``keep_going`` no new chapter starts (those running finish).
+    """
+    if n_jobs < 1:
+        raise ChapterError(f"--jobs must be >= 1, got {n_jobs}")
+    from tqdm.auto import tqdm
+    threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    gate = CellGate()
+    first = [j for j in jobs if j[0] not in RUN_LAST]
+    last = [j for j in jobs if j[0] in RUN_LAST]
+    records: list[dict[str, Any]] = []
+    stop = threading.Event()
+    bar = tqdm(total=len(jobs), desc=f"chapters ({profile}, {n_jobs} at a time)", unit="chapter")
+
+    def one(job):
+        chapter, params = job
+        if stop.is_set():
+            return None
+        record = execute(chapter, params, profile, gate=gate, progress=n_jobs == 1)
+        bar.update(1)
+        if record["status"] != "ok":
+            where = (f"cell [{record['cell']}] `{record.get('cell_source', '')}`" if record.get("cell")
+                     else "before the first cell")
+            report(f"\nFAILED {chapter} ({where}): {record['error']}\n"
+                   f"  partial notebook: {failed_dir() / (chapter + '.ipynb')}")
+            if not keep_going:
+                stop.set()
+        else:
+            report(f"ok {chapter} ({record['runner_duration_s']:.0f} s)")
+        return record
+
+    with environment(kernel_env(profile, threads)):
+        for batch in (first, last):
+            with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+                records += [r for r in pool.map(one, batch) if r is not None]
+    bar.close()
+    return records
+
+
 def cmd_run(args) -> int:
     overrides = parse_overrides(args.param or [])
     jobs = plan(args.chapters, args.profile, overrides)  # raises before anything runs
+    n_jobs = args.jobs if args.jobs is not None else default_jobs()
     stage_sources()
-    from tqdm.auto import tqdm
-    failures = []
-    for chapter, params in tqdm(jobs, desc=f"chapters ({args.profile})", unit="chapter"):
-        record = execute(chapter, params, args.profile)
-        if record["status"] != "ok":
-            failures.append(record)
-            where = (f"cell [{record['cell']}] `{record.get('cell_source', '')}`" if record.get("cell")
-                     else "before the first cell")
-            print(f"\nFAILED {chapter} ({where}): {record['error']}\n"
-                  f"  partial notebook: {failed_dir() / (chapter + '.ipynb')}", file=sys.stderr)
-            if not args.keep_going:
-                break
-        else:
-            print(f"ok {chapter} ({record['runner_duration_s']:.0f} s)")
-    if failures:
-        print(f"{len(failures)} chapter(s) failed: {', '.join(r['chapter'] for r in failures)}", file=sys.stderr)
+    start = time.time()
+    records = run_chapters(jobs, args.profile, n_jobs, args.keep_going)
+    failures = [r for r in records if r["status"] != "ok"]
+    print(f"{len(records)} chapter(s) in {time.time() - start:.0f} s, {n_jobs} at a time")
+    if failures or len(records) < len(jobs):
+        print(f"{len(failures)} chapter(s) failed: {', '.join(r['chapter'] for r in failures)}"
+              + (f"; {len(jobs) - len(records)} not started" if len(records) < len(jobs) else ""), file=sys.stderr)
         return 1
     return 0
 
@@ -251,6 +385,19 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_timing(args) -> int:
+    from . import timing
+    rows = timing.replay_all(repeats=args.repeats, load=args.load, only=args.only)
+    width = max(len(f"{r['chapter']}/{r['claim']}") for r in rows)
+    for r in rows:
+        print(f"{r['chapter'] + '/' + r['claim']:<{width}}  #{r['repetition']}  "
+              f"{'passed' if r['passed'] else 'FAILED'}  {r['measured']}")
+    failed = [r for r in rows if not r["passed"]]
+    print(f"{len(rows) - len(failed)}/{len(rows)} replays passed with {args.load} busy process(es); "
+          f"{timing.timing_dir() / 'robustness.json'}")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mpnn", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -260,14 +407,20 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                      help="override a parameter (NAME or CHAPTER:NAME); VALUE is parsed as YAML")
     run.add_argument("--keep-going", action="store_true", help="run the remaining chapters after a failure")
+    run.add_argument("--jobs", "-j", type=int, default=None,
+                     help="chapters side by side (default: one per CPU core); cells tagged 'timing' run alone")
     sub.add_parser("build", help="build the site from the executed chapters")
     sub.add_parser("list", help="list chapters and their parameters")
     bench = sub.add_parser("bench", help="run the benchmark harness")
     bench.add_argument("--quick", action="store_true", help="small sizes (CI)")
     bench.add_argument("--only", default=None, help="run cases whose name contains this text")
     bench.add_argument("--threads", type=int, default=1, help="CPU threads for every case (default 1)")
+    tim = sub.add_parser("timing", help="replay the recorded timing claims under load")
+    tim.add_argument("--repeats", type=int, default=5, help="replays of each claim in a row (default 5)")
+    tim.add_argument("--load", type=int, default=1, help="busy processes running meanwhile (default 1)")
+    tim.add_argument("--only", default=None, help="claims whose 'chapter/claim' contains this text")
     args = parser.parse_args(argv)
-    handlers = {"run": cmd_run, "build": cmd_build, "list": cmd_list, "bench": cmd_bench}
+    handlers = {"run": cmd_run, "build": cmd_build, "list": cmd_list, "bench": cmd_bench, "timing": cmd_timing}
     try:
         return handlers[args.command](args)
     except (ChapterError, FileNotFoundError) as exc:

@@ -211,6 +211,9 @@ def start_run(chapter: str, namespace: dict[str, Any], *, deterministic: bool = 
     params = {name: notebooks.check_value(chapter, name, namespace[name], default)
               for name, default in declared.items()}
     seed_everything(int(params.get("seed", 0)), deterministic=deterministic)
+    threads = os.environ.get("MPNN_THREADS")  # set by the runner: cores // chapters running side by side
+    if threads:
+        torch.set_num_threads(int(threads))
     device = resolve_device(params.get("device", "auto"))
     from . import plots
     plots.set_chapter(chapter)

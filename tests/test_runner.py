@@ -97,3 +97,66 @@ def test_widget_outputs_are_stripped_for_the_site(tmp_path):
     assert cli.strip_widget_outputs(path) == 1
     out = nbformat.read(path, as_version=4)
     assert [o.output_type for o in out.cells[0].outputs] == ["stream"] and "widgets" not in out.metadata
+
+
+def test_cell_gate_runs_timing_cells_alone():
+    """Ordinary cells overlap; a timing cell waits for those running and blocks new ones (writer first)."""
+    import threading
+    import time as _time
+    gate = cli.CellGate()
+    a, b, c, d = gate.slot("a"), gate.slot("b"), gate.slot("c"), gate.slot("d")
+    a.enter(False)
+    b.enter(False)                       # two ordinary cells at once
+    entered = threading.Event()
+    t = threading.Thread(target=lambda: (c.enter(True), entered.set()))
+    t.start()
+    _time.sleep(0.2)
+    assert not entered.is_set()          # waits while a and b run
+    late = threading.Event()
+    t2 = threading.Thread(target=lambda: (d.enter(False), late.set()))  # a cell of a third chapter
+    a.leave()
+    t2.start()
+    _time.sleep(0.2)
+    assert not entered.is_set() and not late.is_set()   # b still runs; d's new cell queues behind c
+    b.leave()
+    t.join(2)
+    assert entered.is_set() and not late.is_set()       # the timing cell goes first, alone
+    c.leave()
+    c.leave()                            # idempotent
+    t2.join(2)
+    assert late.is_set()
+    d.leave()
+    with pytest.raises(ChapterError, match="--jobs"):
+        cli.run_chapters([], "smoke", n_jobs=0)
+
+
+def test_parallel_chapters_keep_timing_cells_alone(tmp_path, monkeypatch):
+    """Two chapters side by side: no cell of one overlaps the other's timing cell (times from the kernels)."""
+    book = tmp_path / "book"
+    book.mkdir()
+    log = tmp_path / "log.txt"
+
+    def cell(name, seconds, tags=()):
+        c = nbformat.v4.new_code_cell(
+            f"import time\nt0 = time.time(); time.sleep({seconds})\n"
+            f"open({str(log)!r}, 'a').write(f'{name} {{t0}} {{time.time()}}\\n')")
+        c.metadata["tags"] = list(tags)
+        return c
+    for name, cells in {"one": [cell("one-a", 0.6), cell("one-b", 0.6), cell("one-c", 0.6)],
+                        "two": [cell("two-a", 0.2), cell("two-timing", 0.5, ["timing"]), cell("two-b", 0.2)]}.items():
+        params = nbformat.v4.new_code_cell("seed = 0")
+        params.metadata["tags"] = ["parameters"]
+        _write_notebook(book / f"{name}.ipynb", [params, *cells])
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/one\nchapters:\n- file: book/two\n")
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    monkeypatch.setattr(paths, "BOOK", book)
+    monkeypatch.setenv("MPNN_BUILD_DIR", str(tmp_path / "_build"))
+    records = cli.run_chapters([("one", {}), ("two", {})], "smoke", n_jobs=2, report=lambda *_: None)
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    spans = {line.split()[0]: (float(line.split()[1]), float(line.split()[2]))
+             for line in log.read_text().splitlines()}
+    t0, t1 = spans["two-timing"]
+    others = [v for k, v in spans.items() if k.startswith("one")]
+    assert all(end <= t0 or start >= t1 for start, end in others), spans
+    # the chapters did run side by side: some cell of "one" overlaps some ordinary cell of "two"
+    assert any(s < spans[k][1] and e > spans[k][0] for s, e in others for k in ("two-a", "two-b")), spans
