@@ -326,12 +326,39 @@ def run_chapters(jobs: list[tuple[str, dict]], profile: str, n_jobs: int = 1, ke
             report(f"ok {chapter} ({record['runner_duration_s']:.0f} s)")
         return record
 
+    start = time.time()
     with environment(kernel_env(profile, threads)):
         for batch in (first, last):
             with ThreadPoolExecutor(max_workers=n_jobs) as pool:
                 records += [r for r in pool.map(one, batch) if r is not None]
+            if batch is first:  # what the reproducibility report shows about this run as a whole
+                write_run_record(profile, n_jobs, threads, time.time() - start, records, gate)
     bar.close()
     return records
+
+
+def run_record_path() -> Path:
+    return paths.build_dir() / "run.json"
+
+
+def write_run_record(profile: str, n_jobs: int, threads: int, wall_s: float, records: list[dict],
+                     gate: CellGate) -> None:
+    """``_build/run.json``: profile, chapters side by side, wall time and time spent in timing cells."""
+    timing_s, opened = 0.0, {}
+    for t, chapter, what in gate.log:
+        if what == "enter-timing":
+            opened[chapter] = t
+        elif chapter in opened:
+            timing_s += t - opened.pop(chapter)
+    data = {"profile": profile, "jobs": n_jobs, "threads_per_chapter": threads, "cpu_count": os.cpu_count(),
+            "wall_s": round(wall_s, 1), "timing_cells_alone_s": round(timing_s, 1),
+            "chapters": {r["chapter"]: {"status": r["status"], "duration_s": r["runner_duration_s"]}
+                         for r in records}}
+    path = run_record_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 def cmd_run(args) -> int:
