@@ -30,7 +30,7 @@ def _data(n: int, seed: int = 0):
 
 @case("switch/isolated-training", group="switch_network", params={"neurons": [5, 100, 1000]}, repeats=3)
 def isolated_training(neurons, quick):
-    steps = 5 if quick else 50
+    steps = 5 if quick else 10                              # per-step costs: ratios do not depend on steps
     n = min(neurons, 20) if quick else neurons              # quick (CI): the code path, not the scaling
     x, y, a = _data(n)
     parts = [(x[a == i], y[a == i]) for i in range(n)]        # pre-split for the loops (untimed)
