@@ -98,3 +98,27 @@ def test_site_chart_html_is_offline_and_escaped(tmp_path, monkeypatch):
     assert (tmp_path / "figures" / "demo" / "demo-chart.vl.json").exists()
     svg = (tmp_path / "figures" / "demo" / "demo-chart.svg").read_text()
     assert svg.startswith("<svg") and spec["mark"]["type"] == "point"
+
+
+TIMING_CALLS = ("timing.measure(", "time_interleaved(", "bench.run_all(")
+
+
+def _top_level_code(source: str) -> str:
+    """The cell's code outside function and class definitions (what runs when the cell runs)."""
+    import ast
+    tree = ast.parse(source)
+    return "\n".join(ast.unparse(node) for node in tree.body
+                     if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
+
+
+def test_cells_that_time_things_are_tagged_timing():
+    """The runner runs cells tagged `timing` alone; a cell that times without the tag shares the CPU."""
+    for nb_path in sorted(paths.BOOK.glob("*.ipynb")):
+        nb = json.loads(nb_path.read_text())
+        for i, cell in enumerate(nb["cells"]):
+            if cell["cell_type"] != "code":
+                continue
+            code = _top_level_code("".join(cell["source"]))
+            if any(call in code for call in TIMING_CALLS):
+                assert "timing" in cell.get("metadata", {}).get("tags", []), \
+                    f"{nb_path.name} cell {i} times something but is not tagged 'timing'"
