@@ -32,6 +32,7 @@ from .data.cmnist import (CMNIST, N_COMPOSITIONAL, N_NONCOMPOSITIONAL, NONCOMP_S
 
 __all__ = ["ConvTowers", "make_model", "init_normal", "evaluate", "train_cmnist", "CMNISTHistory",
            "mlp_towers", "pooled_inputs", "TowerMLP", "init_tower_mlp", "evaluate_runs", "train_tower_mlp",
+           "seconds_per_step",
            "KERNELS", "FEATURE_HW"]
 
 KERNELS = ((9, 27), (7, 21), (5, 15))
@@ -337,3 +338,32 @@ def train_tower_mlp(kind: str, x_train: torch.Tensor, digits_train: torch.Tensor
         if epoch % eval_every == 0 or epoch == epochs:
             log(epoch)
     return model, rows
+
+
+def seconds_per_step(kind: str, *, steps: int = 3, batch_size: int = 16, lr: float = 2e-3,
+                     init_std: float = 0.01, device="cpu") -> float:
+    """Median wall time of one SGD step of the paper's ``kind`` model on random 28 x 84 images
+    (after one untimed warm-up step): what an epoch of the paper costs on ``device``."""
+    import time
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"need steps >= 1 and batch_size >= 1, got {steps}, {batch_size}")
+    model = make_model(kind)
+    init_normal(model, list(range(len(model.outputs))), init_std)
+    model.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch_size, 1, 28, 84, generator=g).to(device)
+    d = torch.randint(0, 10, (batch_size, 3), generator=g)
+    y = torch.cat([compositional_targets(d), noncompositional_targets(d)], 1).to(device)
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        loss = (model(x) - y).pow(2).sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]

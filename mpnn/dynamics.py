@@ -45,7 +45,8 @@ from mpnn.repro import cpu_threads
 __all__ = [
     "CompositionalData", "Mode", "LinearTrajectory", "ARCHITECTURES", "BLOCKS",
     "binary_patterns", "make_dataset", "mode_spectrum", "aligned_modes", "sigmoid_trajectory",
-    "architecture_masks", "init_weights", "train_linear", "train_linear_loop", "block_norms",
+    "architecture_masks", "init_weights", "LinearGroup", "train_linear_groups", "train_linear",
+    "train_linear_loop", "heldout_experiments", "block_norms",
     "mode_strengths", "predicted_strengths", "block_losses", "heldout_experiment",
     "full_rank_probability", "single_thread",
 ]
@@ -256,47 +257,112 @@ def _as_batch(M: torch.Tensor, R: int) -> torch.Tensor:
     return M.expand(R, *M.shape[-2:]) if M.dim() == 2 else M
 
 
+@dataclass(frozen=True)
+class LinearGroup:
+    """One batch of runs for :func:`train_linear_groups`: data ``X`` (d_in, P) or (R, d_in, P), ``Y``
+    likewise, the architecture ``masks``, one seed per run and the group's learning rate."""
+    X: torch.Tensor
+    Y: torch.Tensor
+    masks: tuple[torch.Tensor, torch.Tensor | None]
+    seeds: Sequence[int]
+    lr: float
+
+
+def _pad(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Zero-pad ``t`` at the end of every axis to ``shape``."""
+    out = t.new_zeros(tuple(shape))
+    out[tuple(slice(0, n) for n in t.shape)] = t
+    return out
+
+
+def train_linear_groups(groups: Sequence[LinearGroup], *, epochs: int = 300, init_std: float = 2e-4,
+                        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
+                        ) -> list[LinearTrajectory]:
+    """Train several groups (architectures, datasets, learning rates) in one batched pass.
+
+    Each group's weights are drawn exactly as :func:`train_linear` draws them, then every tensor is
+    zero-padded to the largest ``(H, d_in, d_out, P)`` of all groups and the runs are stacked. A padded
+    hidden unit, input, output or pattern is zero with a zero mask, so it contributes exact zeros to
+    every product and stays zero: each run follows its own group's dynamics. The learning rate is
+    a per-run tensor. All groups must have the same depth (all shallow or all two-layer).
+    One step, with ``E = Y - W2 W1 X``::
+
+        W1 += lr * M1 * (W2^T E X^T)        W2 += lr * M2 * (E (W1 X)^T)
+
+    (``W += lr * M * (E X^T)`` for a shallow net). Masked entries start at zero and stay exactly zero.
+    Returns one :class:`LinearTrajectory` per group, in the group's own shapes.
+    """
+    if epochs < 0 or any(g.lr <= 0 for g in groups) or not groups:
+        raise ValueError(f"need groups, epochs >= 0 and lr > 0, got epochs={epochs}, "
+                         f"lr={[g.lr for g in groups]}")
+    depths = {sum(m is not None for m in g.masks) for g in groups}
+    if len(depths) != 1:
+        raise ValueError("all groups must have the same depth (all shallow or all two-layer)")
+    dev = torch.device(device)
+    sizes = [len(g.seeds) for g in groups]
+    xs = [_as_batch(g.X.to(dtype), n) for g, n in zip(groups, sizes)]           # (R_g, d_in, P)
+    ys = [_as_batch(g.Y.to(dtype), n) for g, n in zip(groups, sizes)]
+    d_in = max(x.shape[1] for x in xs)
+    d_out = max(y.shape[1] for y in ys)
+    P = max(x.shape[2] for x in xs)
+    init = [init_weights(g.seeds, g.masks, init_std) for g in groups]
+    masks = [[m for m in g.masks if m is not None] for g in groups]
+    if depths == {1}:
+        shapes = [(d_out, d_in)]
+    else:
+        H = max(ms[0].shape[0] for ms in masks)
+        shapes = [(H, d_in), (d_out, H)]
+    cat = lambda ts, shape: torch.cat([_pad(t, (t.shape[0], *shape)) for t in ts]).to(dev)
+    ws = [cat([w[k] for w in init], shp) for k, shp in enumerate(shapes)]
+    ms = [cat([_as_batch(m[k].to(dtype), n) for m, n in zip(masks, sizes)], shp) for k, shp in enumerate(shapes)]
+    Xb = cat(xs, (d_in, P))
+    Yb = cat(ys, (d_out, P))
+    lr = torch.cat([torch.full((n, 1, 1), float(g.lr), dtype=dtype) for g, n in zip(groups, sizes)]).to(dev)
+    initial = [w.clone() for w in ws]
+
+    def full_map(ws):
+        return ws[0] if len(ws) == 1 else torch.bmm(ws[1], ws[0])   # (R, d_out, d_in)
+
+    R = Xb.shape[0]
+    maps = torch.empty(epochs + 1, R, d_out, d_in, device=dev, dtype=dtype)
+    maps[0] = full_map(ws)
+    XXt = torch.bmm(Xb, Xb.transpose(1, 2))                    # (R, d_in, d_in)
+    YXt = torch.bmm(Yb, Xb.transpose(1, 2))                    # (R, d_out, d_in)
+    lm = [lr * m for m in ms]                                  # learning rate times mask, once
+    for t in range(epochs):
+        if len(ws) == 1:
+            G = YXt - torch.bmm(ws[0], XXt)                    # E X^T, (R, d_out, d_in)
+            ws[0] = ws[0] + lm[0] * G
+        else:
+            W1, W2 = ws
+            G = YXt - torch.bmm(maps[t], XXt)                  # E X^T, (R, d_out, d_in); maps[t] = W2 W1
+            gW1 = torch.bmm(W2.transpose(1, 2), G)             # W2^T E X^T, (R, H, d_in)
+            gW2 = torch.bmm(G, W1.transpose(1, 2))             # E X^T W1^T, (R, d_out, H)
+            ws = [W1 + lm[0] * gW1, W2 + lm[1] * gW2]
+        maps[t + 1] = full_map(ws)
+    out, start = [], 0
+    for g, n, x, y, w0 in zip(groups, sizes, xs, ys, init):
+        rs = slice(start, start + n)
+        start += n
+        crop = lambda w, ref: w[(rs, *(slice(0, k) for k in ref.shape[1:]))]
+        out.append(LinearTrajectory(maps[:, rs, :y.shape[1], :x.shape[1]], [crop(w, r) for w, r in zip(initial, w0)],
+                                    [crop(w, r) for w, r in zip(ws, w0)], g.lr))
+    return out
+
+
 def train_linear(X: torch.Tensor, Y: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor | None],
                  seeds: Sequence[int], *, lr: float = 0.02, epochs: int = 300, init_std: float = 2e-4,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
                  ) -> LinearTrajectory:
     """Full-batch gradient descent on ``1/2 sum_p ||y_p - W2 W1 x_p||^2`` for all runs in one pass.
 
-    ``X`` (d_in, P) or per-run (R, d_in, P_train); ``Y`` likewise. One step, with ``E = Y - W2 W1 X``::
-
-        W1 += lr * M1 * (W2^T E X^T)        W2 += lr * M2 * (E (W1 X)^T)
-
-    (``W += lr * M * (E X^T)`` for a shallow net). Masked entries start at zero and stay exactly zero.
+    ``X`` (d_in, P) or per-run (R, d_in, P_train); ``Y`` likewise. The update is that of
+    :func:`train_linear_groups` (this is its one-group case).
     """
     if epochs < 0 or lr <= 0:
         raise ValueError(f"need epochs >= 0 and lr > 0, got epochs={epochs}, lr={lr}")
-    R = len(seeds)
-    dev = torch.device(device)
-    ws = [w.to(dev, dtype) for w in init_weights(seeds, masks, init_std)]
-    ms = [m.to(dev, dtype) for m in masks if m is not None]
-    Xb = _as_batch(X.to(dev, dtype), R)                         # (R, d_in, P)
-    Yb = _as_batch(Y.to(dev, dtype), R)                         # (R, d_out, P)
-    initial = [w.clone() for w in ws]
-
-    def full_map(ws):
-        return ws[0] if len(ws) == 1 else torch.bmm(ws[1], ws[0])   # (R, d_out, d_in)
-
-    maps = torch.empty(epochs + 1, R, Yb.shape[1], Xb.shape[1], device=dev, dtype=dtype)
-    maps[0] = full_map(ws)
-    XXt = torch.bmm(Xb, Xb.transpose(1, 2))                    # (R, d_in, d_in)
-    YXt = torch.bmm(Yb, Xb.transpose(1, 2))                    # (R, d_out, d_in)
-    for t in range(epochs):
-        if len(ws) == 1:
-            G = YXt - torch.bmm(ws[0], XXt)                    # E X^T, (R, d_out, d_in)
-            ws[0] = ws[0] + lr * ms[0] * G
-        else:
-            W1, W2 = ws
-            G = YXt - torch.bmm(torch.bmm(W2, W1), XXt)        # E X^T, (R, d_out, d_in)
-            gW1 = torch.bmm(W2.transpose(1, 2), G)             # W2^T E X^T, (R, H, d_in)
-            gW2 = torch.bmm(G, W1.transpose(1, 2))             # E X^T W1^T, (R, d_out, H)
-            ws = [W1 + lr * ms[0] * gW1, W2 + lr * ms[1] * gW2]
-        maps[t + 1] = full_map(ws)
-    return LinearTrajectory(maps, initial, ws, lr)
+    return train_linear_groups([LinearGroup(X, Y, masks, seeds, lr)], epochs=epochs, init_std=init_std,
+                               device=device, dtype=dtype)[0]
 
 
 def train_linear_loop(X, Y, masks, seeds, *, lr=0.02, epochs=300, init_std=2e-4, device="cpu",
@@ -360,6 +426,42 @@ def block_losses(maps: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, n2: int) 
     return torch.stack([comp, non], -1)
 
 
+def _heldout_split(P: int, seeds: Sequence[int], n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per run, ``n_train`` training and ``P - n_train`` test patterns from a child of the run's seed."""
+    if not 1 <= n_train < P:
+        raise ValueError(f"n_train must be between 1 and {P - 1} (patterns left to test), got {n_train}")
+    # the training patterns come from a child of the run's seed, independent of its initial weights
+    perm_seeds = [int(np.random.SeedSequence([int(s), 1]).generate_state(1)[0]) for s in seeds]
+    perms = torch.stack([torch.randperm(P, generator=torch.Generator().manual_seed(ps))
+                         for ps in perm_seeds])                               # (R, P)
+    return perms[:, :n_train], perms[:, n_train:]
+
+
+def _gather(M: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return M.T[idx].transpose(1, 2)                                           # (R, rows, n)
+
+
+def heldout_experiments(cases: Sequence[tuple[CompositionalData, str]], seeds: Sequence[int], *, n_train: int = 3,
+                        hidden: int = 50, lr: float = 0.02, epochs: int = 500, init_std: float = 1e-3,
+                        device="cpu") -> list[dict[str, torch.Tensor]]:
+    """:func:`heldout_experiment` for several ``(dataset, architecture)`` cases, all trained in one
+    batched pass (:func:`train_linear_groups`); results identical in value to one call per case."""
+    groups, splits = [], []
+    for data, arch in cases:
+        tr, te = _heldout_split(data.n_patterns, seeds, n_train)
+        splits.append((tr, te))
+        groups.append(LinearGroup(_gather(data.X, tr), _gather(data.Y, tr), architecture_masks(arch, data, hidden),
+                                  seeds, lr))
+    trajs = train_linear_groups(groups, epochs=epochs, init_std=init_std, device=device)
+    out = []
+    for (data, _), (tr, te), traj in zip(cases, splits, trajs):
+        maps = traj.maps.cpu()
+        out.append({"train": block_losses(maps, _gather(data.X, tr), _gather(data.Y, tr), data.n2),
+                    "test": block_losses(maps, _gather(data.X, te), _gather(data.Y, te), data.n2),
+                    "train_idx": tr, "maps_final": maps[-1]})
+    return out
+
+
 def heldout_experiment(data: CompositionalData, arch: str, seeds: Sequence[int], *, n_train: int = 3,
                        hidden: int = 50, lr: float = 0.02, epochs: int = 500, init_std: float = 1e-3,
                        device="cpu") -> dict[str, torch.Tensor]:
@@ -368,22 +470,8 @@ def heldout_experiment(data: CompositionalData, arch: str, seeds: Sequence[int],
     Each run draws its own training patterns and initial weights from its own seed. Returns losses
     (T+1, R, 2) (Omega_y, Gamma_y) for ``train`` and ``test`` and the drawn ``train_idx`` (R, n_train).
     """
-    P = data.n_patterns
-    if not 1 <= n_train < P:
-        raise ValueError(f"n_train must be between 1 and {P - 1} (patterns left to test), got {n_train}")
-    # the training patterns come from a child of the run's seed, independent of its initial weights
-    perm_seeds = [int(np.random.SeedSequence([int(s), 1]).generate_state(1)[0]) for s in seeds]
-    perms = torch.stack([torch.randperm(P, generator=torch.Generator().manual_seed(ps))
-                         for ps in perm_seeds])                               # (R, P)
-    tr, te = perms[:, :n_train], perms[:, n_train:]
-    gather = lambda M, idx: M.T[idx].transpose(1, 2)                          # (R, rows, n)
-    masks = architecture_masks(arch, data, hidden)
-    traj = train_linear(gather(data.X, tr), gather(data.Y, tr), masks, seeds, lr=lr, epochs=epochs,
-                        init_std=init_std, device=device)
-    maps = traj.maps.cpu()
-    return {"train": block_losses(maps, gather(data.X, tr), gather(data.Y, tr), data.n2),
-            "test": block_losses(maps, gather(data.X, te), gather(data.Y, te), data.n2),
-            "train_idx": tr, "maps_final": maps[-1]}
+    return heldout_experiments([(data, arch)], seeds, n_train=n_train, hidden=hidden, lr=lr, epochs=epochs,
+                               init_std=init_std, device=device)[0]
 
 
 def full_rank_probability(n1: int, j: int) -> float:

@@ -155,3 +155,49 @@ def test_full_rank_probability_hand_computed():
     assert math.isclose(D.full_rank_probability(3, 3), 32 / 56)
     assert D.full_rank_probability(3, 2) == 0.0 and D.full_rank_probability(3, 8) == 1.0
     assert math.isclose(D.full_rank_probability(2, 2), 4 / 6)      # 2 antipodal pairs of 6
+
+
+def naive_gd(X, Y, W1, W2, M1, M2, lr, epochs):
+    """One run, plain matrices and a Python loop: the independent reference for the batched trainers."""
+    maps = [W2 @ W1]
+    for _ in range(epochs):
+        E = Y - W2 @ W1 @ X
+        W1, W2 = W1 + lr * M1 * (W2.T @ E @ X.T), W2 + lr * M2 * (E @ (W1 @ X).T)
+        maps.append(W2 @ W1)
+    return torch.stack(maps)
+
+
+def test_grouped_training_equals_naive_per_run_gd():
+    """Groups of different widths, datasets, pattern counts and learning rates in one padded pass."""
+    d1 = D.make_dataset(3, 1, 3, 1, 1.0, generator=torch.Generator().manual_seed(0))       # 27 in, 9 out, 8 patterns
+    d2 = D.make_dataset(2, 2, 1, 0, 2.0, generator=torch.Generator().manual_seed(0))       # 6 in, 2 out, 4 patterns
+    groups = [D.LinearGroup(d1.X, d1.Y, D.architecture_masks("dense", d1, 5), [1, 2], 0.02),
+              D.LinearGroup(d1.X, d1.Y, D.architecture_masks("partitioned", d1, 5), [3], 0.01),
+              D.LinearGroup(d2.X[:, :3], d2.Y[:, :3], D.architecture_masks("split", d2, 4), [4, 5], 0.03)]
+    trajs = D.train_linear_groups(groups, epochs=25, init_std=0.05)
+    for g, traj in zip(groups, trajs):
+        M1, M2 = g.masks
+        assert traj.maps.shape == (26, len(g.seeds), g.Y.shape[0], g.X.shape[0])
+        assert traj.initial[0].shape == (len(g.seeds), *M1.shape)
+        for r in range(len(g.seeds)):
+            ref = naive_gd(g.X, g.Y, traj.initial[0][r], traj.initial[1][r], M1, M2, g.lr, 25)
+            assert torch.allclose(traj.maps[:, r], ref, atol=1e-13)
+            assert torch.allclose(traj.final[1][r] @ traj.final[0][r], ref[-1], atol=1e-13)
+        # each group's initial weights are the ones a separate call draws
+        alone = D.train_linear(g.X, g.Y, g.masks, g.seeds, lr=g.lr, epochs=25, init_std=0.05)
+        assert torch.equal(alone.initial[0], traj.initial[0]) and torch.equal(alone.initial[1], traj.initial[1])
+        assert torch.allclose(alone.maps, traj.maps, atol=1e-13)
+    with pytest.raises(ValueError, match="same depth"):
+        D.train_linear_groups([groups[0], D.LinearGroup(d1.X, d1.Y, D.architecture_masks("shallow", d1), [1], 0.01)])
+
+
+def test_heldout_experiments_equal_one_call_per_case():
+    cases = [(D.make_dataset(*st, pattern_bits=3, generator=torch.Generator().manual_seed(0)), arch)
+             for st in ((0, 0, 1, 1, 2.0), (3, 2, 1, 1, 2.0)) for arch in ("dense", "partitioned")]
+    seeds = [7, 8, 9]
+    together = D.heldout_experiments(cases, seeds, epochs=60)
+    for (data, arch), res in zip(cases, together):
+        alone = D.heldout_experiment(data, arch, seeds, epochs=60)
+        assert torch.equal(res["train_idx"], alone["train_idx"])
+        for k in ("train", "test", "maps_final"):
+            assert torch.allclose(res[k], alone[k], atol=1e-12)
