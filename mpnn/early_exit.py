@@ -29,7 +29,8 @@ from torch import nn
 __all__ = [
     "EarlyExitConfig", "EarlyExitNet", "ExitResult", "normalised_entropy", "early_exit_predict",
     "exit_decisions", "count_flops", "exit_costs", "full_cost", "predicted_speedup",
-    "train_early_exit", "images_to_tensor", "time_call", "time_interleaved",
+    "train_early_exit", "images_to_tensor", "exit_logits", "sweep_metrics", "choose_threshold",
+    "interleaved_samples", "median_ci", "paired_speedup", "wall_time_claim", "speedup_sweep", "time_breakdown",
 ]
 
 
@@ -280,40 +281,186 @@ def train_early_exit(model: EarlyExitNet, images: torch.Tensor, labels: torch.Te
     return losses
 
 
-def time_call(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time in seconds of ``fn()`` (synchronising CUDA around each call)."""
+# ---------------------------------------------------------------- evaluation over thresholds
+
+@torch.no_grad()
+def exit_logits(model: EarlyExitNet, x: torch.Tensor, batch_size: int = 2500) -> list[torch.Tensor]:
+    """Every exit's logits for every sample, computed once in large batches: (N, 1, 28, 28) -> [(N, C)] * L."""
+    was_training = model.training
+    model.eval()
+    try:
+        return [torch.cat(o) for o in zip(*[model(xb) for xb in x.split(batch_size)])]
+    finally:
+        model.train(was_training)
+
+
+def sweep_metrics(outs: Sequence[torch.Tensor], y: torch.Tensor, thresholds: Sequence[float]) -> dict[str, torch.Tensor]:
+    """Accuracy and exit fractions at every threshold from precomputed exit logits (``exit_logits``).
+
+    Returns ``accuracy`` (T,), ``exit_fractions`` (T, L) (fraction of samples leaving at each exit),
+    ``exit_accuracy`` (L,) (each exit alone on every sample) and ``decisions`` (T, B).
+    """
+    dec = exit_decisions(outs, torch.as_tensor(list(thresholds)))          # (T, B)
+    pred = torch.stack(list(outs)).argmax(-1)                              # (L, B)
+    chosen = pred.gather(0, dec)                                           # (T, B)
+    L = len(outs)
+    fractions = torch.stack([(dec == i).float().mean(1) for i in range(L)], dim=-1)  # (T, L)
+    return {"accuracy": (chosen == y).float().mean(1), "exit_fractions": fractions,
+            "exit_accuracy": (pred == y).float().mean(1), "decisions": dec}
+
+
+def choose_threshold(accuracy: torch.Tensor, last_exit_accuracy: float, tolerance: float) -> int:
+    """Index of the largest threshold whose accuracy is at least ``last_exit_accuracy - tolerance``
+    (thresholds sorted increasingly); 0 when none is."""
+    ok = (accuracy >= last_exit_accuracy - tolerance).nonzero().flatten()
+    return int(ok.max()) if len(ok) else 0
+
+
+# ---------------------------------------------------------------- timing claims (see mpnn.timing)
+
+def interleaved_samples(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall time (s) of every call of every callable over ``repeats`` rounds.
+
+    Each round calls every callable once, in the given order on even rounds and in reverse order on odd
+    rounds (a b, b a, a b, ...), so that a drifting machine load and any first-/second-call effect hit all
+    of them alike; round ``i`` of two callables gives one paired ratio. CUDA is synchronised around calls.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+
     def sync():
         if torch.cuda.is_available():
             torch.cuda.synchronize()
+    names = list(fns)
     for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], *, repeats: int = 7, warmup: int = 1) -> dict[str, float]:
-    """Median wall time (s) of each callable, calling them in turn (a, b, c, a, b, c, ...) so that a
-    drifting machine load affects all of them alike. On a shared CPU this is much steadier than timing
-    each callable in its own block."""
-    def sync():
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
+        for k in names:
+            fns[k]()
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(repeats):
+        for k in (names if r % 2 == 0 else names[::-1]):
             sync()
             t0 = time.perf_counter()
-            f()
+            fns[k]()
             sync()
             times[k].append(time.perf_counter() - t0)
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return times
+
+
+def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(median, low, high)``: the sample median and its distribution-free confidence interval.
+
+    The interval is ``[x_(k), x_(n+1-k)]`` of the sorted values, with ``k`` the largest integer such that
+    ``P(Binomial(n, 1/2) <= k - 1) <= (1 - confidence) / 2``: it covers the true median with probability at
+    least ``confidence`` whatever the distribution (no normality assumed: timings have long right tails).
+    With too few values for that (n < 6 at 95%) the interval is the range ``[min, max]``.
+    """
+    x = sorted(float(v) for v in values)
+    n = len(x)
+    if n == 0:
+        raise ValueError("median_ci needs at least one value")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    med = x[n // 2] if n % 2 else 0.5 * (x[n // 2 - 1] + x[n // 2])
+    alpha = (1 - confidence) / 2
+    k, cdf = 0, 0.0
+    while k < n:  # cdf = P(B <= k - 1) for the candidate k + 1 ... find the largest k with P(B <= k-1) <= alpha
+        cdf_next = cdf + math.comb(n, k) / 2 ** n  # P(B <= k)
+        if cdf_next > alpha:
+            break
+        cdf, k = cdf_next, k + 1
+    k = max(k, 1)  # k = 0 means not even [min, max] has the coverage: fall back to the range
+    return med, x[k - 1], x[n - k]
+
+
+def paired_speedup(slow: Sequence[float], fast: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Median and distribution-free CI of the per-round ratios ``slow_i / fast_i`` (same round, same load)."""
+    if len(slow) != len(fast):
+        raise ValueError(f"need one time of each per round, got {len(slow)} and {len(fast)}")
+    return median_ci([a / b for a, b in zip(slow, fast)], confidence)
+
+
+def _exit_fractions(model: EarlyExitNet, x: torch.Tensor, threshold: float) -> torch.Tensor:
+    idx = early_exit_predict(model, x, threshold).exit_index
+    return torch.bincount(idx, minlength=model.n_exits).double() / len(idx)
+
+
+def wall_time_claim(model: EarlyExitNet, x: torch.Tensor, threshold: float, repeats: int = 31,
+                    max_efficiency: float = 0.8, min_speedup: float = 1.0) -> dict:
+    """Timing claim: at ``threshold``, skipping inference is faster than the plain network, but by less
+    than the FLOPs predict.
+
+    ``repeats`` rounds of the plain network and the skipping inference on ``x``, interleaved
+    (:func:`interleaved_samples`), on one CPU thread; the measured speed-up is the median of the per-round
+    ratios, with its distribution-free 95% CI (:func:`median_ci`); the efficiency is measured / predicted
+    (FLOP-predicted speed-up for the exit fractions on ``x``). ``passed``: the speed-up CI lies above
+    ``min_speedup`` *and* the efficiency CI lies below ``max_efficiency``.
+    """
+    model.eval()
+    with _threads(x), torch.no_grad():
+        q = _exit_fractions(model, x, threshold)
+        predicted = float(predicted_speedup(model, q))
+        t = interleaved_samples({"plain": lambda: model.forward_full(x),
+                                 "early_exit": lambda: early_exit_predict(model, x, threshold)}, repeats=repeats)
+    sp, lo, hi = paired_speedup(t["plain"], t["early_exit"])
+    eff, eff_lo, eff_hi = sp / predicted, lo / predicted, hi / predicted
+    passed = bool(lo > min_speedup and eff_hi < max_efficiency)
+    measured = (f"T={threshold:g} on {len(x)} images ({float(q[0]):.1%} leave at exit 1): measured speed-up "
+                f"{sp:.2f}x (95% CI {lo:.2f}-{hi:.2f}, median of {repeats} interleaved rounds, 1 thread) against "
+                f"{predicted:.2f}x predicted by FLOPs: {eff:.2f} (95% CI {eff_lo:.2f}-{eff_hi:.2f}) of the prediction")
+    return {"passed": passed, "measured": measured, "speedup": sp, "speedup_low": lo, "speedup_high": hi,
+            "predicted": predicted, "efficiency": eff, "efficiency_low": eff_lo, "efficiency_high": eff_hi,
+            "exit1_fraction": float(q[0]), "plain_ms": 1e3 * _median(t["plain"]),
+            "early_exit_ms": 1e3 * _median(t["early_exit"]), "ratios": [a / b for a, b in zip(t["plain"], t["early_exit"])],
+            "min_speedup": min_speedup, "max_efficiency": max_efficiency, "repeats": repeats}
+
+
+def speedup_sweep(model: EarlyExitNet, x: torch.Tensor, thresholds: Sequence[float], repeats: int = 5) -> list[dict]:
+    """Measured and FLOP-predicted speed-up at every threshold on ``x``, one CPU thread.
+
+    Every round times the plain network and the skipping inference at each threshold (order alternating);
+    each threshold's speed-up is the median of its per-round ratios to the plain network, with a 95% CI.
+    """
+    model.eval()
+    with _threads(x), torch.no_grad():
+        fns = {"plain": lambda: model.forward_full(x)}
+        for i, t in enumerate(thresholds):
+            fns[i] = (lambda t=t: early_exit_predict(model, x, t))
+        times = interleaved_samples(fns, repeats=repeats)
+        rows = []
+        for i, t in enumerate(thresholds):
+            q = _exit_fractions(model, x, t)
+            sp, lo, hi = paired_speedup(times["plain"], times[i])
+            rows.append({"threshold": t, "exit 1 fraction": float(q[0]),
+                         "predicted speed-up": float(predicted_speedup(model, q)), "measured speed-up": sp,
+                         "low": lo, "high": hi, "plain time (ms)": 1e3 * _median(times["plain"]),
+                         "early-exit time (ms)": 1e3 * _median(times[i])})
+    return rows
+
+
+def time_breakdown(model: EarlyExitNet, x: torch.Tensor, rows_left: Sequence[int], repeats: int = 5) -> dict:
+    """Median wall time (s) of each part of the network on ``x`` (one thread), and of block 2 + exit-2 head
+    on the first ``n`` rows for every ``n`` in ``rows_left`` (``{"parts": {...}, "block2_rows": {n: s}}``)."""
+    model.eval()
+    with _threads(x), torch.no_grad():
+        h1 = model.stages[0](x)
+        logits1 = model.exits[0](h1)
+        keep = torch.rand(len(x), generator=torch.Generator().manual_seed(0)).to(x.device) < 0.5
+        parts = interleaved_samples({
+            "block 1": lambda: model.stages[0](x),
+            "exit-1 head": lambda: model.exits[0](h1),
+            "entropy + gather half the rows": lambda: (normalised_entropy(logits1), h1[keep]),
+            "block 2 + exit-2 head": lambda: model.exits[1](model.stages[1](h1)),
+        }, repeats=repeats)
+        rows = sorted({int(n) for n in rows_left if int(n) > 0})
+        block2 = interleaved_samples({n: (lambda n=n: model.exits[1](model.stages[1](h1[:n]))) for n in rows},
+                                     repeats=repeats) if rows else {}
+    return {"parts": {k: _median(v) for k, v in parts.items()}, "block2_rows": {n: _median(v) for n, v in block2.items()}}
+
+
+def _median(v: Sequence[float]) -> float:
+    return median_ci(v)[0]
+
+
+def _threads(x: torch.Tensor):
+    from mpnn.repro import cpu_threads
+    return cpu_threads(1, x.device)

@@ -33,7 +33,8 @@ from mpnn.switch import gumbel_softmax, straight_through, topk_mask
 
 __all__ = [
     "ViTConfig", "TokenViT", "patchify", "keep_count", "select_mask", "bipartite_soft_matching",
-    "merge_wavg", "token_schedule", "vit_flops", "train_vit",
+    "merge_wavg", "token_schedule", "vit_flops", "train_vit", "evaluate_settings", "latency_claim",
+    "latency_sweep",
 ]
 
 
@@ -213,15 +214,38 @@ class TokenViT(nn.Module):
         self.head = nn.Linear(c.dim, c.classes)
 
     def forward(self, x: torch.Tensor, *, rho: float = 1.0, r: int = 0, selector: str = "learned",
-                how: str = "auto", tau: float = 1.0, noise: float = 1.0, return_info: bool = False):
+                how: str = "auto", tau: float = 1.0, noise: float = 1.0, return_info: bool = False,
+                generator: torch.Generator | None = None):
         """Logits (B, classes) of images (B, 1, 28, 28).
 
         rho: keep ratio of the selection after ``select_after`` blocks (1 = no selection); r: tokens merged
-        per block (0 = no merging); selector: "learned" scorer or "random" scores (a control);
-        how: "mask" (straight-through Gumbel mask, the training path), "gather" (drop tokens, the inference
-        path) or "auto" (mask while training, gather otherwise); tau, noise: temperature and Gumbel noise
-        scale of the training mask (:func:`select_mask`).
+        per block (0 = no merging); selector: "learned" scorer or "random" scores (a control, drawn from
+        ``generator`` when given); how: "mask" (straight-through Gumbel mask, the training path), "gather"
+        (drop tokens, the inference path) or "auto" (mask while training, gather otherwise); tau, noise:
+        temperature and Gumbel noise scale of the training mask (:func:`select_mask`).
         """
+        h = self.embed(patchify(x, self.config.patch)) + self.pos  # (B, N, d)
+        return self._run(h, 0, rho=rho, r=r, selector=selector, how=how, tau=tau, noise=noise,
+                         return_info=return_info, generator=generator)
+
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """Token states entering block ``select_after`` without merging: (B, 1, 28, 28) -> (B, N, d).
+
+        They do not depend on ``rho`` or the selector, so an evaluation of many keep ratios computes them
+        once and continues with :meth:`from_prefix`."""
+        h = self.embed(patchify(x, self.config.patch)) + self.pos
+        for block in self.blocks[:self.config.select_after]:
+            h = block(h)[0]
+        return h
+
+    def from_prefix(self, h: torch.Tensor, *, rho: float = 1.0, selector: str = "learned",
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Logits from :meth:`prefix`'s output: equals ``forward(x, rho=rho, selector=selector, how="gather")``."""
+        return self._run(h, self.config.select_after, rho=rho, r=0, selector=selector, how="gather",
+                         generator=generator)
+
+    def _run(self, h, start, *, rho=1.0, r=0, selector="learned", how="auto", tau=1.0, noise=1.0,
+             return_info=False, generator=None):
         c = self.config
         if selector not in ("learned", "random"):
             raise ValueError(f"selector must be 'learned' or 'random', got {selector!r}")
@@ -232,12 +256,13 @@ class TokenViT(nn.Module):
         if how == "auto":
             how = "mask" if self.training else "gather"
         k = keep_count(c.n_tokens, rho)
-        h = self.embed(patchify(x, c.patch)) + self.pos  # (B, N, d)
         B, N, _ = h.shape
         mask = size = kept = None
         source = torch.eye(N, device=h.device, dtype=h.dtype).expand(B, N, N) if (return_info and r > 0) else None
-        tokens = []
+        tokens = [N] * start
         for i, block in enumerate(self.blocks):
+            if i < start:
+                continue
             if i == c.select_after and k < h.shape[1]:
                 if how == "mask" and r > 0:
                     raise ValueError("masked selection (training path) cannot be combined with merging (r > 0); "
@@ -245,7 +270,7 @@ class TokenViT(nn.Module):
                 if selector == "learned":
                     scores = self.scorer(h).squeeze(-1)  # (B, n)
                 else:
-                    scores = torch.rand(B, h.shape[1], device=h.device, dtype=h.dtype)
+                    scores = torch.rand(B, h.shape[1], generator=generator, dtype=h.dtype).to(h.device)
                 if how == "mask":
                     mask = select_mask(scores, k, tau=tau, gumbel=self.training, noise=noise)  # (B, n)
                     if return_info:
@@ -360,3 +385,92 @@ def train_vit(model: TokenViT, images: torch.Tensor, labels: torch.Tensor, *, ep
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+# ---------------------------------------------------------------- evaluation and timing claims
+
+def _setting(kw: dict) -> tuple[float, int, str]:
+    unknown = set(kw) - {"rho", "r", "selector"}
+    if unknown:
+        raise ValueError(f"a setting takes rho, r and selector, got {sorted(unknown)}")
+    return float(kw.get("rho", 1.0)), int(kw.get("r", 0)), str(kw.get("selector", "learned"))
+
+
+@torch.no_grad()
+def evaluate_settings(model: TokenViT, x: torch.Tensor, y: torch.Tensor, settings: Sequence[dict], *,
+                      batch_size: int = 1000, seed: int = 0) -> list[float]:
+    """Test accuracy of every inference setting (``{"rho": .., "r": .., "selector": ..}``), one pass over ``x``.
+
+    Settings without merging share the blocks before the selection (:meth:`TokenViT.prefix`), computed
+    once per batch. The "random" selector of setting ``j`` draws from its own generator seeded ``seed + j``,
+    so its tokens do not depend on the other settings or the batch order.
+    """
+    parsed = [_setting(kw) for kw in settings]
+    model.eval()
+    gens = {j: torch.Generator().manual_seed(seed + j) for j, (_, _, sel) in enumerate(parsed) if sel == "random"}
+    correct = torch.zeros(len(parsed), device=x.device)
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        h = model.prefix(xb) if any(r == 0 for _, r, _ in parsed) else None
+        for j, (rho, r, sel) in enumerate(parsed):
+            if r == 0:
+                logits = model.from_prefix(h, rho=rho, selector=sel, generator=gens.get(j))
+            else:
+                logits = model(xb, rho=rho, r=r, selector=sel, how="gather", generator=gens.get(j))
+            correct[j] += (logits.argmax(-1) == yb).sum()
+    return (correct / len(x)).tolist()
+
+
+def _threads(x: torch.Tensor):
+    from mpnn.repro import cpu_threads
+    return cpu_threads(1, x.device)
+
+
+def latency_claim(model: TokenViT, x: torch.Tensor, rho: float, repeats: int = 31,
+                  min_speedup: float = 1.0, min_efficiency: float = 0.5) -> dict:
+    """Timing claim: keeping ``rho`` of the tokens lowers the latency, roughly as the FLOPs predict.
+
+    ``repeats`` rounds of the all-token model and the model keeping ``keep_count(N, rho)`` tokens on ``x``,
+    interleaved (:func:`mpnn.early_exit.interleaved_samples`), on one CPU thread. The speed-up is the median of
+    the per-round ratios with its distribution-free 95% CI (:func:`mpnn.early_exit.median_ci`); the efficiency
+    is speed-up / FLOP-predicted speed-up. ``passed``: the speed-up CI lies above ``min_speedup`` and the
+    efficiency CI above ``min_efficiency``.
+    """
+    from mpnn.early_exit import interleaved_samples, paired_speedup
+    model.eval()
+    predicted = vit_flops(model.config) / vit_flops(model.config, rho=rho)
+    with _threads(x), torch.no_grad():
+        t = interleaved_samples({"all": lambda: model(x), "fewer": lambda: model(x, rho=rho)}, repeats=repeats)
+    sp, lo, hi = paired_speedup(t["all"], t["fewer"])
+    eff, eff_lo, eff_hi = sp / predicted, lo / predicted, hi / predicted
+    passed = bool(lo > min_speedup and eff_lo > min_efficiency)
+    k, n = keep_count(model.config.n_tokens, rho), model.config.n_tokens
+    measured = (f"rho={rho:g} ({k} of {n} tokens) on {len(x)} images: measured speed-up {sp:.2f}x (95% CI "
+                f"{lo:.2f}-{hi:.2f}, median of {repeats} interleaved rounds, 1 thread) against {predicted:.2f}x "
+                f"predicted by FLOPs: {eff:.2f} (95% CI {eff_lo:.2f}-{eff_hi:.2f}) of the prediction")
+    med = lambda v: sorted(v)[len(v) // 2]
+    return {"passed": passed, "measured": measured, "speedup": sp, "speedup_low": lo, "speedup_high": hi,
+            "predicted": predicted, "efficiency": eff, "efficiency_low": eff_lo, "efficiency_high": eff_hi,
+            "all_ms": 1e3 * med(t["all"]), "fewer_ms": 1e3 * med(t["fewer"]),
+            "ratios": [a / b for a, b in zip(t["all"], t["fewer"])], "min_speedup": min_speedup,
+            "min_efficiency": min_efficiency, "repeats": repeats}
+
+
+def latency_sweep(model: TokenViT, x: torch.Tensor, settings: Sequence[dict], repeats: int = 5) -> list[dict]:
+    """Measured and FLOP-predicted speed-up of every setting against all tokens on ``x``, one CPU thread
+    (each round times all of them, order alternating; median of the per-round ratios with a 95% CI)."""
+    from mpnn.early_exit import interleaved_samples, paired_speedup
+    parsed = [_setting(kw) for kw in settings]
+    model.eval()
+    with _threads(x), torch.no_grad():
+        fns = {"all": lambda: model(x)}
+        for j, (rho, r, sel) in enumerate(parsed):
+            fns[j] = (lambda rho=rho, r=r, sel=sel: model(x, rho=rho, r=r, selector=sel))
+        t = interleaved_samples(fns, repeats=repeats)
+    rows = []
+    for j, (rho, r, sel) in enumerate(parsed):
+        sp, lo, hi = paired_speedup(t["all"], t[j])
+        rows.append({"rho": rho, "r": r, "selector": sel, "measured speed-up": sp, "low": lo, "high": hi,
+                     "predicted speed-up": vit_flops(model.config) / vit_flops(model.config, rho=rho, r=r),
+                     "latency (ms)": 1e3 * sorted(t[j])[len(t[j]) // 2],
+                     "all-token latency (ms)": 1e3 * sorted(t["all"])[len(t["all"]) // 2]})
+    return rows

@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from mpnn.early_exit import (EarlyExitConfig, EarlyExitNet, count_flops, early_exit_predict, exit_costs,
-                             exit_decisions, full_cost, images_to_tensor, normalised_entropy,
-                             predicted_speedup, train_early_exit)
+from mpnn.early_exit import (EarlyExitConfig, EarlyExitNet, choose_threshold, count_flops, early_exit_predict,
+                             exit_costs, exit_decisions, exit_logits, full_cost, images_to_tensor, interleaved_samples,
+                             median_ci, normalised_entropy, paired_speedup, predicted_speedup, speedup_sweep,
+                             sweep_metrics, time_breakdown, train_early_exit, wall_time_claim)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,9 @@ def test_sweep_decisions_match_inference(model, x):
     with torch.no_grad():
         outs = model(x)
     ts = torch.tensor([0.0, 0.2, 0.5, 0.8, 1.01])
+    # no sample's entropy sits on a positive threshold (float error ~1e-7 could send it either way); T = 0 is
+    # safe by construction: the entropy is never negative and the test is H < T
+    assert float((normalised_entropy(outs[0]).unsqueeze(1) - ts[1:]).abs().min()) > 1e-4
     dec = exit_decisions(outs, ts)
     assert dec.shape == (5, len(x))
     for i, t in enumerate(ts.tolist()):
@@ -112,3 +116,87 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="positive"):
         EarlyExitConfig(c1=0)
     assert images_to_tensor(torch.zeros(3, 28, 28, dtype=torch.uint8)).shape == (3, 1, 28, 28)
+
+
+def test_exit_logits_and_sweep_metrics_match_inference(model, x):
+    y = torch.arange(len(x)) % 10
+    outs = exit_logits(model, x, batch_size=7)  # batches of 7: the concatenation must not reorder rows
+    with torch.no_grad():
+        direct = model(x)
+    for a, b in zip(outs, direct):
+        assert torch.allclose(a, b, atol=1e-6)
+    ts = [0.0, 0.2, 0.5, 0.8, 1.01]
+    m = sweep_metrics(outs, y, ts)
+    for i, t in enumerate(ts):  # reference: the real skipping inference, one threshold at a time
+        res = early_exit_predict(model, x, t)
+        assert m["accuracy"][i].item() == pytest.approx((res.predictions == y).float().mean().item())
+        assert m["exit_fractions"][i, 0].item() == pytest.approx((res.exit_index == 0).float().mean().item())
+        assert m["exit_fractions"][i].sum().item() == pytest.approx(1.0)
+    for e in range(2):
+        assert m["exit_accuracy"][e].item() == pytest.approx((direct[e].argmax(-1) == y).float().mean().item())
+
+
+def test_choose_threshold_hand_case():
+    acc = torch.tensor([0.950, 0.949, 0.946, 0.9485, 0.930])
+    assert choose_threshold(acc, 0.950, 0.002) == 3   # the largest index within 0.002, not the first gap
+    assert choose_threshold(acc, 0.950, 0.0) == 0
+    assert choose_threshold(acc, 0.990, 0.001) == 0   # none qualifies -> the smallest threshold
+
+
+def _median_ci_reference(values, confidence=0.95):
+    from scipy import stats as st
+    x = sorted(values)
+    n = len(x)
+    ks = [k for k in range(1, n + 1) if st.binom.cdf(k - 1, n, 0.5) <= (1 - confidence) / 2]
+    k = max(ks) if ks else 1
+    return float(torch.tensor(x).median()) if n % 2 else (x[n // 2 - 1] + x[n // 2]) / 2, x[k - 1], x[n - k]
+
+
+def test_median_ci_hand_cases_and_binomial_reference():
+    # n = 15: P(B <= 3) = 576/32768 = 0.018 <= 0.025 < P(B <= 4) = 0.059, so the interval is [x_(4), x_(12)]
+    assert median_ci(list(range(1, 16))) == (8, 4, 12)
+    assert median_ci([5.0, 1.0, 3.0, 2.0, 4.0]) == (3.0, 1.0, 5.0)   # n = 5 < 6: the range
+    assert median_ci([1.0, 2.0, 3.0, 10.0]) == (2.5, 1.0, 10.0)
+    g = torch.Generator().manual_seed(0)
+    for n in range(1, 41):
+        v = torch.rand(n, generator=g).tolist()
+        m, lo, hi = median_ci(v)
+        rm, rlo, rhi = _median_ci_reference(v)
+        assert m == pytest.approx(rm) and lo == rlo and hi == rhi
+    with pytest.raises(ValueError):
+        median_ci([])
+
+
+def test_paired_speedup_uses_per_round_ratios():
+    slow, fast = [2.0, 4.0, 6.0, 100.0, 2.0, 2.0], [1.0, 2.0, 3.0, 50.0, 1.0, 1.0]
+    assert paired_speedup(slow, fast)[0] == 2.0   # a loaded round slows both calls: its ratio is unchanged
+    with pytest.raises(ValueError, match="per round"):
+        paired_speedup([1.0], [1.0, 2.0])
+
+
+def test_interleaved_samples_alternates_order():
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    t = interleaved_samples(fns, repeats=4, warmup=1)
+    assert "".join(calls) == "abc" + "abc" + "cba" + "abc" + "cba"
+    assert {k: len(v) for k, v in t.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(v >= 0 for vs in t.values() for v in vs)
+
+
+def test_timing_claims_report_consistent_numbers(model, x):
+    # structure and bookkeeping only: no assertion on how long anything takes
+    T = 0.5
+    res = wall_time_claim(model, x, T, repeats=3)
+    q0 = (early_exit_predict(model, x, T).exit_index == 0).double().mean()
+    assert res["predicted"] == pytest.approx(float(predicted_speedup(model, torch.stack([q0, 1 - q0]))))
+    assert res["exit1_fraction"] == pytest.approx(float(q0))
+    assert res["efficiency"] == pytest.approx(res["speedup"] / res["predicted"])
+    assert res["speedup_low"] <= res["speedup"] <= res["speedup_high"]
+    assert isinstance(res["passed"], bool) and isinstance(res["measured"], str) and len(res["ratios"]) == 3
+    assert res["passed"] == (res["speedup_low"] > res["min_speedup"] and res["efficiency_high"] < res["max_efficiency"])
+    rows = speedup_sweep(model, x, [0.0, T, 1.01], repeats=2)
+    assert [r["threshold"] for r in rows] == [0.0, T, 1.01]
+    assert [r["exit 1 fraction"] for r in rows] == pytest.approx([0.0, float(q0), 1.0])
+    parts = time_breakdown(model, x, rows_left=[0, 5, 20], repeats=2)
+    assert set(parts["parts"]) == {"block 1", "exit-1 head", "entropy + gather half the rows", "block 2 + exit-2 head"}
+    assert set(parts["block2_rows"]) == {5, 20}
