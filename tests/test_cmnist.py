@@ -216,6 +216,6 @@ def test_tower_mlp_training_is_deterministic_paired_and_learns():
     assert rows_a == rows_b and torch.equal(a.W1, b.W1)
     first = [r["comp_error"] for r in rows_a if r["epoch"] == 0]
     last = [r["comp_error"] for r in rows_a if r["epoch"] == 3]
-    assert all(l < f for f, l in zip(first, last))
+    assert all(l < f - 0.05 for f, l in zip(first, last))          # 1.12 -> 1.00 and 1.17 -> 1.00
     with pytest.raises(ValueError, match="one init and one order seed"):
         C.train_tower_mlp("split", x, cm.digits, init_seeds=[1], order_seeds=[1, 2], epochs=1, lr=0.1)
