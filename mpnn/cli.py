@@ -211,6 +211,8 @@ def execute(chapter: str, params: dict[str, Any], profile: str, *, gate: CellGat
     manifest = paths.manifest_dir() / f"{chapter}.json"
     for stale in (final, partial, failed, manifest):
         stale.unlink(missing_ok=True)
+    for stale_dir in (paths.figure_dir(chapter), paths.build_dir() / "timing" / chapter):
+        shutil.rmtree(stale_dir, ignore_errors=True)   # figures and timing claims of an earlier run
     final.parent.mkdir(parents=True, exist_ok=True)
     env = environment(kernel_env(profile)) if gate is None else nullcontext()
     slot = gate.slot(chapter) if gate is not None else None
