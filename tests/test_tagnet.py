@@ -172,7 +172,129 @@ def test_bad_inputs():
         tagnet.epoch_order(y, torch.arange(10), "random")
 
 
-def test_different_window_layouts_are_rejected():
-    X, y = data(10)
-    with pytest.raises(ValueError, match="window layout"):
-        tagnet.StackedSGD([tagnet.TagNet(), tagnet.TagNet(offset=5)], X, y)
+def test_mixed_engine_equals_separate_runs_and_autograd():
+    """One engine holding every kind of local model (blocked partitioned models whose tag blocks end
+    at different steps, so some steps are mixed; another window layout; interleaved partitioned;
+    unpartitioned blocked and interleaved) gives each model exactly its own solo run, and the solo
+    runs agree with the plain autograd loop."""
+    X, y = data(300, seed=1)
+    g = torch.Generator().manual_seed(9)
+    idx = [torch.randperm(300, generator=g)[:200] for _ in range(6)]
+    models = [tagnet.TagNet(generator=torch.Generator().manual_seed(1)),
+              tagnet.TagNet(generator=torch.Generator().manual_seed(2)),
+              tagnet.TagNet(offset=6, generator=torch.Generator().manual_seed(3)),
+              tagnet.TagNet(generator=torch.Generator().manual_seed(4)),
+              tagnet.TagNet(partitioned=False, generator=torch.Generator().manual_seed(5)),
+              tagnet.TagNet(partitioned=False, generator=torch.Generator().manual_seed(6))]
+    orders = ["blocked", "blocked", "blocked", "interleaved", "blocked", "interleaved"]
+    sched = tagnet.make_schedule(y, idx, orders, 2)
+    n_even = [int((y[i] % 2 == 0).sum()) for i in idx[:3]]
+    assert len(set(n_even)) > 1                       # the blocked models' even blocks end apart
+    eng = tagnet.StackedSGD(models, X, y, lr=0.05)
+    eng.fit(sched, progress=False)
+    assert eng.n_p == 3                               # the three blocked partitioned models
+    together = eng.export()
+    for i, m in enumerate(models):
+        solo = tagnet.StackedSGD([m], X, y, lr=0.05)
+        solo.fit(sched[:, i:i + 1], progress=False)
+        for p, q in zip(solo.export()[0].parameters(), together[i].parameters()):
+            assert torch.equal(p, q)
+        ref = copy.deepcopy(m)
+        tagnet.reference_sgd(ref, X[sched[:, i]], y[sched[:, i]], lr=0.05)
+        params_close(ref, together[i])
+
+
+@pytest.mark.parametrize("kind", ["local", "full", "moe"])
+def test_scripted_and_eager_steps_agree_bitwise(kind):
+    X, y = data(80)
+    if kind == "moe":
+        models = [tagnet.TwoExpertMoE(generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    else:
+        models = [tagnet.TagNet(connectivity=kind, partitioned=s == 0,
+                                generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    sched = torch.stack([torch.arange(80), torch.arange(80).flip(0)], 1)
+    out = []
+    for eager in (False, True):
+        eng = tagnet.StackedSGD(models, X, y, lr=0.02)
+        eng.fit(sched, progress=False, eager=eager, plan_chunk=30)
+        out.append(eng.export())
+    for a, b in zip(*out):
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert torch.equal(p, q)
+
+
+def test_same_seed_same_numbers():
+    X, y = data(100)
+    runs = []
+    for _ in range(2):
+        models = [tagnet.TagNet(generator=torch.Generator().manual_seed(s)) for s in (3, 4)]
+        eng = tagnet.StackedSGD(models, X, y)
+        eng.fit(tagnet.make_schedule(y, [torch.arange(100)] * 2, ["blocked", "interleaved"], 2),
+                progress=False)
+        runs.append(eng.accuracy(X, y))
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_local_clipping_against_numpy_step():
+    """Eq. (2) on the dense masked form of the local layer (clip applied to window taps only)."""
+    X, y = data(3)
+    model = tagnet.TagNet(generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.out.weight.mul_(400)
+        model.hidden.weight.mul_(10)
+    D = model.hidden.dense_weight().detach().double().numpy()
+    conn = model.hidden.connectivity().numpy()
+    args = [D] + [p.detach().double().numpy() for p in (model.hidden.bias, model.out.weight, model.out.bias)]
+    mask = model.switch.table[int(y[0]) % 2].double().numpy()
+    W1, b1, W2, b2 = numpy_step(*args, X[0].double().numpy(), int(y[0]), mask, lr=0.01, clip=5.0)
+    raw = numpy_step(*args, X[0].double().numpy(), int(y[0]), mask, lr=0.01, clip=np.inf)
+    assert not np.allclose(raw[0] * conn, W1 * conn) and not np.allclose(raw[2], W2)   # it clips
+    eng = tagnet.StackedSGD([model], X, y, lr=0.01, clip=5.0)
+    assert eng.fit(torch.tensor([[0]]), progress=False) == 1                        # one clamped step
+    got = eng.export()[0]
+    np.testing.assert_allclose(got.hidden.dense_weight().detach().numpy(), W1 * conn, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got.hidden.bias.detach().numpy(), b1, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got.out.weight.detach().numpy(), W2, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got.out.bias.detach().numpy(), b2, rtol=1e-4, atol=1e-4)
+
+
+def test_accuracies_match_module_forward():
+    X, y = data(150)
+    models = [tagnet.TagNet(generator=torch.Generator().manual_seed(1)),
+              tagnet.TagNet(offset=6, partitioned=False, generator=torch.Generator().manual_seed(2))]
+    eng = tagnet.StackedSGD(models, X, y)
+    eng.fit(torch.stack([torch.arange(150), torch.arange(150)], 1), progress=False)
+    trained = eng.export()
+    router = torch.randint(0, 2, (2, 150), generator=torch.Generator().manual_seed(0))
+    acc = eng.accuracies(X, y, {"oracle": "tag", "all": "all", "router": router}, chunk=64)
+    for i, m in enumerate(trained):
+        with torch.no_grad():
+            ref = {"oracle": m(X, tags=y % 2), "all": m(X), "router": m(X, tags=router[i])}
+        for name, logits in ref.items():
+            assert float(acc[name][i]) == float((logits.argmax(-1) == y).float().mean()), name
+    assert torch.equal(eng.accuracy(X, y), acc["oracle"])
+
+
+def test_stacked_routers_match_separate_training():
+    g = torch.Generator().manual_seed(1)
+    X = torch.rand(400, 784, generator=g) * 0.5
+    tags = torch.randint(0, 2, (400,), generator=g)
+    X[:, :20] += tags[:, None].float() * 0.5
+    idxs = [torch.randperm(400, generator=g)[:256] for _ in range(3)]
+    stacked = tagnet.train_routers(X, tags, idxs, seeds=[5, 6, 7], epochs=2, batch=64, lr=0.05)
+    for i, s in enumerate((5, 6, 7)):
+        ref = tagnet.train_router(X[idxs[i]], tags[idxs[i]], epochs=2, batch=64, lr=0.05, seed=s)
+        assert torch.allclose(stacked[i].gate.weight, ref.gate.weight, atol=1e-5)
+        assert torch.allclose(stacked[i].gate.bias, ref.gate.bias, atol=1e-5)
+    with pytest.raises(ValueError, match="same number"):
+        tagnet.train_routers(X, tags, [idxs[0], idxs[1][:10]], seeds=[0, 1])
+
+
+def test_correct_is_per_image_accuracy():
+    X, y = data(90)
+    eng = tagnet.StackedSGD([tagnet.TagNet(generator=torch.Generator().manual_seed(s)) for s in (0, 1)], X, y)
+    hits = eng.correct(X, y, {"t": "tag", "a": "all"}, chunk=40)
+    for i, m in enumerate(eng.export()):
+        with torch.no_grad():
+            assert torch.equal(hits["t"][i], m(X, tags=y % 2).argmax(-1) == y)
+            assert torch.equal(hits["a"][i], m(X).argmax(-1) == y)
