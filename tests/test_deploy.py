@@ -229,3 +229,73 @@ def test_latency_fit_recovers_known_constants():
     fit = cost.fit_latency(t.numpy(), t1.numpy(), fc.numpy(), msgs.numpy(), nbytes.numpy())
     assert fit.c == pytest.approx(1.5, rel=1e-6) and fit.alpha_s == pytest.approx(2e-4, rel=1e-6)
     assert fit.beta_Bps == pytest.approx(5e8, rel=1e-6) and fit.rel_err.max() < 1e-9
+
+
+# ---------------------------------------------------------------------- one group for every P, interleaved timing
+
+def test_one_group_checks_every_rank_count_and_counts_traffic():
+    from mpnn.deploy import experiments
+    eq, traffic = experiments.equivalence_and_traffic(SIZES, [2, 3], list(STRATEGIES), SEED, data=DATA,
+                                                      batch_size=BATCH, lr=LR, k_steps=K, timeout_s=90)
+    assert len(eq) == len(traffic) == 8                              # 4 strategies x P in {2, 3}
+    assert eq[["logits", "gradients", f"params after {K} steps"]].to_numpy().max() < 1e-12
+    assert eq["bytes match model"].all()
+    for row in traffic.itertuples():                                 # float32 step: 4 bytes a number
+        v = cost.volume(make_plan(row.strategy, SIZES, row.ranks), BATCH, 4)
+        assert row.bytes == row.model_bytes == sum(v["fwd_bytes"]) + sum(v["bwd_bytes"])
+        assert row.messages_max_rank == max(f + b for f, b in zip(v["fwd_msgs"], v["bwd_msgs"]))
+
+
+def test_step_times_rows_and_rounds():
+    from mpnn.deploy import experiments
+    df = experiments.step_times(SIZES, [2, 3], ["count", "layer"], data=DATA, batch_size=BATCH, lr=LR,
+                                warmup=1, repeats=3, timeout_s=90)
+    split = df[df.strategy != "single process"]
+    assert sorted(set(zip(split.strategy, split.ranks))) == [("count", 2), ("count", 3), ("layer", 2), ("layer", 3)]
+    assert (df.groupby(["strategy", "ranks"])["round"].apply(sorted) .apply(lambda r: r == [0, 1, 2])).all()
+    assert (df.step_s > 0).all()
+    # ratio_to_single divides by the single-process step of the same round
+    single = df[df.strategy == "single process"].set_index("round").step_s
+    assert (split.ratio_to_single == split.step_s / split["round"].map(single)).all()
+    assert (split.bytes == split.model_bytes).all()
+
+
+def _fake_times(rows):
+    import pandas as pd
+    return pd.DataFrame([{"strategy": s, "ranks": P, "round": r, "step_s": t, "comm_s": c, "f_crit": f,
+                          "messages_max_rank": m, "bytes_max_rank": b} for s, P, r, t, c, f, m, b in rows])
+
+
+def test_decide_fewer_messages_uses_per_round_ratios():
+    from mpnn.deploy import experiments
+    # P=2: per-round count/layer ratios 3, 1, 2 -> median 2 (the ratio of medians would be 4/2 = 2 too);
+    # P=3: ratios 1.1, 1.2, 5 -> median 1.2, below a 1.25 margin
+    rows = []
+    for r, (c, l) in enumerate([(3.0, 1.0), (4.0, 4.0), (8.0, 4.0)]):
+        rows += [("count", 2, r, c, 0, 0.5, 7, 10), ("layer", 2, r, l, 0, 1.0, 2, 10)]
+    for r, (c, l) in enumerate([(1.1, 1.0), (1.2, 1.0), (5.0, 1.0)]):
+        rows += [("count", 3, r, c, 0, 0.3, 14, 10), ("layer", 3, r, l, 0, 1.0, 2, 10)]
+    res = experiments.decide_fewer_messages(_fake_times(rows), 1.25)
+    assert res["ratio_median"] == pytest.approx({2: 2.0, 3: 1.2})
+    assert res["passed"] is False
+    assert experiments.decide_fewer_messages(_fake_times([x for x in rows if x[1] == 2]), 1.25)["passed"] is True
+
+
+def test_decide_overhead_and_latency_model_on_known_times():
+    from mpnn.deploy import experiments
+    t1, alpha = 1e-3, 2e-4                   # single step 1 ms, 0.2 ms per message, bandwidth irrelevant
+    rows = []
+    for r in range(3):
+        rows.append(("single process", 1, r, t1, 0.0, 1.0, 0, 0))
+        for s, P, f, m in [("count", 2, 0.5, 7), ("layer", 2, 1.0, 2), ("count", 3, 0.34, 14)]:
+            rows.append((s, P, r, 1.5 * t1 * f + alpha * m, alpha * m, f, m, 1000))
+    df = _fake_times(rows)
+    df["single_s"] = t1
+    df["ratio_to_single"] = df.step_s / t1
+    over = experiments.decide_overhead(df, 1.5)
+    lowest = min(r["median"] for r in over["ratios"])
+    assert lowest == pytest.approx(1.5 + 0.4) and over["passed"] is True        # layer, P=2: 1.9x
+    assert experiments.decide_overhead(df, 2.0)["passed"] is False
+    lat = experiments.decide_latency_model(df, 0.35)
+    assert lat["c"] == pytest.approx(1.5, rel=1e-6) and lat["alpha_s"] == pytest.approx(alpha, rel=1e-6)
+    assert lat["median_rel_err"] < 1e-9 and lat["passed"] is True

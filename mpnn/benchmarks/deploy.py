@@ -1,11 +1,11 @@
 """Multi-part deployment: distributed step time against the single-process step, as ratios.
 
 Each grid point starts one group of ``world_size`` ranks on 127.0.0.1 (gloo, one thread per rank)
-that times every strategy inside the group (per-step start after a barrier, end when the last rank
-finishes; no polling), then the single-process ``nn.Sequential`` step on rank 0 under the same
-one-thread budget while the other ranks wait in a barrier. The harness times the single-process step in this process as the variant;
-the distributed medians and ``ratio_<strategy> = distributed / single`` (both measured in worker
-processes, like for like) are stored as extra numbers.
+that times every strategy and the single-process ``nn.Sequential`` step on rank 0 interleaved, round
+by round (:func:`mpnn.deploy.experiments.step_times`). The harness times the single-process step in
+this process as the variant; the distributed medians and ``ratio_<strategy>`` = median over rounds of
+distributed / single-process step of the same round (both measured in worker processes, like for
+like) are stored as extra numbers.
 """
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from mpnn.bench import case
 from mpnn.repro import cpu_threads
 from mpnn.deploy import STRATEGIES, init_params, reference_model
-from mpnn.deploy.experiments import distributed_runs
+from mpnn.deploy.experiments import step_times
 
 
 @case("deploy/step-time", group="multipart_deployment", params={"world_size": [2, 4]}, repeats=3)
@@ -21,13 +21,15 @@ def step_time(world_size, quick):
     sizes = [784, 128, 128, 64, 10] if quick else [784, 512, 512, 256, 10]
     bsz = 32 if quick else 128
     data = {"kind": "synthetic", "n": 512, "seed": 0}
-    _, df = distributed_runs(sizes, [world_size], list(STRATEGIES), [0], data=data, batch_size=bsz, lr=0.01,
-                             k_steps=1, warmup=2, repeats=5 if quick else 20)
-    extra = {"sizes": sizes, "batch": bsz, "single_step_s": float(df.t_single.iloc[0])}
-    for row in df[df.strategy != "single process"].itertuples():
-        extra[f"step_s_{row.strategy}"] = float(row.step_s)
-        extra[f"ratio_{row.strategy}"] = float(row.ratio_to_single)
-        extra[f"bytes_{row.strategy}"] = int(row.bytes)
+    df = step_times(sizes, [world_size], list(STRATEGIES), data=data, batch_size=bsz, lr=0.01,
+                    warmup=2, repeats=5 if quick else 20)
+    med = df.groupby("strategy").agg(step_s=("step_s", "median"), ratio=("ratio_to_single", "median"),
+                                     bytes=("bytes", "first"))
+    extra = {"sizes": sizes, "batch": bsz, "single_step_s": float(med.loc["single process", "step_s"])}
+    for strategy, row in med.drop(index="single process").iterrows():
+        extra[f"step_s_{strategy}"] = float(row.step_s)
+        extra[f"ratio_{strategy}"] = float(row.ratio)
+        extra[f"bytes_{strategy}"] = int(row.bytes)
     net = reference_model(init_params(sizes, 0))
     x, y = torch.randn(bsz, sizes[0]), torch.randint(0, sizes[-1], (bsz,))
 

@@ -1,8 +1,10 @@
 """The chapter's experiments as functions returning tidy tables (the notebook only configures/plots).
 
-* :func:`distributed_runs` -- per number of ranks, one group that checks distributed against
-  single-process logits, gradients and k-step parameters, then times every strategy and the
-  single-process step under the same thread budget;
+* :func:`equivalence_and_traffic` -- one group that checks distributed against single-process
+  logits, gradients and k-step parameters for every (strategy, P), and counts the bytes sent;
+* :func:`step_times` -- one group that times every (strategy, P) and the single-process step,
+  interleaved round by round; the timing claims :func:`fewer_messages_claim`,
+  :func:`overhead_claim` and :func:`latency_model_claim` are decided on it in one run;
 * :func:`fault_and_restart` -- kill a rank mid-run, then resume from the shared checkpoint.
 """
 from __future__ import annotations
@@ -22,7 +24,9 @@ from .launch import DeployError, launch, leftover
 from .plan import Plan, make_plan
 from .worker import batch, make_data
 
-__all__ = ["assemble", "reference", "distributed_runs", "fault_and_restart"]
+__all__ = ["assemble", "reference", "equivalence_and_traffic", "step_times", "fewer_messages_claim",
+           "overhead_claim", "latency_model_claim", "decide_fewer_messages", "decide_overhead",
+           "decide_latency_model", "fault_and_restart"]
 
 
 def assemble(plan: Plan, per_rank: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -100,48 +104,178 @@ def _summarise_launch(plan: Plan, per_rank: list[dict], batch_size: int) -> list
     return rows
 
 
-def distributed_runs(sizes, world_sizes, strategies, seeds, *, data, batch_size, lr, k_steps, warmup,
-                     repeats, timeout_s=300.0, backend="gloo", progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One group per number of ranks ``P`` (every strategy inside it), running
+def _plans(sizes, world_sizes, strategies) -> list[Plan]:
+    """Every (P, strategy) plan; a layer-wise plan needs a layer per rank."""
+    return [make_plan(s, sizes, P) for P in world_sizes for s in strategies
+            if not (s == "layer" and P > len(sizes) - 1)]
 
-    1. the equivalence job (float64, seed ``seeds[0]``): max |distributed - single process| of the
-       logits, the gradients and the parameters after ``k_steps`` SGD steps, per strategy;
-    2. the timing job (float32) for every seed: medians of the step time and traffic per strategy,
-       and the single-process ``nn.Sequential`` step on rank 0 while the others wait
-       (``strategy = "single process"``); ``ratio_to_single`` compares within the same seed and group.
+
+def equivalence_and_traffic(sizes, world_sizes, strategies, seed, *, data, batch_size, lr, k_steps,
+                            timeout_s=300.0, backend="gloo") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One group of ``max(world_sizes)`` ranks (a plan on ``P`` ranks uses ranks ``0..P-1``) runs
+
+    1. the equivalence job (float64): max |distributed - single process| of the logits, the
+       gradients and the parameters after ``k_steps`` SGD steps, per (strategy, P);
+    2. one float32 training step per plan: bytes and messages the engine sent (total, busiest rank),
+       the volume model's bytes, and the socket bytes (``/proc/self/io``), per (strategy, P).
+
+    Nothing here is timed (see :func:`step_times`).
     """
-    ref = reference(sizes, seeds[0], data, batch_size, lr, k_steps)
-    eq_rows, tm_rows = [], []
-    for P in world_sizes:
-        plans = [make_plan(s, sizes, P) for s in strategies if not (s == "layer" and P > len(sizes) - 1)]
-        job = {"kind": "multi", "plans": [p.to_dict() for p in plans], "data": data, "batch": batch_size,
-               "lr": lr, "backend": backend, "jobs": [
-                   {"kind": "equivalence", "seed": seeds[0], "k_steps": k_steps, "dtype": "float64"},
-                   {"kind": "bench", "seeds": list(seeds), "warmup": warmup, "repeats": repeats,
-                    "dtype": "float32", "reference": True}]}
-        res = launch(job, P, timeout_s=timeout_s)
-        eq_part = [r["parts"][0] for r in res.results]
-        bench = [r["parts"][1] for r in res.results]
-        eq_rows += _equivalence_rows(plans, eq_part, P, ref, batch_size, k_steps)
-        for seed in seeds:
-            st = pd.DataFrame([{"step_s": r["t1"] - r["t0"], "forward_s": r["t_fwd"] - r["t0"]}
-                               for r in bench[0]["reference"][seed]]).median()
-            single = float(st["step_s"])
-            tm_rows.append({"strategy": "single process", "ranks": P, "seed": seed, **st.to_dict(),
-                            "bytes": 0, "model_bytes": 0, "comm_s": 0.0, "f_crit": 1.0, "t_single": single})
-            for j, entry in enumerate(bench[0]["plans"]):
-                if entry["seed"] != seed:
-                    continue
-                plan = plans[j % len(plans)]
-                per = pd.DataFrame(_summarise_launch(plan, [b["plans"][j] for b in bench], batch_size))
-                tm_rows.append({"strategy": plan.strategy, "ranks": P, "seed": seed,
-                                **per.median(numeric_only=True).to_dict(), "f_crit": critical_fraction(plan),
-                                "t_single": single})
-        if progress is not None:
-            progress.update(1)
-    tm = pd.DataFrame(tm_rows)
-    tm["ratio_to_single"] = tm["step_s"] / tm["t_single"]
-    return pd.DataFrame(eq_rows), tm
+    plans = _plans(sizes, world_sizes, strategies)
+    world = max(world_sizes)
+    ref = reference(sizes, seed, data, batch_size, lr, k_steps)
+    job = {"kind": "multi", "plans": [p.to_dict() for p in plans], "data": data, "batch": batch_size,
+           "lr": lr, "backend": backend, "jobs": [
+               {"kind": "equivalence", "seed": seed, "k_steps": k_steps, "dtype": "float64"},
+               {"kind": "interleaved", "seed": seed, "warmup": 0, "repeats": 1, "dtype": "float32"}]}
+    res = launch(job, world, timeout_s=timeout_s)
+    eq_rows, traffic = [], []
+    for i, plan in enumerate(plans):
+        P = plan.world_size
+        eq_part = [{"plans": [r["parts"][0]["plans"][i]]} for r in res.results[:P]]
+        eq_rows += _equivalence_rows([plan], eq_part, P, ref, batch_size, k_steps)
+        steps = [r["parts"][1]["rows"][i] for r in res.results[:P]]
+        row = _summarise_launch(plan, [{"rows": s} for s in steps], batch_size)[0]
+        traffic.append({"strategy": plan.strategy, "ranks": P, "f_crit": critical_fraction(plan),
+                        **{k: v for k, v in row.items() if not k.endswith("_s")}})
+    return pd.DataFrame(eq_rows), pd.DataFrame(traffic)
+
+
+def step_times(sizes, world_sizes, strategies, *, seed=0, data, batch_size, lr, warmup, repeats,
+               reference=True, timeout_s=300.0, backend="gloo") -> pd.DataFrame:
+    """Step times of every (strategy, P) plan, and of one process, measured interleaved in one group.
+
+    One group of ``max(world_sizes)`` ranks (one thread each) times, in each of ``repeats`` rounds
+    (after ``warmup`` rounds), one training step of every configuration, in an order rotated each
+    round (:func:`mpnn.deploy.worker.job_interleaved`); a step runs from a barrier to the end of the
+    last rank of its plan. With ``reference`` the single-process ``nn.Sequential`` step is one of the
+    configurations (``strategy = "single process"``, ``ranks = 1``) and every row gets
+    ``single_s`` (the single-process step of the same round) and ``ratio_to_single``.
+    Returns one row per configuration and round.
+    """
+    plans = _plans(sizes, world_sizes, strategies)
+    job = {"kind": "interleaved", "plans": [p.to_dict() for p in plans], "seed": seed, "data": data,
+           "batch": batch_size, "lr": lr, "warmup": warmup, "repeats": repeats, "reference": reference,
+           "dtype": "float32", "backend": backend}
+    res = launch(job, max(world_sizes), timeout_s=timeout_s)
+    rows = []
+    for i, plan in enumerate(plans):
+        P = plan.world_size
+        per = _summarise_launch(plan, [{"rows": r["rows"][i]} for r in res.results[:P]], batch_size)
+        for rnd, row in enumerate(per):
+            rows.append({"strategy": plan.strategy, "ranks": P, "round": rnd, "f_crit": critical_fraction(plan),
+                         **row})
+    df = pd.DataFrame(rows)
+    if reference:
+        single = pd.DataFrame([{"strategy": "single process", "ranks": 1, "round": r["round"],
+                                "step_s": r["t1"] - r["t0"], "f_crit": 1.0, "bytes": 0, "comm_s": 0.0}
+                               for r in res.results[0]["rows"][len(plans)]])
+        by_round = single.set_index("round").step_s
+        df = pd.concat([df, single], ignore_index=True)
+        df["single_s"] = df["round"].map(by_round)
+        df["ratio_to_single"] = df.step_s / df.single_s
+    return df
+
+
+def _medians(df: pd.DataFrame, col: str) -> pd.DataFrame:
+    """Median and quartiles of ``col`` per (strategy, ranks)."""
+    g = df.groupby(["strategy", "ranks"], sort=False)[col]
+    return pd.DataFrame({"median": g.median(), "q25": g.quantile(0.25), "q75": g.quantile(0.75),
+                         "n": g.size()}).reset_index()
+
+
+# ---------------------------------------------------------------------- timing claims
+# Module-level functions of picklable inputs, decided in one run (recorded by mpnn.timing.measure
+# and replayed under load by `python -m mpnn timing`).
+
+def fewer_messages_claim(sizes, world_sizes, *, data, batch_size, lr, warmup, repeats, min_ratio,
+                         seed=0, timeout_s=300.0, backend="gloo") -> dict:
+    """Layer-wise (few messages) against neuron-wise ``count`` (many messages) for every P, timed
+    interleaved in one run (:func:`step_times`) and decided by :func:`decide_fewer_messages`."""
+    df = step_times(sizes, world_sizes, ["count", "layer"], seed=seed, data=data, batch_size=batch_size,
+                    lr=lr, warmup=warmup, repeats=repeats, reference=False, timeout_s=timeout_s, backend=backend)
+    return decide_fewer_messages(df, min_ratio)
+
+
+def decide_fewer_messages(df: pd.DataFrame, min_ratio: float) -> dict:
+    """Per round, ``count step / layer step``; holds when the median of these per-round ratios
+    exceeds ``min_ratio`` for every P with a layer-wise plan."""
+    df = df[df.strategy.isin(["count", "layer"])]
+    wide = df.pivot_table(index=["ranks", "round"], columns="strategy", values="step_s").dropna()
+    ratio = (wide["count"] / wide["layer"]).groupby("ranks")
+    med, q25, q75 = ratio.median(), ratio.quantile(0.25), ratio.quantile(0.75)
+    steps = df.groupby(["strategy", "ranks"]).step_s.median()
+    Ps = [int(P) for P in med.index]
+    passed = bool(all(med[P] > min_ratio for P in Ps))
+    measured = "median per-round ratio neuron-wise (count) / layer-wise step: " + ", ".join(
+        f"P={P}: {med[P]:.2f}x (quartiles {q25[P]:.2f}-{q75[P]:.2f}; {steps[('layer', P)] * 1e3:.1f} vs "
+        f"{steps[('count', P)] * 1e3:.1f} ms)" for P in Ps) + f"; claim: > {min_ratio:g}x for every P"
+    return {"passed": passed, "measured": measured, "min_ratio": float(min_ratio), "rounds": int(df["round"].nunique()),
+            "ratio_median": {P: float(med[P]) for P in Ps}, "ratio_q25": {P: float(q25[P]) for P in Ps},
+            "ratio_q75": {P: float(q75[P]) for P in Ps},
+            "layer_ms": {P: float(steps[("layer", P)] * 1e3) for P in Ps},
+            "count_ms": {P: float(steps[("count", P)] * 1e3) for P in Ps}}
+
+
+def overhead_claim(sizes, world_sizes, strategies, *, data, batch_size, lr, warmup, repeats, min_ratio,
+                   seed=0, timeout_s=300.0, backend="gloo") -> dict:
+    """Every split slower than one process, timed interleaved in one run (:func:`step_times`) and
+    decided by :func:`decide_overhead`."""
+    df = step_times(sizes, world_sizes, strategies, seed=seed, data=data, batch_size=batch_size, lr=lr,
+                    warmup=warmup, repeats=repeats, reference=True, timeout_s=timeout_s, backend=backend)
+    return decide_overhead(df, min_ratio)
+
+
+def decide_overhead(df: pd.DataFrame, min_ratio: float) -> dict:
+    """Holds when, for every (strategy, P), the median over rounds of ``distributed step /
+    single-process step of the same round`` exceeds ``min_ratio``."""
+    split = df[df.strategy != "single process"]
+    r = _medians(split, "ratio_to_single")
+    lo = r.loc[r["median"].idxmin()]
+    comm_share = float((split.comm_s / split.step_s).median())
+    passed = bool(r["median"].min() > min_ratio)
+    measured = (f"median ratio to the single-process step of the same round, over {df['round'].nunique()} rounds: "
+                f"{r['median'].min():.1f}x ({lo.strategy}, P={int(lo.ranks)}; quartiles {lo.q25:.1f}-{lo.q75:.1f}) "
+                f"to {r['median'].max():.1f}x; single process {df[df.strategy == 'single process'].step_s.median() * 1e3:.2f} ms; "
+                f"communication is {comm_share:.0%} of a split step (median); claim: every split > {min_ratio:g}x")
+    return {"passed": passed, "measured": measured, "min_ratio": float(min_ratio), "rounds": int(df["round"].nunique()),
+            "ratios": r.to_dict("records"), "comm_share": comm_share,
+            "steps": _medians(df, "step_s").to_dict("records")}
+
+
+def latency_model_claim(sizes, world_sizes, strategies, *, data, batch_size, lr, warmup, repeats, max_error,
+                        seed=0, timeout_s=300.0, backend="gloo") -> dict:
+    """The latency model ``T = c T_1 f_crit + alpha M + V / beta`` (:mod:`mpnn.deploy.cost`) fitted
+    to the median step of every (strategy, P), ``T_1`` the median single-process step, all measured
+    interleaved in one run; the claim holds when the median relative error is below ``max_error``."""
+    df = step_times(sizes, world_sizes, strategies, seed=seed, data=data, batch_size=batch_size, lr=lr,
+                    warmup=warmup, repeats=repeats, reference=True, timeout_s=timeout_s, backend=backend)
+    return decide_latency_model(df, max_error)
+
+
+def decide_latency_model(df: pd.DataFrame, max_error: float) -> dict:
+    """Fit the latency model to the median step of every (strategy, P) (``T_1`` = the median
+    single-process step); holds when the median relative error is below ``max_error``."""
+    from .cost import fit_latency
+    split = df[df.strategy != "single process"]
+    t1 = float(df[df.strategy == "single process"].step_s.median())
+    pts = split.groupby(["strategy", "ranks"], sort=False).agg(
+        step_s=("step_s", "median"), q25=("step_s", lambda v: v.quantile(0.25)),
+        q75=("step_s", lambda v: v.quantile(0.75)), comm_s=("comm_s", "median"), f_crit=("f_crit", "first"),
+        messages_max_rank=("messages_max_rank", "first"), bytes_max_rank=("bytes_max_rank", "first")).reset_index()
+    fit = fit_latency(pts.step_s, np.full(len(pts), t1), pts.f_crit, pts.messages_max_rank, pts.bytes_max_rank)
+    pts["predicted_s"] = fit.predict(t1, pts.f_crit, pts.messages_max_rank, pts.bytes_max_rank)
+    pts["rel_err"] = fit.rel_err
+    med_err = float(np.median(fit.rel_err))
+    beta = (f"{fit.beta_Bps / 1e6:.1f} MB/s" if np.isfinite(fit.beta_Bps)
+            else "not identifiable (payloads of tens of kB cost nothing next to the per-message latency)")
+    passed = bool(med_err < max_error)
+    measured = (f"fitted to the median step of {len(pts)} (strategy, P) over {df['round'].nunique()} interleaved rounds: "
+                f"c = {fit.c:.2f}, alpha = {fit.alpha_s * 1e6:.0f} us per message, beta {beta}; "
+                f"relative error median {med_err:.0%}, max {fit.rel_err.max():.0%}; claim: median < {max_error:.0%}")
+    return {"passed": passed, "measured": measured, "max_error": float(max_error), "rounds": int(df["round"].nunique()),
+            "c": fit.c, "alpha_s": fit.alpha_s, "beta_Bps": fit.beta_Bps, "median_rel_err": med_err,
+            "t_single_s": t1, "points": pts.to_dict("records")}
 
 
 def fault_and_restart(sizes, world_size, *, strategy, seed, data, batch_size, lr, steps, kill_rank,

@@ -165,6 +165,70 @@ def job_bench(job: dict, rank: int, device) -> dict:
     return {"plans": out, "reference": reference}
 
 
+def _timed_step(model: ShardedMLP, xb, yb, lr: float, device) -> dict:
+    """One training step of a sharded model after a barrier: start, head's forward end, end, traffic."""
+    model.stats.reset()
+    io0, t0 = _io_written(), time.perf_counter()
+    model.zero_grad()
+    logits = model.forward(xb)
+    t_fwd = time.perf_counter()
+    grad = None
+    if logits is not None:
+        logits.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, yb.to(device)), logits)
+    model.backward(grad)
+    model.sgd_step(lr)
+    t1, io1 = time.perf_counter(), _io_written()
+    return {"t0": t0, "t_fwd": t_fwd if logits is not None else None, "t1": t1,
+            "wire_bytes": None if io0 is None else io1 - io0, **model.stats.as_dict()}
+
+
+def job_interleaved(job: dict, rank: int, device) -> dict:
+    """Interleaved timing of several plans (and the single-process step) in one group.
+
+    ``job["plans"]`` may have fewer ranks than the group: rank ``r`` takes part in the plans with
+    ``world_size > r`` and waits in the next barrier otherwise (a blocking socket wait). Every
+    round times each configuration once, in an order rotated by one each round, each step starting
+    after a barrier of the whole group, so that a change in the machine's load hits every
+    configuration alike. With ``reference``, rank 0 times the single-process ``nn.Sequential`` step
+    as the last configuration (the other ranks wait). Returns, per configuration, one row per timed
+    round (this rank's start and end times and traffic; an empty list where the rank takes no part).
+    """
+    dtype = DTYPES[job.get("dtype", "float32")]
+    plans = [Plan.from_dict(pd) for pd in job["plans"]]
+    sizes, seed, lr = plans[0].sizes, job["seed"], job["lr"]
+    x, y = make_data(job["data"], sizes[0], sizes[-1])
+    params = init_params(sizes, seed, dtype)
+    models = [ShardedMLP(p, rank, params=params, device=device, dtype=dtype, timeout_s=job["op_timeout_s"])
+              if rank < p.world_size else None for p in plans]
+    ref = opt = None
+    if job.get("reference") and rank == 0:
+        ref = reference_model([(w.to(device), b.to(device)) for w, b in params])
+        opt = torch.optim.SGD(ref.parameters(), lr=lr)
+    n_cfg = len(plans) + (1 if job.get("reference") else 0)
+    rows: list[list[dict]] = [[] for _ in range(n_cfg)]
+    for i in range(job["warmup"] + job["repeats"]):
+        xb, yb = batch(x, y, i, job["batch"], seed)
+        for j in [(i + o) % n_cfg for o in range(n_cfg)]:
+            dist.barrier()
+            row = None
+            if j < len(plans) and models[j] is not None:
+                row = _timed_step(models[j], xb, yb, lr, device)
+            elif j == len(plans) and ref is not None:
+                xr, yr = xb.to(device, dtype), yb.to(device)
+                t0 = time.perf_counter()
+                opt.zero_grad()
+                F.cross_entropy(ref(xr), yr).backward()
+                opt.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                row = {"t0": t0, "t1": time.perf_counter()}
+            if row is not None and i >= job["warmup"]:
+                rows[j].append({"round": i - job["warmup"], **row})
+    dist.barrier()
+    return {"rows": rows}
+
+
 def job_multi(job: dict, rank: int, device) -> dict:
     """Several jobs in one group, one after the other (``job["jobs"]``, each updating ``job``)."""
     common = {k: v for k, v in job.items() if k not in ("kind", "jobs")}
@@ -209,7 +273,7 @@ def job_fail(job: dict, rank: int, device) -> dict:
     return {}
 
 
-JOBS = {"equivalence": job_equivalence, "train": job_train, "bench": job_bench,
+JOBS = {"equivalence": job_equivalence, "train": job_train, "bench": job_bench, "interleaved": job_interleaved,
         "reference_bench": job_reference_bench, "fail": job_fail, "multi": job_multi}
 
 
