@@ -258,7 +258,7 @@ def train_early_exit(model: EarlyExitNet, images: torch.Tensor, labels: torch.Te
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
     w = torch.tensor(exit_weights, dtype=images.dtype, device=images.device)
     g = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=_fusable(model))
     n = images.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
     steps = range(epochs * steps_per_epoch)
@@ -464,3 +464,9 @@ def _median(v: Sequence[float]) -> float:
 def _threads(x: torch.Tensor):
     from mpnn.repro import cpu_threads
     return cpu_threads(1, x.device)
+
+
+def _fusable(model: nn.Module) -> bool:
+    """Whether torch's fused Adam/AdamW kernel applies (float32 parameters on CPU or CUDA)."""
+    return all(p.dtype in (torch.float32, torch.float64) and p.device.type in ("cpu", "cuda")
+               for p in model.parameters())
