@@ -1,4 +1,5 @@
 """mpnn.moe against plain per-token / per-expert reference implementations and hand-computed cases."""
+import copy
 import math
 
 import pytest
@@ -333,3 +334,143 @@ def test_fit_classifier_is_deterministic_and_restores_threads():
         params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(params[0], params[1])
     assert torch.get_num_threads() == threads
+
+
+# ---------------------------------------------------------------- replicas in one pass vs one by one
+
+def _replicas(kind, n=3, **kw):
+    models = []
+    for s in range(n):
+        torch.manual_seed(100 + s)
+        m = moe.make_moe(kind, 6, 5, 3, 4, **kw)
+        if kind == "noisy_top2":                   # the paper starts at zero; perturb to test the algebra
+            for p in m.gate.parameters():
+                torch.nn.init.normal_(p)
+        models.append(m)
+    return models
+
+
+STACKABLE = [("dense", {}), ("switch", {"alpha": 0.1}), ("top2", {"alpha": 0.1, "capacity_factor": 1.0}),
+             ("top1", {"capacity_factor": 0.5, "z_coef": 0.0}), ("noisy_top2", {"alpha": 0.1}),
+             ("expert_choice", {"capacity_factor": 1.5}), ("soft", {"slots_per_expert": 2})]
+
+
+@pytest.mark.parametrize("kind,kw", STACKABLE)
+def test_stacked_forward_equals_each_replica(kind, kw):
+    models = _replicas(kind, **kw)
+    stacked = moe.StackedMoE(models)
+    torch.manual_seed(8)
+    x, eps = torch.randn(3, 10, 6), torch.randn(3, 10, 4)
+    refs, auxes = [], []
+    for r, m in enumerate(models):
+        if kind == "noisy_top2":                   # the layer draws eps itself: give both the same eps
+            m.gate.forward = (lambda f, e: (lambda inp: f(inp, e)))(m.gate.forward, eps[r])
+        refs.append(m(x[r]))
+        auxes.append(float(moe.aux_loss(m)))
+    y = stacked(x, eps=eps)
+    assert torch.allclose(y, torch.stack(refs), atol=1e-12)
+    assert float(stacked.aux_loss) == pytest.approx(sum(auxes), rel=1e-6, abs=1e-12)
+    if kind != "dense":
+        assert torch.equal(stacked.assignment, torch.stack([m.assignment for m in models]))
+        assert stacked.dropped.tolist() == pytest.approx([m.dropped for m in models])
+    # gradients of the summed replica losses are each replica's own gradients
+    target = torch.randn(3, 10, 3)
+    ((y - target) ** 2).sum().backward()
+    for r, m in enumerate(models):
+        ((refs[r] - target[r]) ** 2).sum().backward()
+        assert torch.allclose(stacked.experts.w1.grad[r * m.experts.n_experts:(r + 1) * m.experts.n_experts],
+                              m.experts.w1.grad, atol=1e-12)
+
+
+def test_stacked_capacity_is_per_replica_group():
+    # c * k * T / E = 1.25 * 1 * 16 / 4 = 5 exactly: each replica's experts hold 5 of its 16 tokens
+    models = _replicas("top1", capacity_factor=1.25)
+    stacked = moe.StackedMoE(models).train()
+    x = torch.randn(3, 16, 6)
+    stacked(x)
+    per_expert = stacked.assignment.sum(1)                  # (R, E) kept assignments
+    assert per_expert.max() <= 5
+    for r, m in enumerate(models):
+        m(x[r])
+        assert torch.equal(stacked.assignment[r], m.assignment)
+
+
+def test_routing_ties_do_not_change_the_layer_equation():
+    # a zero router scores every expert equally: whichever expert the tie-break picks, the output must
+    # be the masked sum over the experts actually chosen (no test may depend on which one)
+    ex = _experts()
+    gate = moe.TopKGate(5, 4, k=2)
+    torch.nn.init.zeros_(gate.switch.gate.weight)
+    torch.nn.init.zeros_(gate.switch.gate.bias)
+    layer = moe.TokenChoiceMoE(gate, ex)
+    x = torch.randn(7, 5)
+    y = layer(x)
+    chosen = layer.routing.experts
+    assert all(len(set(row.tolist())) == 2 for row in chosen)      # two distinct experts each
+    ref = torch.stack([sum(0.5 * _ref_expert(ex, int(e), x[t]) for e in chosen[t]) for t in range(7)])
+    assert torch.allclose(y, ref)                                    # equal scores: weights 1/2 each
+
+
+@pytest.mark.parametrize("kind,kw", [("dense", {}), ("switch", {"alpha": 0.1}),
+                                     ("top2", {"alpha": 0.1, "capacity_factor": 1.0}),
+                                     ("expert_choice", {"capacity_factor": 1.0}), ("soft", {"slots_per_expert": 2})])
+def test_fit_replicas_equals_fit_classifier_seed_by_seed(kind, kw):
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 6), torch.randint(0, 3, (96,))
+    xt, yt = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    seeds = [11, 12, 13]
+    models = _replicas(kind, **kw)
+    loop = [copy.deepcopy(m) for m in models]
+    ref = [moe.fit_classifier(m, (x, y), (xt, yt), epochs=2, batch_size=32, lr=1e-2, seed=s, log_every=2,
+                              progress=False) for m, s in zip(loop, seeds)]
+    got = moe.fit_replicas(models, (x, y), (xt, yt), seeds=seeds, epochs=2, batch_size=32, lr=1e-2, log_every=2,
+                           progress=False)
+    for a, b, ma, mb in zip(ref, got, loop, models):
+        for p, q in zip(ma.parameters(), mb.parameters()):            # written back into the modules
+            assert torch.allclose(p, q, atol=1e-10)
+        assert torch.equal(a.predictions, b.predictions) and a.accuracy == b.accuracy
+        assert a.dropped == pytest.approx(b.dropped, abs=1e-6)
+        assert len(a.history) == len(b.history)
+        for ha, hb in zip(a.history, b.history):
+            assert ha["step"] == hb["step"] and ha["loss"] == pytest.approx(hb["loss"], rel=1e-9)
+            if "share" in ha:
+                assert torch.allclose(ha["share"].double(), hb["share"].double(), atol=1e-9)
+        if a.assignment is not None:
+            assert torch.equal(a.assignment, b.assignment)
+    assert not models[0].training
+
+
+def test_stacked_refuses_mixed_replicas():
+    with pytest.raises(ValueError, match="one kind"):
+        moe.StackedMoE(_replicas("switch", n=1) + _replicas("expert_choice", n=1))
+    with pytest.raises(ValueError, match="differ"):
+        moe.StackedMoE([moe.make_moe("switch", 6, 5, 3, 4, capacity_factor=1.0),
+                        moe.make_moe("switch", 6, 5, 3, 4, capacity_factor=2.0)])
+    with pytest.raises(ValueError, match="one seed per model"):
+        moe.fit_replicas(_replicas("dense", n=2), (torch.randn(4, 6), torch.zeros(4, dtype=torch.long)),
+                         (torch.randn(4, 6), torch.zeros(4, dtype=torch.long)), seeds=[1], epochs=1)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_stacked_dropless_collapsed_router_uses_two_level_buffers(k):
+    # replica 0's router sends every token to experts 0 (and 1): load 24 > 2 * ceil(1.25 k 24 / 8), so
+    # the stacked layer runs the overflow in a second matmul; outputs and gradients must not change
+    models = []
+    for s in range(3):
+        torch.manual_seed(200 + s)
+        models.append(moe.make_moe("top2" if k == 2 else "top1", 6, 5, 3, 8, z_coef=0.0))
+    with torch.no_grad():
+        models[0].gate.switch.gate.bias.copy_(torch.tensor([50.0, 40.0] + [0.0] * 6))
+    stacked = moe.StackedMoE(models)
+    x = torch.randn(3, 24, 6)
+    y = stacked(x)
+    assert stacked.assignment[0, :, 0].sum() == 24                   # the collapsed replica
+    assert math.ceil(1.25 * k * 24 / 8) * 2 < 24                     # the two-level path is taken
+    refs = [m(x[r]) for r, m in enumerate(models)]
+    assert torch.allclose(y, torch.stack(refs), atol=1e-12)
+    y.square().sum().backward()
+    for r, m in enumerate(models):
+        refs[r].square().sum().backward()
+        for name in ("w1", "b1", "w2", "b2"):
+            got = getattr(stacked.experts, name).grad[r * 8:(r + 1) * 8]
+            assert torch.allclose(got, getattr(m.experts, name).grad, atol=1e-12), name

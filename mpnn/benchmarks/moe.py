@@ -51,3 +51,31 @@ def forward_backward(k, n_experts, quick):
     }
     return variants, {"tokens": tokens, "d": d, "hidden": h, "active_gflop_fwd": active / 1e9,
                       "padding": n_experts * plan.capacity / (k * tokens)}
+
+
+@case("moe/replicas-training-step", group="conditional_computation",
+      params={"kind": ["dense", "switch", "top2"], "replicas": [4, 16]})
+def replicas_training_step(kind, replicas, quick):
+    """One Adam step of R independent models: one StackedMoE pass vs a loop over the R models."""
+    tokens, d, h = (64, 196, 16) if quick else (128, 784, 32)
+    torch.manual_seed(0)
+    models = [moe.make_moe(kind, d, h, 10, 8, alpha=0.1) for _ in range(replicas)]
+    x, y = torch.randn(replicas, tokens, d), torch.randint(0, 10, (replicas, tokens))
+    stacked = moe.StackedMoE(models)
+    opt_stacked = moe._adam(stacked.parameters(), 1e-3)
+    opts = [moe._adam(m.parameters(), 1e-3) for m in models]
+
+    def one_pass():
+        logits = stacked(x)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 10), y.reshape(-1), reduction="none")
+        opt_stacked.zero_grad()
+        (loss.view(replicas, -1).mean(1).sum() + stacked.aux_loss).backward()
+        opt_stacked.step()
+
+    def loop():
+        for r, (m, opt) in enumerate(zip(models, opts)):
+            opt.zero_grad()
+            (torch.nn.functional.cross_entropy(m(x[r]), y[r]) + moe.aux_loss(m)).backward()
+            opt.step()
+
+    return {"stacked": one_pass, "loop": loop}, {"tokens": tokens, "d": d, "hidden": h}
