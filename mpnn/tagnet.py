@@ -17,9 +17,10 @@ Training is per-sample gradient ascent on ``log p_y`` with every per-weight grad
 
 with ``clip`` to [-5, 5] and biases unclipped, exactly as ``BackwardTagged``. Neurons with
 ``m_t = 0`` get ``d = 0``: no update. :class:`StackedSGD` runs (2) for ``M`` models in lock-step
-(one sample per model per step, stacked weights), with hand-written forward/backward so that a
-step costs about twenty tensor operations whatever ``M`` is. :func:`reference_sgd` is the plain
-autograd loop it is tested against.
+(one sample per model per step), with hand-written forward/backward: a step is about 25 tensor
+operations whatever ``M`` is, run by TorchScript without Python in between (:func:`_sgd_steps`),
+and each model is stored as its two column halves so that the idle half of a partitioned model
+costs nothing. :func:`reference_sgd` is the plain autograd loop it is tested against.
 
 The two-expert mixture of experts (:class:`TwoExpertMoE`) replaces the tag by a learned gate
 ``s = Wg x + bg`` (:class:`mpnn.switch.LearnedSwitch`, hard top-1 with a straight-through

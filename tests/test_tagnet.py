@@ -177,9 +177,9 @@ def test_mixed_engine_equals_separate_runs_and_autograd():
     at different steps, so some steps are mixed; another window layout; interleaved partitioned;
     unpartitioned blocked and interleaved) gives each model exactly its own solo run, and the solo
     runs agree with the plain autograd loop."""
-    X, y = data(300, seed=1)
+    X, y = data(200, seed=1)
     g = torch.Generator().manual_seed(9)
-    idx = [torch.randperm(300, generator=g)[:200] for _ in range(6)]
+    idx = [torch.randperm(200, generator=g)[:120] for _ in range(6)]
     models = [tagnet.TagNet(generator=torch.Generator().manual_seed(1)),
               tagnet.TagNet(generator=torch.Generator().manual_seed(2)),
               tagnet.TagNet(offset=6, generator=torch.Generator().manual_seed(3)),
@@ -187,7 +187,7 @@ def test_mixed_engine_equals_separate_runs_and_autograd():
               tagnet.TagNet(partitioned=False, generator=torch.Generator().manual_seed(5)),
               tagnet.TagNet(partitioned=False, generator=torch.Generator().manual_seed(6))]
     orders = ["blocked", "blocked", "blocked", "interleaved", "blocked", "interleaved"]
-    sched = tagnet.make_schedule(y, idx, orders, 2)
+    sched = tagnet.make_schedule(y, idx, orders, 1)
     n_even = [int((y[i] % 2 == 0).sum()) for i in idx[:3]]
     assert len(set(n_even)) > 1                       # the blocked models' even blocks end apart
     eng = tagnet.StackedSGD(models, X, y, lr=0.05)
