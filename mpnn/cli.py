@@ -122,22 +122,50 @@ TIMING_TAG = "timing"
 class CellGate:
     """A readers-writer gate over the code cells of chapters executing side by side.
 
-    Ordinary cells share the machine; a cell tagged ``timing`` waits until no other cell is
-    executing and, while it waits or runs, no new cell starts (the writer has priority, so a timing
-    cell waits at most for the cells already running). One slot per chapter: :meth:`Slot.enter`
-    before a cell, :meth:`Slot.leave` after it (idempotent, so a cell that died still lets go).
+    Ordinary cells share the machine; a cell tagged ``timing`` runs alone. When a timing cell
+    starts, the kernels of the other chapters that may be paused (their whole process trees) are
+    suspended (SIGSTOP) until it ends, so it neither waits for their long training cells nor shares
+    the CPU with them; a chapter that may not be paused (its notebook metadata says
+    ``"mpnn": {"pause_for_timing": false}``, e.g. processes with wall-clock timeouts) is waited for
+    instead. While a timing cell waits or runs no new cell starts (the writer has priority).
+    One slot per chapter: :meth:`Slot.enter` before a cell, :meth:`Slot.leave` after it
+    (idempotent, so a cell that died still lets go).
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._shared = 0          # ordinary cells executing
-        self._exclusive = False   # a timing cell executing
-        self._waiting = 0         # timing cells waiting
-        self.log: list[tuple[float, str, str]] = []  # (time, chapter, "enter-timing" | "leave-timing")
+        self._running: set["CellGate.Slot"] = set()   # slots executing an ordinary cell
+        self._exclusive: "CellGate.Slot | None" = None
+        self._waiting = 0                              # timing cells waiting
+        self._paused: list["CellGate.Slot"] = []
+        self.log: list[tuple[float, str, str]] = []   # (time, chapter, event)
 
     class Slot:
-        def __init__(self, gate: "CellGate", chapter: str) -> None:
-            self.gate, self.chapter, self.held = gate, chapter, None
+        def __init__(self, gate: "CellGate", chapter: str, pausable: bool = False) -> None:
+            self.gate, self.chapter, self.pausable, self.held = gate, chapter, pausable, None
+            self.client = None   # the chapter's notebook client (set by the engine): its kernel is paused
+
+        def _processes(self):
+            import psutil
+            pid = getattr(getattr(getattr(self.client, "km", None), "provisioner", None), "pid", None)
+            if pid is None:
+                return []
+            try:
+                root = psutil.Process(pid)
+                return [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return []
+
+        def can_pause(self) -> bool:
+            return self.pausable and bool(self._processes())
+
+        def _signal(self, stop: bool) -> None:
+            import psutil
+            for proc in self._processes():
+                try:
+                    proc.suspend() if stop else proc.resume()
+                except psutil.NoSuchProcess:
+                    pass
 
         def enter(self, exclusive: bool) -> None:
             self.leave()
@@ -145,13 +173,18 @@ class CellGate:
             with g._cond:
                 if exclusive:
                     g._waiting += 1
-                    g._cond.wait_for(lambda: not g._exclusive and g._shared == 0)
+                    g._cond.wait_for(lambda: g._exclusive is None
+                                     and all(s.can_pause() for s in g._running if s is not self))
                     g._waiting -= 1
-                    g._exclusive = True
+                    g._exclusive = self
+                    g._paused = [s for s in g._running if s is not self]
+                    for s in g._paused:
+                        s._signal(stop=True)
+                        g.log.append((time.time(), s.chapter, "paused"))
                     g.log.append((time.time(), self.chapter, "enter-timing"))
                 else:
-                    g._cond.wait_for(lambda: not g._exclusive and g._waiting == 0)
-                    g._shared += 1
+                    g._cond.wait_for(lambda: g._exclusive is None and g._waiting == 0)
+                    g._running.add(self)
             self.held = "exclusive" if exclusive else "shared"
 
         def leave(self) -> None:
@@ -160,15 +193,53 @@ class CellGate:
             g = self.gate
             with g._cond:
                 if self.held == "exclusive":
-                    g._exclusive = False
+                    for s in g._paused:
+                        s._signal(stop=False)
+                        g.log.append((time.time(), s.chapter, "resumed"))
+                    g._paused = []
+                    g._exclusive = None
                     g.log.append((time.time(), self.chapter, "leave-timing"))
                 else:
-                    g._shared -= 1
+                    g._running.discard(self)
                 g._cond.notify_all()
             self.held = None
 
-    def slot(self, chapter: str) -> "CellGate.Slot":
-        return CellGate.Slot(self, chapter)
+    def slot(self, chapter: str, pausable: bool = False) -> "CellGate.Slot":
+        return CellGate.Slot(self, chapter, pausable)
+
+
+def _engine() -> str:
+    """Register (once) a papermill engine that hands its notebook client to the chapter's gate slot."""
+    import logging
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, papermill_engines
+    from papermill.utils import merge_kwargs, remove_args
+
+    class GatedEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
+                                     stderr_file=None, start_timeout=60, execution_timeout=None, **kwargs):
+            slot = kwargs.pop("mpnn_slot", None)
+            kwargs = remove_args(["input_path"], **kwargs)
+            safe_kwargs = remove_args(["timeout", "startup_timeout"], **kwargs)
+            final_kwargs = merge_kwargs(safe_kwargs, timeout=execution_timeout or kwargs.get("timeout"),
+                                        startup_timeout=start_timeout, kernel_name=kernel_name,
+                                        log=logging.getLogger("papermill"), log_output=log_output,
+                                        stdout_file=stdout_file, stderr_file=stderr_file)
+            client = PapermillNotebookClient(nb_man, **final_kwargs)
+            if slot is not None:
+                slot.client = client
+            return client.execute()
+
+    if "mpnn-gated" not in papermill_engines._engines:
+        papermill_engines.register("mpnn-gated", GatedEngine)
+    return "mpnn-gated"
+
+
+def pausable(notebook: Path) -> bool:
+    """May the chapter's kernel be paused while another chapter's timing cell runs? (default yes)"""
+    meta = json.loads(Path(notebook).read_text()).get("metadata", {})
+    return bool(meta.get("mpnn", {}).get("pause_for_timing", True))
 
 
 def kernel_env(profile: str, threads: int | None = None) -> dict[str, str]:
@@ -215,11 +286,12 @@ def execute(chapter: str, params: dict[str, Any], profile: str, *, gate: CellGat
         shutil.rmtree(stale_dir, ignore_errors=True)   # figures and timing claims of an earlier run
     final.parent.mkdir(parents=True, exist_ok=True)
     env = environment(kernel_env(profile)) if gate is None else nullcontext()
-    slot = gate.slot(chapter) if gate is not None else None
+    slot = gate.slot(chapter, pausable=pausable(source)) if gate is not None else None
     hooks = {}
     if slot is not None:
         hooks = {"on_cell_execute": lambda cell, cell_index: slot.enter(TIMING_TAG in cell.metadata.get("tags", [])),
-                 "on_cell_executed": lambda cell, cell_index, execute_reply: slot.leave()}
+                 "on_cell_executed": lambda cell, cell_index, execute_reply: slot.leave(),
+                 "engine_name": _engine(), "mpnn_slot": slot}
     start = time.time()
     record: dict[str, Any] = {"chapter": chapter, "profile": profile, "overrides": params}
     try:
@@ -348,6 +420,8 @@ def write_run_record(profile: str, n_jobs: int, threads: int, wall_s: float, rec
     """``_build/run.json``: profile, chapters side by side, wall time and time spent in timing cells."""
     timing_s, opened = 0.0, {}
     for t, chapter, what in gate.log:
+        if what not in ("enter-timing", "leave-timing"):
+            continue
         if what == "enter-timing":
             opened[chapter] = t
         elif chapter in opened:

@@ -130,33 +130,48 @@ def test_cell_gate_runs_timing_cells_alone():
         cli.run_chapters([], "smoke", n_jobs=0)
 
 
-def test_parallel_chapters_keep_timing_cells_alone(tmp_path, monkeypatch):
-    """Two chapters side by side: no cell of one overlaps the other's timing cell (times from the kernels)."""
+@pytest.mark.parametrize("pause", [True, False])
+def test_parallel_chapters_keep_timing_cells_alone(tmp_path, monkeypatch, pause):
+    """Two chapters side by side: while one's timing cell runs, the other makes no progress.
+
+    Chapter "one" writes a heartbeat every 20 ms; the kernels' own clocks are compared. A pausable
+    chapter is suspended mid-cell (the timing cell does not wait for it); one marked
+    ``pause_for_timing: false`` is waited for instead.
+    """
     book = tmp_path / "book"
     book.mkdir()
     log = tmp_path / "log.txt"
 
     def cell(name, seconds, tags=()):
         c = nbformat.v4.new_code_cell(
-            f"import time\nt0 = time.time(); time.sleep({seconds})\n"
-            f"open({str(log)!r}, 'a').write(f'{name} {{t0}} {{time.time()}}\\n')")
+            f"import time\nt0 = time.time()\nwith open({str(log)!r}, 'a') as f:\n"
+            f"    while time.time() - t0 < {seconds}:\n"
+            f"        f.write(f'{name} {{time.time()}}\\n'); f.flush(); time.sleep(0.02)\n"
+            f"    f.write(f'{name}-span {{t0}} {{time.time()}}\\n')")
         c.metadata["tags"] = list(tags)
         return c
-    for name, cells in {"one": [cell("one-a", 0.6), cell("one-b", 0.6), cell("one-c", 0.6)],
-                        "two": [cell("two-a", 0.2), cell("two-timing", 0.5, ["timing"]), cell("two-b", 0.2)]}.items():
+    for name, cells in {"one": [cell("one-a", 1.5), cell("one-b", 1.5)],
+                        "two": [cell("two-a", 0.3), cell("two-timing", 0.6, ["timing"]), cell("two-b", 0.2)]}.items():
         params = nbformat.v4.new_code_cell("seed = 0")
         params.metadata["tags"] = ["parameters"]
         _write_notebook(book / f"{name}.ipynb", [params, *cells])
+        if name == "one" and not pause:
+            nb = nbformat.read(book / "one.ipynb", as_version=4)
+            nb.metadata["mpnn"] = {"pause_for_timing": False}
+            nbformat.write(nb, book / "one.ipynb")
     (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/one\nchapters:\n- file: book/two\n")
     monkeypatch.setattr(paths, "ROOT", tmp_path)
     monkeypatch.setattr(paths, "BOOK", book)
     monkeypatch.setenv("MPNN_BUILD_DIR", str(tmp_path / "_build"))
     records = cli.run_chapters([("one", {}), ("two", {})], "smoke", n_jobs=2, report=lambda *_: None)
     assert [r["status"] for r in records] == ["ok", "ok"]
-    spans = {line.split()[0]: (float(line.split()[1]), float(line.split()[2]))
-             for line in log.read_text().splitlines()}
+    lines = [line.split() for line in log.read_text().splitlines()]
+    spans = {w[0][:-5]: (float(w[1]), float(w[2])) for w in lines if w[0].endswith("-span")}
+    beats = [float(w[1]) for w in lines if w[0].startswith("one") and not w[0].endswith("-span")]
     t0, t1 = spans["two-timing"]
-    others = [v for k, v in spans.items() if k.startswith("one")]
-    assert all(end <= t0 or start >= t1 for start, end in others), spans
-    # the chapters did run side by side: some cell of "one" overlaps some ordinary cell of "two"
-    assert any(s < spans[k][1] and e > spans[k][0] for s, e in others for k in ("two-a", "two-b")), spans
+    assert not [b for b in beats if t0 <= b <= t1], "chapter one computed during the timing cell"
+    one = [spans["one-a"], spans["one-b"]]
+    if pause:   # suspended mid-cell: a cell of "one" started before the timing cell and ended after it
+        assert any(s < t0 and e > t1 for s, e in one), spans
+    else:       # waited for: no cell of "one" overlaps the timing cell
+        assert all(e <= t0 or s >= t1 for s, e in one), spans
