@@ -18,13 +18,14 @@ the entropy are not counted), from which :func:`predicted_speedup` gives the FLO
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mpnn.timing import interleaved_samples, median_ci, paired_speedup
 
 __all__ = [
     "EarlyExitConfig", "EarlyExitNet", "ExitResult", "normalised_entropy", "early_exit_predict",
@@ -317,67 +318,6 @@ def choose_threshold(accuracy: torch.Tensor, last_exit_accuracy: float, toleranc
 
 
 # ---------------------------------------------------------------- timing claims (see mpnn.timing)
-
-def interleaved_samples(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Wall time (s) of every call of every callable over ``repeats`` rounds.
-
-    Each round calls every callable once, in the given order on even rounds and in reverse order on odd
-    rounds (a b, b a, a b, ...), so that a drifting machine load and any first-/second-call effect hit all
-    of them alike; round ``i`` of two callables gives one paired ratio. CUDA is synchronised around calls.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-
-    def sync():
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-    names = list(fns)
-    for _ in range(warmup):
-        for k in names:
-            fns[k]()
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(repeats):
-        for k in (names if r % 2 == 0 else names[::-1]):
-            sync()
-            t0 = time.perf_counter()
-            fns[k]()
-            sync()
-            times[k].append(time.perf_counter() - t0)
-    return times
-
-
-def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """``(median, low, high)``: the sample median and its distribution-free confidence interval.
-
-    The interval is ``[x_(k), x_(n+1-k)]`` of the sorted values, with ``k`` the largest integer such that
-    ``P(Binomial(n, 1/2) <= k - 1) <= (1 - confidence) / 2``: it covers the true median with probability at
-    least ``confidence`` whatever the distribution (no normality assumed: timings have long right tails).
-    With too few values for that (n < 6 at 95%) the interval is the range ``[min, max]``.
-    """
-    x = sorted(float(v) for v in values)
-    n = len(x)
-    if n == 0:
-        raise ValueError("median_ci needs at least one value")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    med = x[n // 2] if n % 2 else 0.5 * (x[n // 2 - 1] + x[n // 2])
-    alpha = (1 - confidence) / 2
-    k, cdf = 0, 0.0
-    while k < n:  # cdf = P(B <= k - 1) for the candidate k + 1 ... find the largest k with P(B <= k-1) <= alpha
-        cdf_next = cdf + math.comb(n, k) / 2 ** n  # P(B <= k)
-        if cdf_next > alpha:
-            break
-        cdf, k = cdf_next, k + 1
-    k = max(k, 1)  # k = 0 means not even [min, max] has the coverage: fall back to the range
-    return med, x[k - 1], x[n - k]
-
-
-def paired_speedup(slow: Sequence[float], fast: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Median and distribution-free CI of the per-round ratios ``slow_i / fast_i`` (same round, same load)."""
-    if len(slow) != len(fast):
-        raise ValueError(f"need one time of each per round, got {len(slow)} and {len(fast)}")
-    return median_ci([a / b for a, b in zip(slow, fast)], confidence)
-
 
 def _exit_fractions(model: EarlyExitNet, x: torch.Tensor, threshold: float) -> torch.Tensor:
     idx = early_exit_predict(model, x, threshold).exit_index

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from mpnn.early_exit import (EarlyExitConfig, EarlyExitNet, choose_threshold, count_flops, early_exit_predict,
-                             exit_costs, exit_decisions, exit_logits, full_cost, images_to_tensor, interleaved_samples,
-                             median_ci, normalised_entropy, paired_speedup, predicted_speedup, speedup_sweep,
+                             exit_costs, exit_decisions, exit_logits, full_cost, images_to_tensor,
+                             normalised_entropy, predicted_speedup, speedup_sweep,
                              sweep_metrics, time_breakdown, train_early_exit, wall_time_claim)
+from mpnn.timing import interleaved_samples, median_ci, paired_speedup
 
 
 @pytest.fixture(scope="module")
