@@ -124,47 +124,6 @@ def job_train(job: dict, rank: int, device) -> dict:
     return {"start": start, "losses": losses, "final": {k: v.cpu() for k, v in model.shard_state().items()}}
 
 
-def job_bench(job: dict, rank: int, device) -> dict:
-    """Per seed and plan: ``warmup`` + ``repeats`` training steps; for each timed step the start
-    (after a barrier), the head's forward end, this rank's end, the bytes sent and the socket bytes
-    written. With ``reference``, rank 0 then times the single-process step per seed."""
-    dtype = DTYPES[job.get("dtype", "float32")]
-    out, reference = [], {}
-    for seed in job.get("seeds", [job.get("seed", 0)]):
-        for pd in job["plans"]:
-            plan = Plan.from_dict(pd)
-            x, y = make_data(job["data"], plan.sizes[0], plan.sizes[-1])
-            model = ShardedMLP(plan, rank, params=init_params(plan.sizes, seed, dtype), device=device,
-                               dtype=dtype, timeout_s=job["op_timeout_s"])
-            rows = []
-            for i in range(job["warmup"] + job["repeats"]):
-                xb, yb = batch(x, y, i, job["batch"], seed)
-                model.stats.reset()
-                dist.barrier()
-                io0, t0 = _io_written(), time.perf_counter()
-                model.zero_grad()
-                logits = model.forward(xb)
-                t_fwd = time.perf_counter()
-                grad = None
-                if logits is not None:
-                    logits.requires_grad_(True)
-                    (grad,) = torch.autograd.grad(F.cross_entropy(logits, yb.to(device)), logits)
-                model.backward(grad)
-                model.sgd_step(job["lr"])
-                t1, io1 = time.perf_counter(), _io_written()
-                if i >= job["warmup"]:
-                    rows.append({"t0": t0, "t_fwd": t_fwd if logits is not None else None, "t1": t1,
-                                 "wire_bytes": None if io0 is None else io1 - io0, **model.stats.as_dict()})
-            out.append({"seed": seed, "strategy": plan.strategy, "world_size": plan.world_size, "rows": rows})
-        if job.get("reference"):
-            # The single-process baseline under the same conditions: rank 0 alone, the others idle
-            # in a barrier (a blocking socket wait, not a busy loop).
-            if rank == 0:
-                reference[seed] = job_reference_bench({**job, "seed": seed, "sizes": plan.sizes}, rank, device)["rows"]
-            dist.barrier()
-    return {"plans": out, "reference": reference}
-
-
 def _timed_step(model: ShardedMLP, xb, yb, lr: float, device) -> dict:
     """One training step of a sharded model after a barrier: start, head's forward end, end, traffic."""
     model.stats.reset()
@@ -273,7 +232,7 @@ def job_fail(job: dict, rank: int, device) -> dict:
     return {}
 
 
-JOBS = {"equivalence": job_equivalence, "train": job_train, "bench": job_bench, "interleaved": job_interleaved,
+JOBS = {"equivalence": job_equivalence, "train": job_train, "interleaved": job_interleaved,
         "reference_bench": job_reference_bench, "fail": job_fail, "multi": job_multi}
 
 
