@@ -150,8 +150,12 @@ def test_parallel_chapters_keep_timing_cells_alone(tmp_path, monkeypatch, pause)
             f"    f.write(f'{name}-span {{t0}} {{time.time()}}\\n')")
         c.metadata["tags"] = list(tags)
         return c
-    for name, cells in {"one": [cell("one-a", 1.5), cell("one-b", 1.5)],
-                        "two": [cell("two-a", 0.3), cell("two-timing", 0.6, ["timing"]), cell("two-b", 0.2)]}.items():
+    started = tmp_path / "one-started"
+    first = nbformat.v4.new_code_cell(f"open({str(started)!r}, 'w').close()")   # "one" is computing from here
+    wait = nbformat.v4.new_code_cell(                                           # "two" starts once "one" runs,
+        f"import os, time\nwhile not os.path.exists({str(started)!r}):\n    time.sleep(0.02)")  # whatever the start-up
+    for name, cells in {"one": [first, cell("one-a", 4.0), cell("one-b", 1.0)],
+                        "two": [wait, cell("two-a", 0.3), cell("two-timing", 0.6, ["timing"]), cell("two-b", 0.2)]}.items():
         params = nbformat.v4.new_code_cell("seed = 0")
         params.metadata["tags"] = ["parameters"]
         _write_notebook(book / f"{name}.ipynb", [params, *cells])
