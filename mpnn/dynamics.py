@@ -40,7 +40,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from mpnn.repro import cpu_threads
+from mpnn.determinism import cpu_threads
 
 __all__ = [
     "CompositionalData", "Mode", "LinearTrajectory", "ARCHITECTURES", "BLOCKS",

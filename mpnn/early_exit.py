@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpnn.timing import interleaved_samples, median_ci, paired_speedup
+from mpnn.runtime.timing import interleaved_samples, median_ci, paired_speedup
 
 __all__ = [
     "EarlyExitConfig", "EarlyExitNet", "ExitResult", "normalised_entropy", "early_exit_predict",
@@ -317,7 +317,7 @@ def choose_threshold(accuracy: torch.Tensor, last_exit_accuracy: float, toleranc
     return int(ok.max()) if len(ok) else 0
 
 
-# ---------------------------------------------------------------- timing claims (see mpnn.timing)
+# ---------------------------------------------------------------- timing claims (see mpnn.runtime.timing)
 
 def _exit_fractions(model: EarlyExitNet, x: torch.Tensor, threshold: float) -> torch.Tensor:
     idx = early_exit_predict(model, x, threshold).exit_index
@@ -402,7 +402,7 @@ def _median(v: Sequence[float]) -> float:
 
 
 def _threads(x: torch.Tensor):
-    from mpnn.repro import cpu_threads
+    from mpnn.determinism import cpu_threads
     return cpu_threads(1, x.device)
 
 

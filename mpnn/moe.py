@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpnn import repro
+from mpnn import determinism
 from mpnn.switch import LearnedSwitch, topk_mask
 
 __all__ = [
@@ -554,7 +554,7 @@ def fit_classifier(model: nn.Module, train, test, *, epochs: int, batch_size: in
     in groups of ``batch_size`` images in a fixed order.
     """
     (x, y), (xt, yt) = train, test
-    with repro.cpu_threads(cpu_threads, x.device):
+    with determinism.cpu_threads(cpu_threads, x.device):
         return _fit(model, x, y, xt, yt, epochs, batch_size, lr, seed, log_every, progress, desc)
 
 
@@ -862,7 +862,7 @@ def fit_replicas(models: list[nn.Module], train, test, *, seeds: list[int], epoc
         raise ValueError(f"one seed per model: got {len(seeds)} seeds for {len(models)} models")
     (x, y), (xt, yt) = train, test
     stacked = StackedMoE(models).to(x.device)
-    with repro.cpu_threads(cpu_threads, x.device):
+    with determinism.cpu_threads(cpu_threads, x.device):
         out = _fit_stacked(stacked, x, y, xt, yt, [int(s) for s in seeds], epochs, batch_size, lr, log_every,
                            progress, desc)
     stacked.write_back()

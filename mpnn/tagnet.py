@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import repro
+from . import determinism
 from .local import LocallyConnected
 from .switch import LearnedSwitch, TagSwitch
 
@@ -563,7 +563,7 @@ class StackedSGD:
         kernel = _steps_kernel(eager)
         cuts = sorted(set(range(0, T, plan_chunk)) | (set(range(0, T, every)) if every else set()) | {T})
         clipped = 0
-        with repro.cpu_threads(1, self.device), torch.no_grad(), \
+        with determinism.cpu_threads(1, self.device), torch.no_grad(), \
                 tqdm(total=T, desc=desc, disable=not progress, mininterval=1.0) as bar:
             for p0, p1 in zip(cuts[:-1], cuts[1:]):
                 rows = schedule[p0:p1].contiguous()                          # (Tc, M)

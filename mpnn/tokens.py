@@ -423,7 +423,7 @@ def evaluate_settings(model: TokenViT, x: torch.Tensor, y: torch.Tensor, setting
 
 
 def _threads(x: torch.Tensor):
-    from mpnn.repro import cpu_threads
+    from mpnn.determinism import cpu_threads
     return cpu_threads(1, x.device)
 
 
@@ -432,12 +432,12 @@ def latency_claim(model: TokenViT, x: torch.Tensor, rho: float, repeats: int = 3
     """Timing claim: keeping ``rho`` of the tokens lowers the latency, roughly as the FLOPs predict.
 
     ``repeats`` rounds of the all-token model and the model keeping ``keep_count(N, rho)`` tokens on ``x``,
-    interleaved (:func:`mpnn.timing.interleaved_samples`), on one CPU thread. The speed-up is the median of
-    the per-round ratios with its distribution-free 95% CI (:func:`mpnn.timing.median_ci`); the efficiency
+    interleaved (:func:`mpnn.runtime.timing.interleaved_samples`), on one CPU thread. The speed-up is the median of
+    the per-round ratios with its distribution-free 95% CI (:func:`mpnn.runtime.timing.median_ci`); the efficiency
     is speed-up / FLOP-predicted speed-up. ``passed``: the speed-up CI lies above ``min_speedup`` and the
     efficiency CI above ``min_efficiency``.
     """
-    from mpnn.timing import interleaved_samples, paired_speedup
+    from mpnn.runtime.timing import interleaved_samples, paired_speedup
     model.eval()
     predicted = vit_flops(model.config) / vit_flops(model.config, rho=rho)
     with _threads(x), torch.no_grad():
@@ -460,7 +460,7 @@ def latency_claim(model: TokenViT, x: torch.Tensor, rho: float, repeats: int = 3
 def latency_sweep(model: TokenViT, x: torch.Tensor, settings: Sequence[dict], repeats: int = 5) -> list[dict]:
     """Measured and FLOP-predicted speed-up of every setting against all tokens on ``x``, one CPU thread
     (each round times all of them, order alternating; median of the per-round ratios with a 95% CI)."""
-    from mpnn.timing import interleaved_samples, paired_speedup
+    from mpnn.runtime.timing import interleaved_samples, paired_speedup
     parsed = [_setting(kw) for kw in settings]
     model.eval()
     with _threads(x), torch.no_grad():

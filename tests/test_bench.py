@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from mpnn import bench
+from mpnn.runtime import bench
 
 
 def test_time_callable_measures_sleep():

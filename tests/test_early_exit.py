@@ -8,7 +8,7 @@ from mpnn.early_exit import (EarlyExitConfig, EarlyExitNet, choose_threshold, co
                              exit_costs, exit_decisions, exit_logits, full_cost, images_to_tensor,
                              normalised_entropy, predicted_speedup, speedup_sweep,
                              sweep_metrics, time_breakdown, train_early_exit, wall_time_claim)
-from mpnn.timing import interleaved_samples, median_ci, paired_speedup
+from mpnn.runtime.timing import interleaved_samples, median_ci, paired_speedup
 
 
 @pytest.fixture(scope="module")

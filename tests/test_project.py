@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from mpnn import notebooks, paths, plots
+from mpnn import paths
+from mpnn.runtime import repro, notebooks, plots
 
 ROOT = paths.ROOT
 
@@ -93,7 +94,7 @@ def test_site_chart_html_is_offline_and_escaped(tmp_path, monkeypatch):
     assert "</script><b>" not in html and "<\\/script>" in html
     assert not re.search(r"https?://(?!vega\.github\.io/schema)", html), "chart HTML must not reference the network"
     monkeypatch.setenv("MPNN_BUILD_DIR", str(tmp_path))
-    plots.set_chapter("demo")
+    monkeypatch.setattr(repro, "_current", repro.RunContext(chapter="demo"))
     spec = plots.save(chart, "demo chart")
     assert (tmp_path / "figures" / "demo" / "demo-chart.vl.json").exists()
     svg = (tmp_path / "figures" / "demo" / "demo-chart.svg").read_text()

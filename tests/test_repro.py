@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from mpnn import paths, repro, stats
+from mpnn import paths
+from mpnn import determinism
+from mpnn.runtime import repro, stats
 
 
 def _train_once(seed):
-    repro.seed_everything(seed)
+    determinism.seed_everything(seed)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
@@ -28,25 +30,25 @@ def test_same_seed_same_numbers_different_seed_different_numbers():
 
 
 def test_spawned_seeds_are_reproducible_and_distinct():
-    s = repro.spawn_seeds(0, 10)
-    assert s == repro.spawn_seeds(0, 10) and len(set(s)) == 10
-    assert s[:3] == repro.spawn_seeds(0, 3)          # child i does not depend on n
-    assert set(s).isdisjoint(repro.spawn_seeds(1, 10))
+    s = determinism.spawn_seeds(0, 10)
+    assert s == determinism.spawn_seeds(0, 10) and len(set(s)) == 10
+    assert s[:3] == determinism.spawn_seeds(0, 3)          # child i does not depend on n
+    assert set(s).isdisjoint(determinism.spawn_seeds(1, 10))
 
 
 def test_seed_validation():
     with pytest.raises(ValueError, match="non-negative int"):
-        repro.seed_everything(-1)
+        determinism.seed_everything(-1)
 
 
 def test_resolve_device():
-    assert repro.resolve_device("cpu").type == "cpu"
-    assert repro.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert determinism.resolve_device("cpu").type == "cpu"
+    assert determinism.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="unknown device"):
-        repro.resolve_device("tpu9")
+        determinism.resolve_device("tpu9")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
-            repro.resolve_device("cuda")
+            determinism.resolve_device("cuda")
 
 
 def test_mean_ci_matches_hand_computed_t_interval():
@@ -68,10 +70,10 @@ def test_summarise_groups():
 
 def test_run_records_claims_writes_manifest_and_fails_on_a_failed_claim(tmp_path, monkeypatch):
     monkeypatch.setenv("MPNN_BUILD_DIR", str(tmp_path))
-    monkeypatch.setenv("MPNN_PROFILE", "smoke")
-    run = repro.Run(chapter="demo", parameters={"seed": 1}, device=torch.device("cpu"))
+    run = repro.Run(repro.RunContext(chapter="demo", profile="smoke", parameters={"seed": 1}), torch.device("cpu"))
     run.claim("holds", document="x > 0", measured="x = 1", passed=True)
     run.claim("untested", document="y", measured="-", passed=None, note="needs the full profile")
+    run.claim("too-small", document="w", measured="-", passed=lambda: 1 / 0, needs="default")  # never evaluated
     run.claim("broken", document="z = 2", measured="z = 3", passed=False)
     with pytest.raises(ValueError, match="twice"):
         run.claim("holds", document="", measured="", passed=True)
@@ -79,7 +81,8 @@ def test_run_records_claims_writes_manifest_and_fails_on_a_failed_claim(tmp_path
         run.finish(display=False)
     manifest = json.loads((tmp_path / "manifests" / "demo.json").read_text())
     assert manifest["profile"] == "smoke" and manifest["parameters"] == {"seed": 1}
-    assert [c["outcome"] for c in manifest["claims"]] == ["reproduced", "not tested", "FAILED"]
+    assert [c["outcome"] for c in manifest["claims"]] == ["reproduced", "not tested", "not tested", "FAILED"]
+    assert manifest["claims"][2]["note"] == "needs the default profile" and manifest["context"]["profile"] == "smoke"
     assert "torch" in manifest["versions"] and manifest["duration_s"] >= 0
 
 
@@ -95,12 +98,41 @@ def test_start_run_checks_parameter_types():
 
 def test_cpu_threads_sets_and_restores():
     before = torch.get_num_threads()
-    with repro.cpu_threads(1):
+    with determinism.cpu_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
     with pytest.raises(RuntimeError):
-        with repro.cpu_threads(1):
+        with determinism.cpu_threads(1):
             raise RuntimeError("boom")
     assert torch.get_num_threads() == before
-    with repro.cpu_threads(None):
+    with determinism.cpu_threads(None):
         assert torch.get_num_threads() == before
+
+
+def test_a_claim_is_decided_from_the_profile_it_needs_up():
+    def outcome(profile, needs, passed=lambda: True):
+        run = repro.Run(repro.RunContext(chapter="demo", profile=profile), torch.device("cpu"))
+        return run.claim("c", document="d", measured="m", passed=passed, needs=needs).outcome
+    assert outcome("smoke", "default") == "not tested" and outcome("default", "default") == "reproduced"
+    assert outcome("full", "default") == "reproduced" and outcome("default", "full") == "not tested"
+    assert outcome("interactive", "default") == "reproduced"       # the parameters cell is the default profile
+    assert outcome("default", "smoke", passed=False) == "FAILED"
+    with pytest.raises(ValueError, match="needs='huge'"):
+        outcome("default", "huge")
+    with pytest.raises(ValueError, match="unknown profile"):
+        repro.RunContext(chapter="demo", profile="medium")
+
+
+def test_start_run_takes_the_runner_context_without_parsing_the_notebook():
+    context = repro.RunContext(chapter="not-a-notebook", profile="smoke", render="static", threads=1,
+                               parameters={"seed": 4, "device": "cpu"})
+    before = torch.get_num_threads()
+    try:
+        run = repro.start_run("not-a-notebook", {"mpnn_context": context.as_parameter()})
+        assert run.profile == "smoke" and run.parameters["seed"] == 4 and torch.get_num_threads() == 1
+        assert repro.current() == context
+        with pytest.raises(ValueError, match="context of chapter"):
+            repro.start_run("datasets", {"mpnn_context": context.as_parameter()})
+    finally:
+        torch.set_num_threads(before)
+        repro._current = repro.RunContext(chapter="scratch")

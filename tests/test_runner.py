@@ -4,8 +4,9 @@ import json
 import nbformat
 import pytest
 
-from mpnn import cli, notebooks, paths
-from mpnn.notebooks import ChapterError
+from mpnn import paths
+from mpnn.runtime import cli, notebooks
+from mpnn.runtime.notebooks import ChapterError
 
 
 def test_unknown_chapter_lists_choices():
@@ -80,8 +81,7 @@ def test_failing_chapter_leaves_no_complete_notebook(tmp_path, monkeypatch):
     assert not final.exists()
     assert not final.with_suffix(".partial.ipynb").exists()
     assert (tmp_path / "_build" / "failed" / "broken.ipynb").exists()
-    manifest = json.loads((tmp_path / "_build" / "manifests" / "broken.json").read_text())
-    assert manifest["runner"]["status"] == "failed"
+    assert not (tmp_path / "_build" / "manifests" / "broken.json").exists()   # only a kernel's finish() writes one
 
 
 def test_widget_outputs_are_stripped_for_the_site(tmp_path):

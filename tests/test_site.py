@@ -73,7 +73,7 @@ def test_every_toc_page_was_built():
     import yaml
     toc = yaml.safe_load((paths.ROOT / "_toc.yml").read_text())
     built = {Path(p).stem for p in pages()}
-    from mpnn.notebooks import toc_entries
+    from mpnn.runtime.notebooks import toc_entries
     missing = [name for name in toc_entries() if name not in built]
     assert toc["root"] == "book/intro"
     assert not missing, f"pages missing from the site: {missing}"

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mpnn import cli, timing
+from mpnn.runtime import cli, timing
 
 
 def test_time_interleaved_calls_in_turn_and_takes_the_median(monkeypatch):

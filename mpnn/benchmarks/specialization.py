@@ -26,8 +26,8 @@ import torch
 
 from mpnn import cmnist as C
 from mpnn import dynamics as D
-from mpnn.bench import case
-from mpnn.repro import resolve_device
+from mpnn.runtime.bench import case
+from mpnn.determinism import resolve_device
 
 
 @case("specialization/linear-runs", group="specialization", params={"runs": [10, 50]})

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from mpnn import partition as P
-from mpnn.bench import case
+from mpnn.runtime.bench import case
 
 D_FEATURES, PER_NEURON, LR, L2 = 5, 20, 0.5, 1e-3
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from mpnn import tagnet
-from mpnn.bench import case
+from mpnn.runtime.bench import case
 
 
 def _data(n: int, seed: int = 0):

@@ -198,3 +198,31 @@ def cached_load_claim(limit_s: float = 2.0, repeats: int = 3, root=None) -> dict
     median = statistics.median(times)
     return {"passed": median < limit_s, "seconds": median,
             "measured": f"{median:.2f} s for both splits (median of {repeats}; limit {limit_s:g} s)"}
+
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081   # pixel mean and standard deviation of the training set, in [0, 1]
+
+
+def to_tensor(images: torch.Tensor, *, scale: str = "standard", shape: str = "flat", device=None,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 images (N, 28, 28) -> float model inputs; the book's one conversion of MNIST pixels.
+
+    ``scale``: ``"unit"`` gives ``x / 255`` in [0, 1]; ``"standard"`` gives
+    ``(x / 255 - 0.1307) / 0.3081`` (zero mean, unit variance over the training set).
+    ``shape``: ``"flat"`` (N, 784), ``"image"`` (N, 1, 28, 28) or ``"grid"`` (N, 28, 28).
+    """
+    if images.dtype != torch.uint8 or images.dim() != 3:
+        raise ValueError(f"expected uint8 images (N, H, W) as load_mnist returns them, got "
+                         f"{tuple(images.shape)} {images.dtype}")
+    x = images.to(device=device, dtype=dtype) / 255.0
+    if scale == "standard":
+        x = (x - MNIST_MEAN) / MNIST_STD
+    elif scale != "unit":
+        raise ValueError(f"scale must be 'unit' or 'standard', got {scale!r}")
+    if shape == "flat":
+        return x.reshape(len(x), -1)
+    if shape == "image":
+        return x.unsqueeze(1)
+    if shape == "grid":
+        return x
+    raise ValueError(f"shape must be 'flat', 'image' or 'grid', got {shape!r}")

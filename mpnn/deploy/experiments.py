@@ -185,7 +185,7 @@ def _medians(df: pd.DataFrame, col: str) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------- timing claims
-# Module-level functions of picklable inputs, decided in one run (recorded by mpnn.timing.measure
+# Module-level functions of picklable inputs, decided in one run (recorded by mpnn.runtime.timing.measure
 # and replayed under load by `python -m mpnn timing`).
 
 def fewer_messages_claim(sizes, world_sizes, *, data, batch_size, lr, warmup, repeats, min_ratio,

@@ -10,8 +10,8 @@ like) are stored as extra numbers.
 import torch
 import torch.nn.functional as F
 
-from mpnn.bench import case
-from mpnn.repro import cpu_threads
+from mpnn.runtime.bench import case
+from mpnn.determinism import cpu_threads
 from mpnn.deploy import STRATEGIES, init_params, reference_model
 from mpnn.deploy.experiments import step_times
 

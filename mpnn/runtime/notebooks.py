@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from . import paths
+from .. import paths
 
 PROFILE_NAMES = ("smoke", "default", "full")
 

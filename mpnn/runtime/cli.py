@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -32,7 +33,8 @@ from typing import Any
 
 import yaml
 
-from . import notebooks, paths
+from .. import paths
+from . import notebooks
 from .notebooks import ChapterError
 
 VENDOR = {  # file in the site's _static (staged in _build/src/_vendor) -> source in node_modules
@@ -242,13 +244,28 @@ def pausable(notebook: Path) -> bool:
     return bool(meta.get("mpnn", {}).get("pause_for_timing", True))
 
 
-def kernel_env(profile: str, threads: int | None = None) -> dict[str, str]:
-    """Environment of the chapter kernels: static rendering, profile, no progress widgets, threads."""
+def kernel_env() -> dict[str, str]:
+    """Environment of the chapter kernels: no progress widgets (everything else is in their context)."""
     # TQDM_DISABLE: progress bars inside the kernel would land in the site as widgets or stderr noise.
-    env = {"MPNN_RENDER": "static", "MPNN_PROFILE": profile, "TQDM_DISABLE": "1"}
-    if threads is not None:
-        env["MPNN_THREADS"] = str(threads)
-    return env
+    return {"TQDM_DISABLE": "1"}
+
+
+def run_context(chapter: str, params: dict[str, Any], profile: str, threads: int | None) -> dict[str, Any]:
+    """The kernel's whole context, built once here and injected as the parameter ``mpnn_context``."""
+    from .repro import RunContext
+    full = notebooks.declared_parameters(chapter) | params
+    return RunContext(chapter=chapter, profile=profile, render="static", threads=threads,
+                      parameters=full).as_parameter()
+
+
+class _KnownContextParameter(logging.Filter):
+    """papermill warns about injected names missing from the parameters cell; ``mpnn_context`` is meant."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Passed unknown parameter: mpnn_context" not in record.getMessage()
+
+
+logging.getLogger("papermill").addFilter(_KnownContextParameter())
 
 
 @contextmanager
@@ -266,11 +283,14 @@ def environment(env: dict[str, str]):
 
 
 def execute(chapter: str, params: dict[str, Any], profile: str, *, gate: CellGate | None = None,
-            progress: bool = True) -> dict[str, Any]:
+            threads: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Execute one chapter; returns its outcome record (never leaves a complete-looking failure).
 
-    With a ``gate``, every code cell passes it (cells tagged ``timing`` alone); the caller then sets
-    the kernels' environment (:func:`kernel_env`), otherwise this function does.
+    ``params`` are the validated overrides (:func:`plan`); the kernel gets them with its context
+    (:func:`run_context`). With a ``gate``, every code cell passes it (cells tagged ``timing``
+    alone); the caller then sets the kernels' environment (:func:`kernel_env`), otherwise this
+    function does. The chapter's manifest is written by its kernel alone; the runner's record
+    goes to ``_build/run.json``.
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -285,7 +305,7 @@ def execute(chapter: str, params: dict[str, Any], profile: str, *, gate: CellGat
     for stale_dir in (paths.figure_dir(chapter), paths.build_dir() / "timing" / chapter):
         shutil.rmtree(stale_dir, ignore_errors=True)   # figures and timing claims of an earlier run
     final.parent.mkdir(parents=True, exist_ok=True)
-    env = environment(kernel_env(profile)) if gate is None else nullcontext()
+    env = environment(kernel_env()) if gate is None else nullcontext()
     slot = gate.slot(chapter, pausable=pausable(source)) if gate is not None else None
     hooks = {}
     if slot is not None:
@@ -296,7 +316,8 @@ def execute(chapter: str, params: dict[str, Any], profile: str, *, gate: CellGat
     record: dict[str, Any] = {"chapter": chapter, "profile": profile, "overrides": params}
     try:
         with env:
-            pm.execute_notebook(str(source), str(partial), parameters=params, cwd=str(paths.BOOK),
+            pm.execute_notebook(str(source), str(partial), cwd=str(paths.BOOK),
+                                parameters=params | {"mpnn_context": run_context(chapter, params, profile, threads)},
                                 kernel_name="python3",
                                 progress_bar={"desc": chapter, "leave": True, "disable": not progress},
                                 request_save_on_cell_execute=False, log_output=False, **hooks)
@@ -319,7 +340,6 @@ def execute(chapter: str, params: dict[str, Any], profile: str, *, gate: CellGat
         if slot is not None:
             slot.leave()
         record["runner_duration_s"] = round(time.time() - start, 2)
-        _merge_manifest(manifest, record)
     return record
 
 
@@ -345,15 +365,6 @@ def strip_widget_outputs(notebook: Path) -> int:
     nb.metadata.pop("widgets", None)
     nbformat.write(nb, notebook)
     return dropped
-
-
-def _merge_manifest(path: Path, record: dict[str, Any]) -> None:
-    """Add the runner's view (status, overrides, duration) to the chapter's own manifest."""
-    data = json.loads(path.read_text()) if path.exists() else {"chapter": record["chapter"], "claims": []}
-    data["runner"] = record
-    data.setdefault("profile", record["profile"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str))
 
 
 def default_jobs() -> int:
@@ -387,7 +398,7 @@ def run_chapters(jobs: list[tuple[str, dict]], profile: str, n_jobs: int = 1, ke
         chapter, params = job
         if stop.is_set():
             return None
-        record = execute(chapter, params, profile, gate=gate, progress=n_jobs == 1)
+        record = execute(chapter, params, profile, gate=gate, threads=threads, progress=n_jobs == 1)
         bar.update(1)
         if record["status"] != "ok":
             where = (f"cell [{record['cell']}] `{record.get('cell_source', '')}`" if record.get("cell")
@@ -401,7 +412,7 @@ def run_chapters(jobs: list[tuple[str, dict]], profile: str, n_jobs: int = 1, ke
         return record
 
     start = time.time()
-    with environment(kernel_env(profile, threads)):
+    with environment(kernel_env()):
         for batch in (first, last):
             with ThreadPoolExecutor(max_workers=n_jobs) as pool:
                 records += [r for r in pool.map(one, batch) if r is not None]
@@ -428,7 +439,7 @@ def write_run_record(profile: str, n_jobs: int, threads: int, wall_s: float, rec
             timing_s += t - opened.pop(chapter)
     data = {"profile": profile, "jobs": n_jobs, "threads_per_chapter": threads, "cpu_count": os.cpu_count(),
             "wall_s": round(wall_s, 1), "timing_cells_alone_s": round(timing_s, 1),
-            "chapters": {r["chapter"]: {"status": r["status"], "duration_s": r["runner_duration_s"]}
+            "chapters": {r["chapter"]: {k: v for k, v in r.items() if k != "chapter"} | {"duration_s": r["runner_duration_s"]}
                          for r in records}}
     path = run_record_path()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ ratio from :func:`mpnn.tokens.vit_flops`. Weights are untrained (speed does not 
 """
 import torch
 
-from mpnn.bench import case
+from mpnn.runtime.bench import case
 from mpnn.tokens import TokenViT, ViTConfig, vit_flops
 
 CONFIG = ViTConfig(patch=4, dim=32, depth=4, heads=2, select_after=1)

@@ -7,7 +7,7 @@ at the first exit, so the case does not need a trained model.
 """
 import torch
 
-from mpnn.bench import case
+from mpnn.runtime.bench import case
 from mpnn.early_exit import EarlyExitNet, early_exit_predict, normalised_entropy, predicted_speedup
 
 

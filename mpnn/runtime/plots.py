@@ -5,7 +5,7 @@
 * writes the figure files ``_build/figures/<chapter>/<name>.vl.json`` (the Vega-Lite spec) and
   ``.svg`` (rendered offline by vl-convert), so ``make figures`` regenerates every figure;
 * displays the chart. In live Jupyter it is Altair's own renderer. In papermill runs for the site
-  (``MPNN_RENDER=static``) it is a small HTML snippet calling ``vegaEmbed`` from the copies of
+  (render mode ``static`` in the run's context) it is a small HTML snippet calling ``vegaEmbed`` from the copies of
   vega / vega-lite / vega-embed that the site serves itself (``_static/vendor``), so pages work with
   no network. (Altair's own HTML templates load the libraries from a CDN, and its ``inline`` template
   clashes with Sphinx.)
@@ -19,19 +19,17 @@ import re
 import altair as alt
 import pandas as pd
 
-from . import paths
+from .. import paths
+from . import repro
 
-_chapter = "scratch"
-
-
-def set_chapter(chapter: str) -> None:
-    """Name the folder that figures of the current notebook are written to."""
-    global _chapter
-    _chapter = chapter
+def _chapter() -> str:
+    """The folder figures of the current run are written to (its chapter; ``scratch`` before ``start_run``)."""
+    return repro.current().chapter
 
 
 def site_mode() -> bool:
-    return os.environ.get("MPNN_RENDER") == "static"
+    """Is this run executed for the site (static render, no kernel behind the page)?"""
+    return repro.current().render == "static"
 
 
 def _slug(name: str) -> str:
@@ -63,7 +61,7 @@ def embed_html(spec: dict, element_id: str) -> str:
 def save(chart: alt.TopLevelMixin, name: str, svg: bool = True) -> dict:
     """Write ``<name>.vl.json`` (and ``<name>.svg``) under the chapter's figure folder; return the spec."""
     spec = chart.to_dict()
-    folder = paths.figure_dir(_chapter)
+    folder = paths.figure_dir(_chapter())
     folder.mkdir(parents=True, exist_ok=True)
     slug = _slug(name)
     (folder / f"{slug}.vl.json").write_text(json.dumps(spec, indent=1))
@@ -78,7 +76,7 @@ def show(chart: alt.TopLevelMixin, name: str) -> None:
     from IPython.display import display
     spec = save(chart, name)
     if site_mode():
-        html = embed_html(spec, f"mpnn-{_slug(_chapter)}-{_slug(name)}")
+        html = embed_html(spec, f"mpnn-{_slug(_chapter())}-{_slug(name)}")
         display({"text/html": html, "text/plain": f"<chart {name}>"}, raw=True)
     else:
         display(chart)
@@ -89,17 +87,71 @@ def show(chart: alt.TopLevelMixin, name: str) -> None:
 def line_ci(df: pd.DataFrame, x: str, color: str | None = None, *, y: str = "mean",
             low: str = "low", high: str = "high", title: str = "", y_title: str | None = None,
             x_title: str | None = None, width: int = 420, height: int = 260,
-            log_x: bool = False) -> alt.LayerChart:
-    """Mean line with a shaded confidence band (columns as produced by :func:`mpnn.stats.summarise`)."""
+            log_x: bool = False, facet: str | None = None, columns: int = 3,
+            independent_y: bool = False, zero: bool = True) -> alt.TopLevelMixin:
+    """Mean line with a shaded confidence band (columns as produced by :func:`mpnn.runtime.stats.summarise`).
+
+    ``facet`` draws one panel per value of that column (``columns`` per row; ``independent_y``
+    gives every panel its own y scale).
+    """
     scale = alt.Scale(type="log") if log_x else alt.Undefined
     enc = {"x": alt.X(f"{x}:Q", title=x_title or x, scale=scale)}
     if color:
         enc["color"] = alt.Color(f"{color}:N", title=color)
     base = alt.Chart(df).encode(**enc)
-    band = base.mark_area(opacity=0.25).encode(y=alt.Y(f"{low}:Q", title=y_title or y), y2=f"{high}:Q")
+    band = base.mark_area(opacity=0.25).encode(
+        y=alt.Y(f"{low}:Q", title=y_title or y, scale=alt.Scale(zero=zero)), y2=f"{high}:Q")
     line = base.mark_line(point=len(df) <= 60).encode(
-        y=f"{y}:Q", tooltip=[c for c in df.columns if df[c].dtype != object or c in (x, color)])
-    return (band + line).properties(title=title, width=width, height=height)
+        y=f"{y}:Q", tooltip=[c for c in df.columns if df[c].dtype != object or c in (x, color, facet)])
+    chart = (band + line).properties(width=width, height=height)
+    if facet:
+        chart = chart.facet(facet=alt.Facet(f"{facet}:N", title=facet), columns=columns)
+        if independent_y:
+            chart = chart.resolve_scale(y="independent")
+    return chart.properties(title=title)
+
+
+def accuracy_vs_compute(df: pd.DataFrame, x: str, *, y: str = "mean", low: str | None = "low",
+                        high: str | None = "high", color: str | None = None, order: str | None = None,
+                        title: str = "", x_title: str | None = None, y_title: str = "accuracy",
+                        log_x: bool = False, width: int = 420, height: int = 260,
+                        zero: bool = False) -> alt.LayerChart:
+    """The trade-off curve of conditional computation: accuracy (mean and 95% CI) against compute.
+
+    One line per ``color`` series through its points, sorted by ``order`` (default ``x``); error
+    bars from ``low``/``high`` when given. ``x`` is a cost (relative FLOPs, experts used, time).
+    """
+    scale = alt.Scale(type="log") if log_x else alt.Scale(zero=False)
+    enc = {"x": alt.X(f"{x}:Q", title=x_title or x, scale=scale)}
+    if color:
+        enc["color"] = alt.Color(f"{color}:N", title=color)
+    base = alt.Chart(df).encode(**enc)
+    line = base.mark_line(point=True).encode(
+        y=alt.Y(f"{y}:Q", title=y_title, scale=alt.Scale(zero=zero)),
+        order=alt.Order(f"{order or x}:Q"),
+        tooltip=[alt.Tooltip(c, format=".4f") if df[c].dtype.kind == "f" else c for c in df.columns])
+    chart = line
+    if low and high:
+        chart = base.mark_errorbar().encode(y=f"{low}:Q", y2=f"{high}:Q") + line
+    return chart.properties(title=title, width=width, height=height)
+
+
+def with_rules(chart: alt.TopLevelMixin, *, y: dict[str, float] | None = None,
+               x: dict[str, float] | None = None, color: str = "gray") -> alt.LayerChart:
+    """Layer labelled reference lines onto ``chart``: ``y={"document: 0.9": 0.9}`` draws a
+    horizontal rule at 0.9 labelled with its key (``x=`` the vertical ones)."""
+    layers = [chart]
+    for axis, rules in (("y", y or {}), ("x", x or {})):
+        if not rules:
+            continue
+        data = pd.DataFrame({"value": list(rules.values()), "label": list(rules.keys())})
+        base = alt.Chart(data)
+        rule = base.mark_rule(color=color, strokeDash=[5, 3]).encode(**{axis: "value:Q"})
+        text = base.mark_text(align="left", dx=3, dy=-5 if axis == "y" else 0, color=color, fontSize=10,
+                              **({"baseline": "top", "angle": 0} if axis == "x" else {})).encode(
+            **{axis: "value:Q"}, text="label:N")
+        layers += [rule, text]
+    return alt.layer(*layers)
 
 
 def bar_ci(df: pd.DataFrame, x: str, *, y: str = "mean", low: str = "low", high: str = "high",
@@ -118,18 +170,28 @@ def bar_ci(df: pd.DataFrame, x: str, *, y: str = "mean", low: str = "low", high:
 
 
 def heatmap(df: pd.DataFrame, x: str, y: str, value: str, *, title: str = "", scheme: str = "viridis",
-            width: int = 360, height: int = 260, annotate: bool = True, fmt: str = ".2f") -> alt.LayerChart:
-    """A heatmap of ``value`` over categories ``x`` and ``y`` (long-form DataFrame)."""
-    base = alt.Chart(df).encode(x=alt.X(f"{x}:O", title=x), y=alt.Y(f"{y}:O", title=y))
-    rect = base.mark_rect().encode(color=alt.Color(f"{value}:Q", scale=alt.Scale(scheme=scheme)),
-                                   tooltip=[x, y, alt.Tooltip(f"{value}:Q", format=fmt)])
+            width: int = 360, height: int = 260, annotate: bool = True, fmt: str = ".2f",
+            domain: tuple[float, float] | None = None, facet: str | None = None,
+            columns: int = 3) -> alt.TopLevelMixin:
+    """A heatmap of ``value`` over categories ``x`` and ``y`` (long-form DataFrame).
+
+    ``domain`` fixes the colour scale (shared by every panel); ``facet`` draws one panel per value
+    of that column.
+    """
+    base = alt.Chart(df).encode(x=alt.X(f"{x}:O", title=x, sort=None), y=alt.Y(f"{y}:O", title=y, sort=None))
+    color_scale = alt.Scale(scheme=scheme, domain=list(domain)) if domain else alt.Scale(scheme=scheme)
+    tooltip = [x, y, alt.Tooltip(f"{value}:Q", format=fmt)] + ([facet] if facet else [])
+    rect = base.mark_rect().encode(color=alt.Color(f"{value}:Q", scale=color_scale), tooltip=tooltip)
     chart = rect
     if annotate and len(df) <= 400:
+        middle = (domain[0] + domain[1]) / 2 if domain else float(df[value].median())
         chart = rect + base.mark_text(fontSize=9).encode(
             text=alt.Text(f"{value}:Q", format=fmt),
-            color=alt.condition(f"datum['{value}'] > {float(df[value].median())}",
-                                alt.value("black"), alt.value("white")))
-    return chart.properties(title=title, width=width, height=height)
+            color=alt.condition(f"datum['{value}'] > {middle}", alt.value("black"), alt.value("white")))
+    chart = chart.properties(width=width, height=height)
+    if facet:
+        chart = chart.facet(facet=alt.Facet(f"{facet}:N", title=facet), columns=columns)
+    return chart.properties(title=title)
 
 
 def image_grid(images, *, columns: int = 10, scale: int = 2, pad: int = 2) -> bytes:
@@ -160,7 +222,7 @@ def show_images(images, name: str, **kwargs) -> None:
     """Save ``<name>.png`` (an :func:`image_grid`) in the chapter's figure folder and display it."""
     from IPython.display import Image, display
     png = image_grid(images, **kwargs)
-    folder = paths.figure_dir(_chapter)
+    folder = paths.figure_dir(_chapter())
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{_slug(name)}.png").write_bytes(png)
     display(Image(data=png))

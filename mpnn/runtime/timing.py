@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from . import paths
+from .. import paths
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], *, repeats: int = 7, warmup: int = 1) -> dict[str, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from mpnn import moe
-from mpnn.bench import case
+from mpnn.runtime.bench import case
 
 
 def _loop_over_experts(layer: moe.TokenChoiceMoE, x: torch.Tensor) -> torch.Tensor:

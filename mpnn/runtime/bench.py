@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import paths
+from .. import paths
 
 REGISTRY: dict[str, "Case"] = {}
 
@@ -56,7 +56,7 @@ def case(name: str, *, group: str, params: dict[str, list] | None = None, repeat
 
 def discover() -> dict[str, Case]:
     """Import every module of :mod:`mpnn.benchmarks` so their cases register."""
-    from . import benchmarks
+    from .. import benchmarks
     for module in pkgutil.iter_modules(benchmarks.__path__):
         importlib.import_module(f"{benchmarks.__name__}.{module.name}")
     return REGISTRY
@@ -125,7 +125,7 @@ def run_case(c: Case, quick: bool) -> list[dict[str, Any]]:
 def run_all(quick: bool = False, only: str | None = None, progress: bool = True,
             threads: int = 1) -> dict[str, Any]:
     """Run every registered case (or those whose name contains ``only``) on ``threads`` CPU threads."""
-    from .repro import cpu_threads
+    from ..determinism import cpu_threads
     cases = [c for c in discover().values() if only is None or only in c.name]
     if only is not None and not cases:
         raise ValueError(f"no benchmark case matches {only!r}; cases: {', '.join(sorted(REGISTRY))}")

@@ -1,0 +1,103 @@
+"""The folder tree is the architecture: three floors, and the rules between them.
+
+* mechanisms -- ``mpnn/*.py``, ``mpnn/data``, ``mpnn/deploy``: the ideas, importable alone;
+* experiments -- ``mpnn/experiments/<chapter>.py``: one module per chapter, named like its notebook;
+* runtime -- ``mpnn/runtime``: runner, run record, plots, widgets, statistics, benchmarks, timing.
+
+Notebooks tell the story: no function or class in a code cell longer than
+:data:`NOTEBOOK_FUNCTION_LINES` lines, and no chart built by hand (figures come from
+``mpnn.runtime.plots`` builders or the chapter's experiment module).
+"""
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from mpnn import paths
+from mpnn.runtime import notebooks
+
+PACKAGE = paths.ROOT / "mpnn"
+NOTEBOOK_FUNCTION_LINES = 6     # stated in CONTRIBUTING.md ("Notebook anatomy")
+MECHANISMS = sorted([p for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+                    + list((PACKAGE / "data").glob("*.py")) + list((PACKAGE / "deploy").glob("*.py")))
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every ``mpnn...`` module a file imports, anywhere in it (relative imports resolved)."""
+    package = ".".join(path.relative_to(paths.ROOT).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.add(module)
+            found |= {f"{module}.{a.name}" for a in node.names}
+    return {m for m in found if m == "mpnn" or m.startswith("mpnn.")}
+
+
+@pytest.mark.parametrize("path", MECHANISMS, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_mechanisms_import_no_experiment_and_no_runtime(path):
+    bad = sorted(m for m in imported_modules(path)
+                 if m.startswith(("mpnn.experiments", "mpnn.runtime", "mpnn.benchmarks")))
+    assert not bad, f"{path.relative_to(paths.ROOT)} is a mechanism but imports {bad}"
+
+
+def test_every_chapter_has_its_experiment_module_and_nothing_else_is_there():
+    chapters = set(notebooks.chapters())
+    modules = {p.stem for p in (PACKAGE / "experiments").glob("*.py") if p.name != "__init__.py"}
+    assert modules <= chapters, f"experiment modules not named after a chapter: {sorted(modules - chapters)}"
+    assert chapters <= modules, f"chapters without mpnn/experiments/<chapter>.py: {sorted(chapters - modules)}"
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "experiments").glob("*.py")), ids=lambda p: p.stem)
+def test_an_experiment_imports_no_other_chapter(path):
+    others = sorted(m for m in imported_modules(path)
+                    if m.startswith("mpnn.experiments.") and m.split(".")[2] != path.stem)
+    assert not others, f"{path.stem} imports other chapters' code {others}: move what they share into a mechanism"
+
+
+def test_benchmark_files_are_named_after_chapters():
+    chapters = set(notebooks.chapters())
+    names = {p.stem for p in (PACKAGE / "benchmarks").glob("*.py") if p.name != "__init__.py"}
+    assert names <= chapters, f"benchmark modules not named after a chapter: {sorted(names - chapters)}"
+
+
+def _code_cells(chapter):
+    nb = json.loads((paths.BOOK / f"{chapter}.ipynb").read_text())
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            yield i, "".join(cell["source"])
+
+
+def _parse(source):
+    lines = [l for l in source.splitlines() if not l.lstrip().startswith(("%", "!"))]
+    return ast.parse("\n".join(lines))
+
+
+@pytest.mark.parametrize("chapter", notebooks.chapters())
+def test_notebook_cells_hold_no_long_functions(chapter):
+    long = []
+    for i, source in _code_cells(chapter):
+        for node in ast.walk(_parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > NOTEBOOK_FUNCTION_LINES:
+                    long.append(f"cell {i}: {node.name} ({n} lines)")
+    assert not long, (f"{chapter}: functions longer than {NOTEBOOK_FUNCTION_LINES} lines belong in "
+                      f"mpnn/experiments/{chapter}.py: {long}")
+
+
+@pytest.mark.parametrize("chapter", notebooks.chapters())
+def test_notebook_figures_come_from_builders(chapter):
+    hand_made = [i for i, source in _code_cells(chapter)
+                 if "altair" in {a.name.split(".")[0] for n in ast.walk(_parse(source))
+                                 if isinstance(n, (ast.Import, ast.ImportFrom))
+                                 for a in ([ast.alias(n.module or "")] if isinstance(n, ast.ImportFrom) else n.names)}]
+    assert not hand_made, (f"{chapter}: cells {hand_made} import altair; draw figures with mpnn.runtime.plots "
+                           f"builders or a figure function of mpnn/experiments/{chapter}.py")
