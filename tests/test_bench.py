@@ -39,6 +39,32 @@ def test_write_results_is_json(tmp_path):
     assert json.loads(path.read_text())["reference"]["gflops"] == 1.0
 
 
-def test_dense_reference_is_plausible():
+def test_dense_reference_counts_two_n_cubed_flops_per_product(monkeypatch):
+    calls = []
+
+    def fake_time(fn, repeats, warmup, min_time):
+        out = fn()
+        calls.append(out.shape)
+        return {"median_s": 0.25, "min_s": 0.2, "max_s": 0.3, "repeats": repeats, "inner": 1}
+
+    monkeypatch.setattr(bench, "time_callable", fake_time)
     ref = bench.dense_mm_gflops(128, repeats=2)
-    assert ref["gflops"] > 0.01 and ref["n"] == 128
+    assert calls == [(128, 128)] and ref["n"] == 128
+    assert ref["gflops"] == 2 * 128 ** 3 / 0.25 / 1e9          # 0.016777216 GFLOP/s
+
+
+def test_performance_page_checks_what_it_reads(tmp_path, monkeypatch):
+    from mpnn.experiments import performance as E
+    monkeypatch.setenv("MPNN_BUILD_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="python -m mpnn run performance"):
+        E.load_results(quick=True, only="", threads=1)
+    results = {"settings": {"quick": True, "only": None, "threads": 1}, "cases": ["a", "b", "c"],
+               "reference_before": {"gflops": 50.0}, "reference": {"gflops": 40.0},
+               "results": [{"case": "a", "median_s": 0.1}, {"case": "b", "median_s": 0.0}]}
+    bench.write_results(results)
+    with pytest.raises(ValueError, match="threads"):
+        E.load_results(quick=True, only="", threads=2)
+    got = E.load_results(quick=True, only="", threads=1)
+    rows = E.results_frame(got)
+    assert E.missing_cases(got, rows) == ["b", "c"]            # b has no positive median, c no row
+    assert E.reference_drift(got) == 1.25

@@ -113,3 +113,22 @@ def test_download_failure_explains(tmp_path, monkeypatch):
     with pytest.raises(mnist.MnistDataError, match="Download failed: network is unreachable"):
         mnist.load_mnist("test", root=tmp_path / "none", download=True)
     assert not (tmp_path / "mnist").exists()  # nothing half written
+
+
+def test_to_tensor_scales_and_shapes_against_hand_computed_pixels():
+    import torch
+    from mpnn.data.mnist import MNIST_MEAN, MNIST_STD, to_tensor
+    images = torch.tensor([[[0, 255], [51, 102]]], dtype=torch.uint8)        # (1, 2, 2)
+    unit = to_tensor(images, scale="unit")
+    assert unit.shape == (1, 4) and unit.tolist()[0] == pytest.approx([0.0, 1.0, 0.2, 0.4])
+    std = to_tensor(images, shape="image")
+    assert std.shape == (1, 1, 2, 2)
+    assert float(std[0, 0, 0, 0]) == pytest.approx(-MNIST_MEAN / MNIST_STD)
+    assert float(std[0, 0, 0, 1]) == pytest.approx((1 - MNIST_MEAN) / MNIST_STD)
+    assert to_tensor(images, shape="grid", dtype=torch.float64).dtype == torch.float64
+    with pytest.raises(ValueError, match="uint8"):
+        to_tensor(images.float())
+    with pytest.raises(ValueError, match="scale"):
+        to_tensor(images, scale="minmax")
+    with pytest.raises(ValueError, match="shape"):
+        to_tensor(images, shape="cube")

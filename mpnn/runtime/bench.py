@@ -124,8 +124,13 @@ def run_case(c: Case, quick: bool) -> list[dict[str, Any]]:
 
 def run_all(quick: bool = False, only: str | None = None, progress: bool = True,
             threads: int = 1) -> dict[str, Any]:
-    """Run every registered case (or those whose name contains ``only``) on ``threads`` CPU threads."""
+    """Run every registered case (or those whose name contains ``only``) on ``threads`` CPU threads.
+
+    The dense reference is measured before and after the cases: if the machine's speed changed
+    meanwhile (another job started), the two disagree and the ratios of that run are suspect.
+    """
     from ..determinism import cpu_threads
+    from .repro import git_commit
     cases = [c for c in discover().values() if only is None or only in c.name]
     if only is not None and not cases:
         raise ValueError(f"no benchmark case matches {only!r}; cases: {', '.join(sorted(REGISTRY))}")
@@ -133,15 +138,23 @@ def run_all(quick: bool = False, only: str | None = None, progress: bool = True,
         raise ValueError(f"threads must be at least 1, got {threads}")
     from tqdm.auto import tqdm
     rows = []
+    n = 512 if quick else 1024
+    start = time.time()
     with cpu_threads(threads):
+        before = dense_mm_gflops(n)
         for c in tqdm(cases, desc="benchmarks", disable=not progress):
             rows.extend(run_case(c, quick))
-        reference = dense_mm_gflops(512 if quick else 1024)
+        reference = dense_mm_gflops(n)
     return {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch": torch.__version__, "threads": threads,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "git_commit": git_commit(),
+        "settings": {"quick": quick, "only": only, "threads": threads},
         "quick": quick,
+        "cases": [c.name for c in cases],
+        "seconds": round(time.time() - start, 1),
+        "reference_before": before,
         "reference": reference,
         "results": rows,
     }

@@ -12,7 +12,8 @@
 cell and error; its partial notebook goes to ``_build/failed/`` and no executed copy that looks
 complete is left in the site source. With ``--jobs N`` up to N chapters execute side by side, each
 kernel on ``cores // N`` CPU threads; code cells tagged ``timing`` run alone (:class:`CellGate`), so
-the timing claims are measured on a machine that no other chapter is loading. ``build`` turns ``_build/src`` into ``_build/html`` with
+the timing claims are measured on a machine that no other chapter is loading. When the performance page is among the chapters, the benchmark harness runs first, alone, and
+writes ``_build/bench/results.json``, which the page reads. ``build`` turns ``_build/src`` into ``_build/html`` with
 jupyter-book (no re-execution, warnings are errors) and copies in the JavaScript the site serves.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 import yaml
 
 from .. import paths
-from . import notebooks
+from . import bench, notebooks
 from .notebooks import ChapterError
 
 VENDOR = {  # file in the site's _static (staged in _build/src/_vendor) -> source in node_modules
@@ -374,6 +375,19 @@ def default_jobs() -> int:
 
 # Chapters that read other chapters' manifests run after everything else.
 RUN_LAST = ("reproducibility",)
+# The chapter that shows the benchmark harness's results; the runner runs the harness (alone,
+# before any chapter starts) with that chapter's parameters `quick`, `only`, `threads`.
+BENCH_CHAPTER = "performance"
+
+
+def run_benchmarks(params: dict[str, Any], report=print) -> float:
+    """Run the harness for the performance page and write ``_build/bench/results.json``; returns seconds."""
+    settings = notebooks.declared_parameters(BENCH_CHAPTER) | params
+    start = time.time()
+    results = bench.run_all(quick=settings["quick"], only=settings["only"] or None, threads=settings["threads"])
+    bench.write_results(results)
+    report(f"ok benchmarks for {BENCH_CHAPTER} ({time.time() - start:.0f} s, {len(results['results'])} measurements)")
+    return time.time() - start
 
 
 def run_chapters(jobs: list[tuple[str, dict]], profile: str, n_jobs: int = 1, keep_going: bool = False,
@@ -412,12 +426,20 @@ def run_chapters(jobs: list[tuple[str, dict]], profile: str, n_jobs: int = 1, ke
         return record
 
     start = time.time()
+    bench_s = None
+    bench_jobs = [params for chapter, params in jobs if chapter == BENCH_CHAPTER]
+    if bench_jobs:   # before any chapter: the harness times kernels on an otherwise idle machine
+        bench.results_path().unlink(missing_ok=True)
+        try:
+            bench_s = run_benchmarks(bench_jobs[0], report)
+        except Exception as exc:   # the page then fails with "no results"; the other chapters still run
+            report(f"\nFAILED benchmarks for {BENCH_CHAPTER}: {type(exc).__name__}: {exc}")
     with environment(kernel_env()):
         for batch in (first, last):
             with ThreadPoolExecutor(max_workers=n_jobs) as pool:
                 records += [r for r in pool.map(one, batch) if r is not None]
             if batch is first:  # what the reproducibility report shows about this run as a whole
-                write_run_record(profile, n_jobs, threads, time.time() - start, records, gate)
+                write_run_record(profile, n_jobs, threads, time.time() - start, records, gate, bench_s)
     bar.close()
     return records
 
@@ -427,7 +449,7 @@ def run_record_path() -> Path:
 
 
 def write_run_record(profile: str, n_jobs: int, threads: int, wall_s: float, records: list[dict],
-                     gate: CellGate) -> None:
+                     gate: CellGate, bench_s: float | None = None) -> None:
     """``_build/run.json``: profile, chapters side by side, wall time and time spent in timing cells."""
     timing_s, opened = 0.0, {}
     for t, chapter, what in gate.log:
@@ -439,6 +461,7 @@ def write_run_record(profile: str, n_jobs: int, threads: int, wall_s: float, rec
             timing_s += t - opened.pop(chapter)
     data = {"profile": profile, "jobs": n_jobs, "threads_per_chapter": threads, "cpu_count": os.cpu_count(),
             "wall_s": round(wall_s, 1), "timing_cells_alone_s": round(timing_s, 1),
+            "bench_s": None if bench_s is None else round(bench_s, 1),
             "chapters": {r["chapter"]: {k: v for k, v in r.items() if k != "chapter"} | {"duration_s": r["runner_duration_s"]}
                          for r in records}}
     path = run_record_path()
@@ -492,7 +515,6 @@ def cmd_list(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import bench
     results = bench.run_all(quick=args.quick, only=args.only, threads=args.threads)
     path = bench.write_results(results)
     print(f"benchmarks: {path}")
@@ -525,10 +547,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="chapters side by side (default: one per CPU core); cells tagged 'timing' run alone")
     sub.add_parser("build", help="build the site from the executed chapters")
     sub.add_parser("list", help="list chapters and their parameters")
-    bench = sub.add_parser("bench", help="run the benchmark harness")
-    bench.add_argument("--quick", action="store_true", help="small sizes (CI)")
-    bench.add_argument("--only", default=None, help="run cases whose name contains this text")
-    bench.add_argument("--threads", type=int, default=1, help="CPU threads for every case (default 1)")
+    bench_p = sub.add_parser("bench", help="run the benchmark harness")
+    bench_p.add_argument("--quick", action="store_true", help="small sizes (CI)")
+    bench_p.add_argument("--only", default=None, help="run cases whose name contains this text")
+    bench_p.add_argument("--threads", type=int, default=1, help="CPU threads for every case (default 1)")
     tim = sub.add_parser("timing", help="replay the recorded timing claims under load")
     tim.add_argument("--repeats", type=int, default=5, help="replays of each claim in a row (default 5)")
     tim.add_argument("--load", type=int, default=1, help="busy processes running meanwhile (default 1)")

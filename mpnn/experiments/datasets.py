@@ -1,0 +1,67 @@
+"""The data chapter: where MNIST was found, what it holds, and the tables and figures that show it."""
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import torch
+
+from mpnn.data import mnist
+
+
+def checksum_table(folder) -> pd.DataFrame:
+    """One row per IDX file: size, expected and actual SHA-256 (abbreviated), verified or not."""
+    expected = mnist.expected_checksums()
+    actual = mnist.verify_mnist(folder)
+    return pd.DataFrame([{"file": name, "bytes": (folder / name).stat().st_size,
+                          "expected SHA-256": expected[name][:16] + "...",
+                          "actual SHA-256": actual[name][:16] + "...",
+                          "verified": actual[name] == expected[name]} for name in actual])
+
+
+def samples_per_digit(images: torch.Tensor, labels: torch.Tensor, per_digit: int, seed: int) -> torch.Tensor:
+    """``per_digit`` training images of every digit, drawn without replacement (seeded), digit by digit."""
+    if not 1 <= per_digit <= 20:
+        raise ValueError(f"samples_per_digit must be between 1 and 20, got {per_digit}")
+    generator = torch.Generator().manual_seed(seed)
+    picks = []
+    for digit in range(10):
+        idx = (labels == digit).nonzero().flatten()
+        picks.append(idx[torch.randperm(len(idx), generator=generator)[:per_digit]])
+    return images[torch.cat(picks)]
+
+
+def mean_images(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(10, 28, 28): the average image of each digit (where the ink is)."""
+    return torch.stack([images[labels == d].float().mean(0) for d in range(10)])
+
+
+def class_counts(splits: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """Images per digit and split, their share of the split, and the parity tag (even 0 / odd 1)."""
+    counts = pd.concat([pd.DataFrame({"digit": range(10), "count": torch.bincount(y, minlength=10).tolist(),
+                                      "split": split}) for split, y in splits.items()])
+    counts["share"] = counts["count"] / counts.groupby("split")["count"].transform("sum")
+    counts["parity"] = counts["digit"].map(lambda d: "even (tag 0)" if d % 2 == 0 else "odd (tag 1)")
+    return counts
+
+
+def parity_table(counts: pd.DataFrame) -> pd.DataFrame:
+    """Images per split and parity tag, and their share of the split."""
+    parity = counts.groupby(["split", "parity"], as_index=False)["count"].sum()
+    parity["share"] = parity["count"] / parity.groupby("split")["count"].transform("sum")
+    return parity
+
+
+def figure_class_balance(counts: pd.DataFrame) -> alt.Chart:
+    """Share of each digit in each split, coloured by parity tag."""
+    return alt.Chart(counts).mark_bar().encode(
+        x=alt.X("digit:O"), y=alt.Y("share:Q", title="share of the split", axis=alt.Axis(format="%")),
+        color=alt.Color("parity:N"), column=alt.Column("split:N", title=None),
+        tooltip=["split", "digit", "count", alt.Tooltip("share:Q", format=".2%")]).properties(width=260, height=200)
+
+
+def figure_parity_split(parity: pd.DataFrame) -> alt.Chart:
+    """Each split as one bar normalised to 100%, divided into its even and odd images."""
+    return alt.Chart(parity).mark_bar().encode(
+        y=alt.Y("split:N", title=None), x=alt.X("count:Q", stack="normalize", title="share", axis=alt.Axis(format="%")),
+        color="parity:N", tooltip=["split", "parity", "count", alt.Tooltip("share:Q", format=".2%")]
+    ).properties(width=420, height=80)
