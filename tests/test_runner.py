@@ -179,3 +179,34 @@ def test_parallel_chapters_keep_timing_cells_alone(tmp_path, monkeypatch, pause)
         assert any(s < t0 and e > t1 for s, e in one), spans
     else:       # waited for: no cell of "one" overlaps the timing cell
         assert all(e <= t0 or s >= t1 for s, e in one), spans
+
+
+def _book_with(tmp_path, monkeypatch, metadata):
+    book = tmp_path / "book"
+    book.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("seed = 0", metadata={"tags": ["parameters"]})])
+    nb.metadata["mpnn"] = metadata
+    nbformat.write(nb, book / "demo.ipynb")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/demo\n")
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    monkeypatch.setattr(paths, "BOOK", book)
+
+
+def test_the_kernel_context_carries_a_chapters_declared_threads(tmp_path, monkeypatch):
+    _book_with(tmp_path, monkeypatch, {"threads": 1, "pause_for_timing": False})
+    context = cli.run_context("demo", {"seed": 3}, "smoke", threads=8)
+    assert context == {"chapter": "demo", "profile": "smoke", "render": "static", "threads": 1,
+                       "parameters": {"seed": 3}}
+    assert notebooks.chapter_settings("demo")["pause_for_timing"] is False
+
+
+def test_the_kernel_context_gets_the_runners_threads_otherwise(tmp_path, monkeypatch):
+    _book_with(tmp_path, monkeypatch, {})
+    assert cli.run_context("demo", {}, "default", threads=2)["threads"] == 2
+    assert notebooks.chapter_settings("demo") == {"pause_for_timing": True, "threads": None}
+
+
+def test_unknown_notebook_settings_are_rejected(tmp_path, monkeypatch):
+    _book_with(tmp_path, monkeypatch, {"threads": "one"})
+    with pytest.raises(ChapterError, match="mpnn.threads='one'"):
+        notebooks.chapter_settings("demo")

@@ -239,12 +239,6 @@ def _engine() -> str:
     return "mpnn-gated"
 
 
-def pausable(notebook: Path) -> bool:
-    """May the chapter's kernel be paused while another chapter's timing cell runs? (default yes)"""
-    meta = json.loads(Path(notebook).read_text()).get("metadata", {})
-    return bool(meta.get("mpnn", {}).get("pause_for_timing", True))
-
-
 def kernel_env() -> dict[str, str]:
     """Environment of the chapter kernels: no progress widgets (everything else is in their context)."""
     # TQDM_DISABLE: progress bars inside the kernel would land in the site as widgets or stderr noise.
@@ -255,7 +249,8 @@ def run_context(chapter: str, params: dict[str, Any], profile: str, threads: int
     """The kernel's whole context, built once here and injected as the parameter ``mpnn_context``."""
     from .repro import RunContext
     full = notebooks.declared_parameters(chapter) | params
-    return RunContext(chapter=chapter, profile=profile, render="static", threads=threads,
+    own = notebooks.chapter_settings(chapter)["threads"]   # a chapter's declared need wins
+    return RunContext(chapter=chapter, profile=profile, render="static", threads=own or threads,
                       parameters=full).as_parameter()
 
 
@@ -307,7 +302,7 @@ def execute(chapter: str, params: dict[str, Any], profile: str, *, gate: CellGat
         shutil.rmtree(stale_dir, ignore_errors=True)   # figures and timing claims of an earlier run
     final.parent.mkdir(parents=True, exist_ok=True)
     env = environment(kernel_env()) if gate is None else nullcontext()
-    slot = gate.slot(chapter, pausable=pausable(source)) if gate is not None else None
+    slot = gate.slot(chapter, pausable=notebooks.chapter_settings(chapter)["pause_for_timing"]) if gate is not None else None
     hooks = {}
     if slot is not None:
         hooks = {"on_cell_execute": lambda cell, cell_index: slot.enter(TIMING_TAG in cell.metadata.get("tags", [])),

@@ -64,6 +64,25 @@ def parameters_source(notebook: Path) -> str:
     raise ChapterError(f"{notebook} has no code cell tagged 'parameters'")
 
 
+SETTINGS = {"pause_for_timing": bool, "threads": int}   # a notebook's metadata "mpnn": {...}
+
+
+def chapter_settings(chapter: str) -> dict[str, Any]:
+    """What a chapter declares about how it must run, in its notebook metadata ``"mpnn"``.
+
+    ``pause_for_timing`` (default true): may its kernel be suspended while another chapter's
+    timing cell runs (false for processes with wall-clock timeouts). ``threads``: the CPU thread
+    count its kernel needs whatever the runner would give it (e.g. 1 where per-sample kernels
+    are tiny and the reduction order must not depend on the machine).
+    """
+    meta = json.loads(notebook_path(chapter).read_text()).get("metadata", {}).get("mpnn", {})
+    for key, value in meta.items():
+        if key not in SETTINGS or not isinstance(value, SETTINGS[key]):
+            raise ChapterError(f"{chapter}: notebook metadata mpnn.{key}={value!r} is not one of "
+                               + ", ".join(f"{k} ({t.__name__})" for k, t in SETTINGS.items()))
+    return {"pause_for_timing": True, "threads": None} | meta
+
+
 def declared_parameters(chapter: str) -> dict[str, Any]:
     """``{name: default}`` from the chapter's parameters cell (flat literals only)."""
     source = parameters_source(notebook_path(chapter))

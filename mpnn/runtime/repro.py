@@ -218,7 +218,7 @@ def interactive_context(chapter: str, namespace: dict[str, Any]) -> RunContext:
         raise NameError(f"{chapter}: parameters {missing} are not defined; run the parameters cell first")
     params = {name: notebooks.check_value(chapter, name, namespace[name], default)
               for name, default in declared.items()}
-    return RunContext(chapter=chapter, parameters=params)
+    return RunContext(chapter=chapter, parameters=params, threads=notebooks.chapter_settings(chapter)["threads"])
 
 
 def start_run(chapter: str, namespace: dict[str, Any], *, deterministic: bool = True) -> Run:
