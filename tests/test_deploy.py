@@ -1,4 +1,6 @@
-"""mpnn.deploy: plans, the distributed engine against one process, faults, restart, teardown."""
+"""mpnn.deploy: plans, the distributed engine against one process, faults, restart, teardown.
+
+(The chapter's experiments on them: tests/test_multipart_deployment.py.)"""
 from __future__ import annotations
 
 import json
@@ -9,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mpnn.deploy import (DeployError, PlanError, STRATEGIES, by_count, by_ids, by_layer, by_percentage,
-                         init_params, launch, make_plan, reference_model)
+from mpnn.deploy import (DeployError, PlanError, STRATEGIES, assemble, by_count, by_ids, by_layer,
+                         by_percentage, init_params, launch, make_plan, reference_model)
 from mpnn.deploy import checkpoint as ckpt
 from mpnn.deploy import cost
 from mpnn.deploy.launch import leftover
@@ -88,17 +90,16 @@ def test_volume_matches_closed_forms():
 
 # ---------------------------------------------------------------------- distributed equivalence
 
-def _reference_run(dtype=torch.float64):
-    """Single process: logits and gradients of step 0, parameters after K SGD steps."""
+def _naive_reference(steps=K, dtype=torch.float64):
+    """Single process, written out: logits and gradients of step 0, parameters after ``steps`` SGD steps."""
     x, y = make_data(DATA, SIZES[0], SIZES[-1])
     net = reference_model(init_params(SIZES, SEED, dtype))
     xb, yb = batch(x, y, 0, BATCH, SEED)
     logits = net(xb.to(dtype))
     F.cross_entropy(logits, yb).backward()
     grads = [(m.weight.grad.clone(), m.bias.grad.clone()) for m in net if isinstance(m, torch.nn.Linear)]
-    net.zero_grad()
     opt = torch.optim.SGD(net.parameters(), lr=LR)
-    for step in range(K):
+    for step in range(steps):
         opt.zero_grad()
         xb, yb = batch(x, y, step, BATCH, SEED)
         F.cross_entropy(net(xb.to(dtype)), yb).backward()
@@ -107,17 +108,28 @@ def _reference_run(dtype=torch.float64):
     return logits.detach(), grads, final
 
 
-def _assemble(plan: Plan, per_rank: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    out = []
-    for l in range(1, plan.n_layers + 1):
-        w = torch.full((plan.sizes[l], plan.sizes[l - 1]), float("nan"), dtype=torch.float64)
-        b = torch.full((plan.sizes[l],), float("nan"), dtype=torch.float64)
-        for r, d in enumerate(per_rank):
-            if f"L{l}.weight" in d:
-                ids = plan.local(l, r)
-                w[ids], b[ids] = d[f"L{l}.weight"], d[f"L{l}.bias"]
-        out.append((w, b))
-    return out
+def test_the_chapters_reference_through_fit_is_the_naive_loop_bit_for_bit():
+    from mpnn.experiments.multipart_deployment import reference
+    for steps in (1, K, 7):          # 7 * 16 rows > the 64 samples: batches repeat rows, fit must not care
+        want, got = _naive_reference(steps), reference(SIZES, SEED, DATA, BATCH, LR, steps)
+        assert torch.equal(want[0], got[0])
+        for part in (1, 2):
+            assert all(torch.equal(u, v) for pw, pg in zip(want[part], got[part]) for u, v in zip(pw, pg))
+
+
+def test_assemble_inverts_the_split_and_exposes_unowned_rows():
+    plan = by_ids([3, 4, 2], {0: [0, 2, 4], 1: [1, 3, 5]})
+    params = init_params(plan.sizes, 0, torch.float64)
+    per_rank = [{f"L{l}.{k}": t[plan.local(l, r)] for l, (w, b) in enumerate(params, 1)
+                 for k, t in (("weight", w), ("bias", b)) if plan.local(l, r).numel()} for r in range(2)]
+    for (w, b), (aw, ab) in zip(params, assemble(plan, per_rank)):
+        assert torch.equal(w, aw) and torch.equal(b, ab)
+    (w1, b1), (w2, b2) = assemble(plan, [per_rank[0], {}])       # rank 1's rows never arrived
+    assert w1[[1, 3]].isnan().all() and b1[[1, 3]].isnan().all() and b2[1].isnan()
+    assert not w1[[0, 2]].isnan().any() and not w2[0].isnan().any()
+    assert torch.equal(w1[[0, 2]], params[0][0][[0, 2]])
+    with pytest.raises(ValueError, match="no rank supplies rows of layer 1"):
+        assemble(plan, [{}, {}])
 
 
 def test_distributed_equals_single_process_for_every_strategy():
@@ -127,16 +139,16 @@ def test_distributed_equals_single_process_for_every_strategy():
            "batch": BATCH, "lr": LR, "k_steps": K, "dtype": "float64"}
     res = launch(job, world, timeout_s=90)
     _assert_no_leftovers(res.outcomes)
-    logits, grads, final = _reference_run()
+    logits, grads, final = _naive_reference()
     tol = {"rtol": 1e-6, "atol": 1e-6}
     for i, plan in enumerate(plans):
         per = [r["plans"][i] for r in res.results]
         assert per[0]["strategy"] == plan.strategy
         torch.testing.assert_close(per[plan.head]["logits"], logits, **tol)
-        for (gw, gb), (rw, rb) in zip(_assemble(plan, [p["grads"] for p in per]), grads):
+        for (gw, gb), (rw, rb) in zip(assemble(plan, [p["grads"] for p in per]), grads):
             torch.testing.assert_close(gw, rw, **tol)
             torch.testing.assert_close(gb, rb, **tol)
-        for (fw, fb), (rw, rb) in zip(_assemble(plan, [p["final"] for p in per]), final):
+        for (fw, fb), (rw, rb) in zip(assemble(plan, [p["final"] for p in per]), final):
             torch.testing.assert_close(fw, rw, **tol)
             torch.testing.assert_close(fb, rb, **tol)
         # bytes the engine sent in one forward/backward == the volume model (float64: 8 bytes)
@@ -170,16 +182,8 @@ def test_killed_rank_stops_the_others_and_restart_loses_no_update(tmp_path):
     res = launch({**job, "kill": None}, world, timeout_s=90)
     _assert_no_leftovers(res.outcomes)
     assert all(r["start"] == kill_step for r in res.results)
-    x, y = make_data(DATA, SIZES[0], SIZES[-1])
-    net = reference_model(init_params(SIZES, SEED, torch.float64))
-    opt = torch.optim.SGD(net.parameters(), lr=LR)
-    for step in range(steps):
-        opt.zero_grad()
-        xb, yb = batch(x, y, step, BATCH, SEED)
-        F.cross_entropy(net(xb.double()), yb).backward()
-        opt.step()
-    ref = [(m.weight.detach(), m.bias.detach()) for m in net if isinstance(m, torch.nn.Linear)]
-    got = _assemble(plan, [r["final"] for r in res.results])
+    _, _, ref = _naive_reference(steps)
+    got = assemble(plan, [r["final"] for r in res.results])
     _, stored, step = ckpt.consolidate(tmp_path / "shared")
     assert step == steps
     for (w, b), (sw, sb), (rw, rb) in zip(got, stored, ref):
@@ -229,73 +233,3 @@ def test_latency_fit_recovers_known_constants():
     fit = cost.fit_latency(t.numpy(), t1.numpy(), fc.numpy(), msgs.numpy(), nbytes.numpy())
     assert fit.c == pytest.approx(1.5, rel=1e-6) and fit.alpha_s == pytest.approx(2e-4, rel=1e-6)
     assert fit.beta_Bps == pytest.approx(5e8, rel=1e-6) and fit.rel_err.max() < 1e-9
-
-
-# ---------------------------------------------------------------------- one group for every P, interleaved timing
-
-def test_one_group_checks_every_rank_count_and_counts_traffic():
-    from mpnn.deploy import experiments
-    eq, traffic = experiments.equivalence_and_traffic(SIZES, [2, 3], list(STRATEGIES), SEED, data=DATA,
-                                                      batch_size=BATCH, lr=LR, k_steps=K, timeout_s=90)
-    assert len(eq) == len(traffic) == 8                              # 4 strategies x P in {2, 3}
-    assert eq[["logits", "gradients", f"params after {K} steps"]].to_numpy().max() < 1e-12
-    assert eq["bytes match model"].all()
-    for row in traffic.itertuples():                                 # float32 step: 4 bytes a number
-        v = cost.volume(make_plan(row.strategy, SIZES, row.ranks), BATCH, 4)
-        assert row.bytes == row.model_bytes == sum(v["fwd_bytes"]) + sum(v["bwd_bytes"])
-        assert row.messages_max_rank == max(f + b for f, b in zip(v["fwd_msgs"], v["bwd_msgs"]))
-
-
-def test_step_times_rows_and_rounds():
-    from mpnn.deploy import experiments
-    df = experiments.step_times(SIZES, [2, 3], ["count", "layer"], data=DATA, batch_size=BATCH, lr=LR,
-                                warmup=1, repeats=3, timeout_s=90)
-    split = df[df.strategy != "single process"]
-    assert sorted(set(zip(split.strategy, split.ranks))) == [("count", 2), ("count", 3), ("layer", 2), ("layer", 3)]
-    assert (df.groupby(["strategy", "ranks"])["round"].apply(sorted) .apply(lambda r: r == [0, 1, 2])).all()
-    assert (df.step_s > 0).all()
-    # ratio_to_single divides by the single-process step of the same round
-    single = df[df.strategy == "single process"].set_index("round").step_s
-    assert (split.ratio_to_single == split.step_s / split["round"].map(single)).all()
-    assert (split.bytes == split.model_bytes).all()
-
-
-def _fake_times(rows):
-    import pandas as pd
-    return pd.DataFrame([{"strategy": s, "ranks": P, "round": r, "step_s": t, "comm_s": c, "f_crit": f,
-                          "messages_max_rank": m, "bytes_max_rank": b} for s, P, r, t, c, f, m, b in rows])
-
-
-def test_decide_fewer_messages_uses_per_round_ratios():
-    from mpnn.deploy import experiments
-    # P=2: per-round count/layer ratios 3, 1, 2 -> median 2 (the ratio of medians would be 4/2 = 2 too);
-    # P=3: ratios 1.1, 1.2, 5 -> median 1.2, below a 1.25 margin
-    rows = []
-    for r, (c, l) in enumerate([(3.0, 1.0), (4.0, 4.0), (8.0, 4.0)]):
-        rows += [("count", 2, r, c, 0, 0.5, 7, 10), ("layer", 2, r, l, 0, 1.0, 2, 10)]
-    for r, (c, l) in enumerate([(1.1, 1.0), (1.2, 1.0), (5.0, 1.0)]):
-        rows += [("count", 3, r, c, 0, 0.3, 14, 10), ("layer", 3, r, l, 0, 1.0, 2, 10)]
-    res = experiments.decide_fewer_messages(_fake_times(rows), 1.25)
-    assert res["ratio_median"] == pytest.approx({2: 2.0, 3: 1.2})
-    assert res["passed"] is False
-    assert experiments.decide_fewer_messages(_fake_times([x for x in rows if x[1] == 2]), 1.25)["passed"] is True
-
-
-def test_decide_overhead_and_latency_model_on_known_times():
-    from mpnn.deploy import experiments
-    t1, alpha = 1e-3, 2e-4                   # single step 1 ms, 0.2 ms per message, bandwidth irrelevant
-    rows = []
-    for r in range(3):
-        rows.append(("single process", 1, r, t1, 0.0, 1.0, 0, 0))
-        for s, P, f, m in [("count", 2, 0.5, 7), ("layer", 2, 1.0, 2), ("count", 3, 0.34, 14)]:
-            rows.append((s, P, r, 1.5 * t1 * f + alpha * m, alpha * m, f, m, 1000))
-    df = _fake_times(rows)
-    df["single_s"] = t1
-    df["ratio_to_single"] = df.step_s / t1
-    over = experiments.decide_overhead(df, 1.5)
-    lowest = min(r["median"] for r in over["ratios"])
-    assert lowest == pytest.approx(1.5 + 0.4) and over["passed"] is True        # layer, P=2: 1.9x
-    assert experiments.decide_overhead(df, 2.0)["passed"] is False
-    lat = experiments.decide_latency_model(df, 0.35)
-    assert lat["c"] == pytest.approx(1.5, rel=1e-6) and lat["alpha_s"] == pytest.approx(alpha, rel=1e-6)
-    assert lat["median_rel_err"] < 1e-9 and lat["passed"] is True

@@ -2,7 +2,7 @@
 
 Each grid point starts one group of ``world_size`` ranks on 127.0.0.1 (gloo, one thread per rank)
 that times every strategy and the single-process ``nn.Sequential`` step on rank 0 interleaved, round
-by round (:func:`mpnn.deploy.experiments.step_times`). The harness times the single-process step in
+by round (:func:`mpnn.experiments.multipart_deployment.step_times`). The harness times the single-process step in
 this process as the variant; the distributed medians and ``ratio_<strategy>`` = median over rounds of
 distributed / single-process step of the same round (both measured in worker processes, like for
 like) are stored as extra numbers.
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from mpnn.runtime.bench import case
 from mpnn.determinism import cpu_threads
 from mpnn.deploy import STRATEGIES, init_params, reference_model
-from mpnn.deploy.experiments import step_times
+from mpnn.experiments.multipart_deployment import step_times
 
 
 @case("deploy/step-time", group="multipart_deployment", params={"world_size": [2, 4]}, repeats=3)

@@ -6,11 +6,14 @@
 * :mod:`.worker`     -- what every rank runs (importable by spawned processes and torchrun);
 * :mod:`.launch`     -- start ranks on 127.0.0.1, bounded waits, guaranteed teardown; torchrun;
 * :mod:`.cost`       -- the communication-volume and latency model, and its projection.
+
+The chapter's experiments on them live in :mod:`mpnn.experiments.multipart_deployment`; nothing a
+rank runs imports it.
 """
 from .plan import Plan, PlanError, by_count, by_ids, by_layer, by_percentage, make_plan, STRATEGIES
-from .engine import ShardedMLP, init_params, reference_model
+from .engine import ShardedMLP, assemble, init_params, reference_model
 from .launch import DeployError, launch, torchrun
 
 __all__ = ["Plan", "PlanError", "by_count", "by_ids", "by_layer", "by_percentage", "make_plan",
-           "STRATEGIES", "ShardedMLP", "init_params", "reference_model", "DeployError", "launch",
+           "STRATEGIES", "ShardedMLP", "assemble", "init_params", "reference_model", "DeployError", "launch",
            "torchrun"]

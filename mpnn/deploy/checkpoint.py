@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from .engine import assemble
 from .plan import Plan, PlanError
 
 __all__ = ["step_dir", "latest_step", "save_shards", "load_shards", "consolidate"]
@@ -90,13 +91,6 @@ def consolidate(root: str | Path, step: int | None = None) -> tuple[Plan, list[t
     with warnings.catch_warnings():   # "assuming the intent is to load in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
         dcp.load(sd, checkpoint_id=path, no_dist=True)
-    params = []
-    for l in range(1, plan.n_layers + 1):
-        some = next(v for k, v in sd.items() if k.endswith(f".L{l}.weight"))
-        w = torch.empty(plan.sizes[l], plan.sizes[l - 1], dtype=some.dtype)
-        b = torch.empty(plan.sizes[l], dtype=some.dtype)
-        for r in plan.producers(l):
-            ids = plan.local(l, r)
-            w[ids], b[ids] = sd[f"rank{r}.L{l}.weight"], sd[f"rank{r}.L{l}.bias"]
-        params.append((w, b))
-    return plan, params, step
+    per_rank = [{k.split(".", 1)[1]: v for k, v in sd.items() if k.startswith(f"rank{r}.")}
+                for r in range(plan.world_size)]
+    return plan, assemble(plan, per_rank), step

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .plan import Plan
 
-__all__ = ["init_params", "reference_model", "PeerLost", "CommStats", "ShardedMLP"]
+__all__ = ["init_params", "reference_model", "assemble", "PeerLost", "CommStats", "ShardedMLP"]
 
 
 def init_params(sizes: list[int], seed: int, dtype: torch.dtype = torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -62,6 +62,27 @@ def reference_model(params) -> torch.nn.Sequential:
         if i < len(params) - 1:
             layers.append(torch.nn.ReLU())
     return torch.nn.Sequential(*layers)
+
+
+def assemble(plan: Plan, per_rank: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Full ``[(W_l, b_l)]`` from each rank's rows ``{"L{l}.weight": W_l[S_l(r)], "L{l}.bias": b_l[S_l(r)]}``
+    (``per_rank[r]``, as :meth:`ShardedMLP.shard_state` returns them). The inverse of the split:
+    ``W_l[S_l(r)] = per_rank[r]["L{l}.weight"]``. A row that no dict supplies stays NaN, so a
+    missing rank shows up in every comparison instead of passing as leftover memory."""
+    out = []
+    for l in range(1, plan.n_layers + 1):
+        some = [d[f"L{l}.weight"] for d in per_rank if f"L{l}.weight" in d]
+        if not some:
+            raise ValueError(f"no rank supplies rows of layer {l}: pass every rank's state, "
+                             f"indexed by rank ({plan.world_size} for this plan)")
+        w = torch.full((plan.sizes[l], plan.sizes[l - 1]), float("nan"), dtype=some[0].dtype)
+        b = torch.full((plan.sizes[l],), float("nan"), dtype=some[0].dtype)
+        for r, d in enumerate(per_rank):
+            if f"L{l}.weight" in d:
+                ids = plan.local(l, r)
+                w[ids], b[ids] = d[f"L{l}.weight"], d[f"L{l}.bias"]
+        out.append((w, b))
+    return out
 
 
 class PeerLost(RuntimeError):

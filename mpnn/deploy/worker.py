@@ -39,9 +39,10 @@ def make_data(spec: dict, n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Te
     """Every rank builds the same data set: ``{"kind": "mnist", "n", "root"}`` or ``{"kind": "synthetic", "n", "seed"}``."""
     if spec["kind"] == "mnist":
         from mpnn.data import load_mnist
+        from mpnn.data.mnist import to_tensor
         images, labels = load_mnist("train", root=spec.get("root"))
         n = int(spec["n"])
-        return images[:n].reshape(n, -1).float() / 255.0, labels[:n]
+        return to_tensor(images[:n], scale="unit", shape="flat"), labels[:n]
     if spec["kind"] == "synthetic":
         g = torch.Generator().manual_seed(int(spec["seed"]))
         x = torch.randn(int(spec["n"]), n_in, generator=g, dtype=torch.float64)
@@ -194,31 +195,6 @@ def job_multi(job: dict, rank: int, device) -> dict:
     return {"parts": [JOBS[j["kind"]]({**common, **j}, rank, device) for j in job["jobs"]]}
 
 
-def job_reference_bench(job: dict, rank: int, device) -> dict:
-    """Single-process baseline: the same network as one nn.Sequential, same steps and threads."""
-    dtype = DTYPES[job.get("dtype", "float32")]
-    sizes = job["sizes"]
-    x, y = make_data(job["data"], sizes[0], sizes[-1])
-    model = reference_model([(w.to(device), b.to(device)) for w, b in init_params(sizes, job["seed"], dtype)])
-    opt = torch.optim.SGD(model.parameters(), lr=job["lr"])
-    rows = []
-    for i in range(job["warmup"] + job["repeats"]):
-        xb, yb = batch(x, y, i, job["batch"], job["seed"])
-        xb, yb = xb.to(device, dtype), yb.to(device)
-        t0 = time.perf_counter()
-        opt.zero_grad()
-        logits = model(xb)
-        t_fwd = time.perf_counter()
-        F.cross_entropy(logits, yb).backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t1 = time.perf_counter()
-        if i >= job["warmup"]:
-            rows.append({"t0": t0, "t_fwd": t_fwd, "t1": t1})
-    return {"rows": rows}
-
-
 def job_fail(job: dict, rank: int, device) -> dict:
     """Fault hook: after a barrier, rank ``job['rank']`` raises (``mode='raise'``) or stops
     responding (``mode='hang'``, sleeps); every other rank waits for a message from it."""
@@ -233,7 +209,7 @@ def job_fail(job: dict, rank: int, device) -> dict:
 
 
 JOBS = {"equivalence": job_equivalence, "train": job_train, "interleaved": job_interleaved,
-        "reference_bench": job_reference_bench, "fail": job_fail, "multi": job_multi}
+        "fail": job_fail, "multi": job_multi}
 
 
 # ---------------------------------------------------------------------- process entry

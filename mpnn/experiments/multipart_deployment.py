@@ -1,0 +1,561 @@
+"""The multi-part deployment chapter (document 004): its experiments, tables and figures.
+
+The mechanisms live in :mod:`mpnn.deploy` (plans, the sharded engine, the shared checkpoint, the
+worker processes, the launcher, the cost model); everything a rank runs is there. This module runs
+groups of ranks from the notebook's process and turns their results into tidy tables:
+
+* :func:`reference` -- the single-process network (``nn.Sequential`` trained by :func:`mpnn.train.fit`
+  on the workers' batches), the yardstick of every equivalence check;
+* :func:`equivalence_and_traffic` -- one group that checks distributed against single-process
+  logits, gradients and k-step parameters for every (strategy, P), and counts the bytes sent;
+* :func:`step_times` -- one group that times every (strategy, P) and the single-process step,
+  interleaved round by round; the timing claims :func:`fewer_messages_claim`,
+  :func:`overhead_claim` and :func:`latency_model_claim` are decided on it in one run;
+* :func:`fault_and_restart` -- kill a rank mid-run, then resume from the shared checkpoint;
+* :func:`torchrun_equivalence` -- the equivalence job under ``torchrun``;
+* the plan tables, the projection and the explorer's traffic table, and the ``figure_...`` charts.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from mpnn import train
+from mpnn.deploy import checkpoint as ckpt
+from mpnn.deploy.cost import (Hardware, critical_fraction, fit_latency, neuron_wise_forward_bytes, project,
+                              volume)
+from mpnn.deploy.engine import assemble, init_params, reference_model
+from mpnn.deploy.launch import DeployError, launch, leftover, torchrun
+from mpnn.deploy.plan import Plan, PlanError, make_plan
+from mpnn.deploy.worker import batch, make_data
+from mpnn.runtime import plots
+
+__all__ = ["plans_for", "parameters_per_rank", "metadata_lines", "figure_ownership", "try_plans",
+           "batches_in_fit_order", "reference", "max_difference", "equivalence_and_traffic",
+           "step_times", "fewer_messages_claim", "overhead_claim", "latency_model_claim",
+           "decide_fewer_messages", "decide_overhead", "decide_latency_model", "decide_all",
+           "ratio_table", "step_ms_table", "figure_cost_vs_ranks", "figure_time_breakdown", "wire_ratio",
+           "figure_latency_model", "traffic_summary", "projection", "projection_summary",
+           "figure_projection", "fault_and_restart", "torchrun_equivalence", "volume_table",
+           "figure_volume", "rank_traffic"]
+
+
+# ---------------------------------------------------------------------- plans
+
+def plans_for(sizes, world_sizes, strategies) -> list[Plan]:
+    """Every (P, strategy) plan; a layer-wise plan needs a layer per rank, so larger P are skipped."""
+    return [make_plan(s, sizes, P) for P in world_sizes for s in strategies
+            if not (s == "layer" and P > len(sizes) - 1)]
+
+
+def parameters_per_rank(plans: list[Plan]) -> pd.DataFrame:
+    """Parameters (weights + biases) each rank stores, one row per strategy, one column per rank."""
+    rows = [{"strategy": p.strategy, "rank": r, "parameters": n}
+            for p in plans for r, n in enumerate(p.params_per_rank())]
+    return (pd.DataFrame(rows).pivot(index="strategy", columns="rank", values="parameters")
+            .rename(columns=lambda r: f"params on rank {r}"))
+
+
+def _short_ranges(ranges: list[list[int]], shown: int = 4) -> str:
+    """``[[0, 3], [7, 8]]`` -> ``"0-2, 7"`` (the first ``shown`` ranges, then the neuron count)."""
+    text = ", ".join(f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in ranges[:shown])
+    return text + (f", ... ({sum(b - a for a, b in ranges)} neurons)" if len(ranges) > shown else "")
+
+
+def metadata_lines(plan: Plan, rank: int) -> list[str]:
+    """:meth:`Plan.metadata` of ``rank`` as one line per layer: local IDs, remote IDs by owner, receivers."""
+    meta = plan.metadata(rank)
+    lines = []
+    for l in range(1, plan.n_layers + 1):
+        line = f"  layer {l}: local {_short_ranges(meta['local'].get(l, []))}"
+        for p, ranges in meta["remote"].get(l, {}).items():
+            line += f" | reads from rank {p}: {_short_ranges(ranges)}"
+        lines.append(line + f" | sends to ranks {meta['send_to'].get(l, [])}")
+    return lines
+
+
+def figure_ownership(plans: list[Plan]) -> alt.FacetChart:
+    """One band per layer, one panel per strategy: the owner rank of every neuron (binned)."""
+    own = pd.DataFrame([{"strategy": p.strategy, "layer": l, "neuron": j, "rank": r}
+                        for p in plans for l in range(1, p.n_layers + 1)
+                        for j, r in enumerate(p.owner[l - 1].tolist())])
+    return alt.Chart(own).mark_rect().encode(
+        x=alt.X("neuron:Q", bin=alt.Bin(maxbins=128), title="neuron index within the layer"),
+        y=alt.Y("layer:O"), color=alt.Color("rank:N", title="owner rank"),
+    ).properties(width=520, height=90).facet(row=alt.Row("strategy:N", title=None)).properties(
+        title=f"Which rank owns each neuron ({plans[0].world_size} ranks)")
+
+
+def try_plans(makers: dict) -> pd.DataFrame:
+    """Build every plan of ``{description: zero-arg maker}``; the error each one raised (all should)."""
+    rows = []
+    for what, make in makers.items():
+        try:
+            make()
+            error = "ACCEPTED (bug)"
+        except PlanError as err:
+            error = str(err)
+        rows.append({"invalid plan": what, "error": error})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------- the single-process reference
+
+def _linears(net: torch.nn.Sequential) -> list[torch.nn.Linear]:
+    return [m for m in net if isinstance(m, torch.nn.Linear)]
+
+
+def batches_in_fit_order(x, y, steps: int, batch_size: int, seed: int):
+    """The workers' batches of steps ``0..steps-1`` (:func:`mpnn.deploy.worker.batch`), laid out so
+    that one epoch of ``train.fit(batch_size=len(batch), seed=seed)`` visits them in step order.
+
+    With ``perm`` the permutation ``fit`` draws for that epoch, row ``perm[i]`` of the result holds
+    row ``i`` of the concatenated batches, so fit's batch ``b`` = rows ``perm[bB:(b+1)B]`` = batch
+    ``b``, row for row. Returns ``(x, y, rows per batch)``.
+    """
+    xb, yb = zip(*(batch(x, y, step, batch_size, seed) for step in range(steps)))
+    xs, ys = torch.cat(xb), torch.cat(yb)
+    perm = next(train.permutations(len(xs), seed, 1))
+    x_fit, y_fit = torch.empty_like(xs), torch.empty_like(ys)
+    x_fit[perm], y_fit[perm] = xs, ys
+    return x_fit, y_fit, len(xb[0])
+
+
+def reference(sizes, seed, data, batch_size, lr, steps, dtype=torch.float64):
+    """Single process (``nn.Sequential`` + ``torch.optim.SGD``): logits and grads of step 0 and the
+    parameters after ``steps`` SGD steps (:func:`mpnn.train.fit`), on the same batches as the workers."""
+    x, y = make_data(data, sizes[0], sizes[-1])
+    net = reference_model(init_params(sizes, seed, dtype))
+    xb, yb = batch(x, y, 0, batch_size, seed)
+    logits = net(xb.to(dtype))
+    F.cross_entropy(logits, yb).backward()
+    grads = [(m.weight.grad.clone(), m.bias.grad.clone()) for m in _linears(net)]
+    x_fit, y_fit, rows = batches_in_fit_order(x, y, steps, batch_size, seed)
+    train.fit(net, lambda b, step: F.cross_entropy(net(b[0].to(dtype)), b[1]), (x_fit, y_fit),
+              torch.optim.SGD(net.parameters(), lr=lr), epochs=1, batch_size=rows, seed=seed)
+    return logits.detach(), grads, [(m.weight.detach(), m.bias.detach()) for m in _linears(net)]
+
+
+def max_difference(a, b) -> float:
+    """``max |a - b|`` over every weight and bias of two ``[(W_l, b_l)]`` lists (NaN if a row is missing)."""
+    diffs = [(u - v).abs().max() for (wa, ba), (wb, bb) in zip(a, b) for u, v in ((wa, wb), (ba, bb))]
+    return float(torch.stack(diffs).max()) if not any(d.isnan() for d in diffs) else float("nan")
+
+
+# ---------------------------------------------------------------------- equivalence and traffic
+
+def _equivalence_rows(plans, results, P, reference_out, batch_size, k_steps) -> list[dict]:
+    logits, grads, final = reference_out
+    rows = []
+    for i, plan in enumerate(plans):
+        per = [r["plans"][i] for r in results]
+        rows.append({"strategy": plan.strategy, "ranks": P,
+                     "logits": float((per[plan.head]["logits"] - logits).abs().max()),
+                     "gradients": max_difference(assemble(plan, [p["grads"] for p in per]), grads),
+                     f"params after {k_steps} steps": max_difference(assemble(plan, [p["final"] for p in per]), final),
+                     "bytes match model": [p["stats"]["bytes_sent"]["forward"] for p in per]
+                     == volume(plan, batch_size, 8)["fwd_bytes"]})
+    return rows
+
+
+def _summarise_launch(plan: Plan, per_rank: list[dict], batch_size: int) -> list[dict]:
+    """Per timed step: latency (max end - min start over ranks), forward latency, bytes, messages."""
+    rows = []
+    n = len(per_rank[0]["rows"])
+    vol = volume(plan, batch_size, 4)
+    for i in range(n):
+        steps = [pr["rows"][i] for pr in per_rank]
+        t0 = min(s["t0"] for s in steps)
+        head = steps[plan.head]
+        wire = [s["wire_bytes"] for s in steps]
+        rows.append({
+            "step_s": max(s["t1"] for s in steps) - t0,
+            "forward_s": head["t_fwd"] - t0,
+            "comm_s": max(s["comm_s"]["forward"] + s["comm_s"]["backward"] for s in steps),
+            "bytes": sum(s["bytes_sent"]["forward"] + s["bytes_sent"]["backward"] for s in steps),
+            "bytes_max_rank": max(s["bytes_sent"]["forward"] + s["bytes_sent"]["backward"] for s in steps),
+            "messages_max_rank": max(s["messages"]["forward"] + s["messages"]["backward"] for s in steps),
+            "model_bytes": sum(vol["fwd_bytes"]) + sum(vol["bwd_bytes"]),
+            "wire_bytes": None if None in wire else sum(wire),
+        })
+    return rows
+
+
+def equivalence_and_traffic(sizes, world_sizes, strategies, seed, *, data, batch_size, lr, k_steps,
+                            timeout_s=300.0, backend="gloo") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One group of ``max(world_sizes)`` ranks (a plan on ``P`` ranks uses ranks ``0..P-1``) runs
+
+    1. the equivalence job (float64): max |distributed - single process| of the logits, the
+       gradients and the parameters after ``k_steps`` SGD steps, per (strategy, P);
+    2. one float32 training step per plan: bytes and messages the engine sent (total, busiest rank),
+       the volume model's bytes, and the socket bytes (``/proc/self/io``), per (strategy, P).
+
+    Nothing here is timed (see :func:`step_times`).
+    """
+    plans = plans_for(sizes, world_sizes, strategies)
+    world = max(world_sizes)
+    ref = reference(sizes, seed, data, batch_size, lr, k_steps)
+    job = {"kind": "multi", "plans": [p.to_dict() for p in plans], "data": data, "batch": batch_size,
+           "lr": lr, "backend": backend, "jobs": [
+               {"kind": "equivalence", "seed": seed, "k_steps": k_steps, "dtype": "float64"},
+               {"kind": "interleaved", "seed": seed, "warmup": 0, "repeats": 1, "dtype": "float32"}]}
+    res = launch(job, world, timeout_s=timeout_s)
+    eq_rows, traffic = [], []
+    for i, plan in enumerate(plans):
+        P = plan.world_size
+        eq_part = [{"plans": [r["parts"][0]["plans"][i]]} for r in res.results[:P]]
+        eq_rows += _equivalence_rows([plan], eq_part, P, ref, batch_size, k_steps)
+        steps = [r["parts"][1]["rows"][i] for r in res.results[:P]]
+        row = _summarise_launch(plan, [{"rows": s} for s in steps], batch_size)[0]
+        traffic.append({"strategy": plan.strategy, "ranks": P, "f_crit": critical_fraction(plan),
+                        **{k: v for k, v in row.items() if not k.endswith("_s")}})
+    return pd.DataFrame(eq_rows), pd.DataFrame(traffic)
+
+
+def wire_ratio(traffic: pd.DataFrame) -> pd.Series | None:
+    """Socket bytes / engine payload per (strategy, P); None where ``/proc/self/io`` is unavailable."""
+    wire = traffic.dropna(subset=["wire_bytes"])
+    return wire.wire_bytes / wire.bytes if len(wire) else None
+
+
+def traffic_summary(traffic: pd.DataFrame, sizes, batch_size: int) -> dict:
+    """Bytes per step of the count and layer splits by P, and whether they match the volume model
+    and, for count, its closed form ``2 B s [(P-1) sum_{l<L} n_l + n_L - |S_L(0)|]``."""
+    count = traffic[traffic.strategy == "count"].set_index("ranks").bytes
+    layer = traffic[traffic.strategy == "layer"].set_index("ranks").bytes
+    closed = {P: 2 * neuron_wise_forward_bytes(sizes, P, batch_size, 4) for P in count.index}
+    return {"count": count, "layer": layer, "payload_matches_model": bool((traffic.bytes == traffic.model_bytes).all()),
+            "count_matches_closed_form": all(count[P] == closed[P] for P in count.index)}
+
+
+# ---------------------------------------------------------------------- step times
+
+def step_times(sizes, world_sizes, strategies, *, seed=0, data, batch_size, lr, warmup, repeats,
+               reference=True, timeout_s=300.0, backend="gloo") -> pd.DataFrame:
+    """Step times of every (strategy, P) plan, and of one process, measured interleaved in one group.
+
+    One group of ``max(world_sizes)`` ranks (one thread each) times, in each of ``repeats`` rounds
+    (after ``warmup`` rounds), one training step of every configuration, in an order rotated each
+    round (:func:`mpnn.deploy.worker.job_interleaved`); a step runs from a barrier to the end of the
+    last rank of its plan. With ``reference`` the single-process ``nn.Sequential`` step is one of the
+    configurations (``strategy = "single process"``, ``ranks = 1``) and every row gets
+    ``single_s`` (the single-process step of the same round) and ``ratio_to_single``.
+    Returns one row per configuration and round.
+    """
+    plans = plans_for(sizes, world_sizes, strategies)
+    job = {"kind": "interleaved", "plans": [p.to_dict() for p in plans], "seed": seed, "data": data,
+           "batch": batch_size, "lr": lr, "warmup": warmup, "repeats": repeats, "reference": reference,
+           "dtype": "float32", "backend": backend}
+    res = launch(job, max(world_sizes), timeout_s=timeout_s)
+    rows = []
+    for i, plan in enumerate(plans):
+        P = plan.world_size
+        per = _summarise_launch(plan, [{"rows": r["rows"][i]} for r in res.results[:P]], batch_size)
+        for rnd, row in enumerate(per):
+            rows.append({"strategy": plan.strategy, "ranks": P, "round": rnd, "f_crit": critical_fraction(plan),
+                         **row})
+    df = pd.DataFrame(rows)
+    if reference:
+        single = pd.DataFrame([{"strategy": "single process", "ranks": 1, "round": r["round"],
+                                "step_s": r["t1"] - r["t0"], "f_crit": 1.0, "bytes": 0, "comm_s": 0.0}
+                               for r in res.results[0]["rows"][len(plans)]])
+        by_round = single.set_index("round").step_s
+        df = pd.concat([df, single], ignore_index=True)
+        df["single_s"] = df["round"].map(by_round)
+        df["ratio_to_single"] = df.step_s / df.single_s
+    return df
+
+
+def _medians(df: pd.DataFrame, col: str) -> pd.DataFrame:
+    """Median and quartiles of ``col`` per (strategy, ranks)."""
+    g = df.groupby(["strategy", "ranks"], sort=False)[col]
+    return pd.DataFrame({"median": g.median(), "q25": g.quantile(0.25), "q75": g.quantile(0.75),
+                         "n": g.size()}).reset_index()
+
+
+# ---------------------------------------------------------------------- timing claims
+# Module-level functions of picklable inputs, decided in one run (recorded by mpnn.runtime.timing.measure
+# and replayed under load by `python -m mpnn timing`).
+
+def fewer_messages_claim(sizes, world_sizes, *, data, batch_size, lr, warmup, repeats, min_ratio,
+                         seed=0, timeout_s=300.0, backend="gloo") -> dict:
+    """Layer-wise (few messages) against neuron-wise ``count`` (many messages) for every P, timed
+    interleaved in one run (:func:`step_times`) and decided by :func:`decide_fewer_messages`."""
+    df = step_times(sizes, world_sizes, ["count", "layer"], seed=seed, data=data, batch_size=batch_size,
+                    lr=lr, warmup=warmup, repeats=repeats, reference=False, timeout_s=timeout_s, backend=backend)
+    return decide_fewer_messages(df, min_ratio)
+
+
+def decide_fewer_messages(df: pd.DataFrame, min_ratio: float) -> dict:
+    """Per round, ``count step / layer step``; holds when the median of these per-round ratios
+    exceeds ``min_ratio`` for every P with a layer-wise plan."""
+    df = df[df.strategy.isin(["count", "layer"])]
+    wide = df.pivot_table(index=["ranks", "round"], columns="strategy", values="step_s").dropna()
+    ratio = (wide["count"] / wide["layer"]).groupby("ranks")
+    med, q25, q75 = ratio.median(), ratio.quantile(0.25), ratio.quantile(0.75)
+    steps = df.groupby(["strategy", "ranks"]).step_s.median()
+    Ps = [int(P) for P in med.index]
+    passed = bool(all(med[P] > min_ratio for P in Ps))
+    measured = "median per-round ratio neuron-wise (count) / layer-wise step: " + ", ".join(
+        f"P={P}: {med[P]:.2f}x (quartiles {q25[P]:.2f}-{q75[P]:.2f}; {steps[('layer', P)] * 1e3:.1f} vs "
+        f"{steps[('count', P)] * 1e3:.1f} ms)" for P in Ps) + f"; claim: > {min_ratio:g}x for every P"
+    return {"passed": passed, "measured": measured, "min_ratio": float(min_ratio), "rounds": int(df["round"].nunique()),
+            "ratio_median": {P: float(med[P]) for P in Ps}, "ratio_q25": {P: float(q25[P]) for P in Ps},
+            "ratio_q75": {P: float(q75[P]) for P in Ps},
+            "layer_ms": {P: float(steps[("layer", P)] * 1e3) for P in Ps},
+            "count_ms": {P: float(steps[("count", P)] * 1e3) for P in Ps}}
+
+
+def overhead_claim(sizes, world_sizes, strategies, *, data, batch_size, lr, warmup, repeats, min_ratio,
+                   seed=0, timeout_s=300.0, backend="gloo") -> dict:
+    """Every split slower than one process, timed interleaved in one run (:func:`step_times`) and
+    decided by :func:`decide_overhead`."""
+    df = step_times(sizes, world_sizes, strategies, seed=seed, data=data, batch_size=batch_size, lr=lr,
+                    warmup=warmup, repeats=repeats, reference=True, timeout_s=timeout_s, backend=backend)
+    return decide_overhead(df, min_ratio)
+
+
+def decide_overhead(df: pd.DataFrame, min_ratio: float) -> dict:
+    """Holds when, for every (strategy, P), the median over rounds of ``distributed step /
+    single-process step of the same round`` exceeds ``min_ratio``."""
+    split = df[df.strategy != "single process"]
+    r = _medians(split, "ratio_to_single")
+    lo = r.loc[r["median"].idxmin()]
+    comm_share = float((split.comm_s / split.step_s).median())
+    passed = bool(r["median"].min() > min_ratio)
+    measured = (f"median ratio to the single-process step of the same round, over {df['round'].nunique()} rounds: "
+                f"{r['median'].min():.1f}x ({lo.strategy}, P={int(lo.ranks)}; quartiles {lo.q25:.1f}-{lo.q75:.1f}) "
+                f"to {r['median'].max():.1f}x; single process {df[df.strategy == 'single process'].step_s.median() * 1e3:.2f} ms; "
+                f"communication is {comm_share:.0%} of a split step (median); claim: every split > {min_ratio:g}x")
+    return {"passed": passed, "measured": measured, "min_ratio": float(min_ratio), "rounds": int(df["round"].nunique()),
+            "ratios": r.to_dict("records"), "comm_share": comm_share,
+            "steps": _medians(df, "step_s").to_dict("records")}
+
+
+def latency_model_claim(sizes, world_sizes, strategies, *, data, batch_size, lr, warmup, repeats, max_error,
+                        seed=0, timeout_s=300.0, backend="gloo") -> dict:
+    """The latency model fitted to step times measured interleaved in one run (:func:`step_times`),
+    decided by :func:`decide_latency_model`."""
+    df = step_times(sizes, world_sizes, strategies, seed=seed, data=data, batch_size=batch_size, lr=lr,
+                    warmup=warmup, repeats=repeats, reference=True, timeout_s=timeout_s, backend=backend)
+    return decide_latency_model(df, max_error)
+
+
+def decide_latency_model(df: pd.DataFrame, max_error: float) -> dict:
+    """Fit the latency model to the median step of every (strategy, P) (``T_1`` = the median
+    single-process step); holds when the median relative error is below ``max_error``."""
+    split = df[df.strategy != "single process"]
+    t1 = float(df[df.strategy == "single process"].step_s.median())
+    pts = split.groupby(["strategy", "ranks"], sort=False).agg(
+        step_s=("step_s", "median"), q25=("step_s", lambda v: v.quantile(0.25)),
+        q75=("step_s", lambda v: v.quantile(0.75)), comm_s=("comm_s", "median"), f_crit=("f_crit", "first"),
+        messages_max_rank=("messages_max_rank", "first"), bytes_max_rank=("bytes_max_rank", "first")).reset_index()
+    fit = fit_latency(pts.step_s, np.full(len(pts), t1), pts.f_crit, pts.messages_max_rank, pts.bytes_max_rank)
+    pts["predicted_s"] = fit.predict(t1, pts.f_crit, pts.messages_max_rank, pts.bytes_max_rank)
+    pts["rel_err"] = fit.rel_err
+    med_err = float(np.median(fit.rel_err))
+    beta = (f"{fit.beta_Bps / 1e6:.1f} MB/s" if np.isfinite(fit.beta_Bps)
+            else "not identifiable (payloads of tens of kB cost nothing next to the per-message latency)")
+    passed = bool(med_err < max_error)
+    measured = (f"fitted to the median step of {len(pts)} (strategy, P) over {df['round'].nunique()} interleaved rounds: "
+                f"c = {fit.c:.2f}, alpha = {fit.alpha_s * 1e6:.0f} us per message, beta {beta}; "
+                f"relative error median {med_err:.0%}, max {fit.rel_err.max():.0%}; claim: median < {max_error:.0%}")
+    return {"passed": passed, "measured": measured, "max_error": float(max_error), "rounds": int(df["round"].nunique()),
+            "c": fit.c, "alpha_s": fit.alpha_s, "beta_Bps": fit.beta_Bps, "median_rel_err": med_err,
+            "t_single_s": t1, "points": pts.to_dict("records")}
+
+
+def decide_all(df: pd.DataFrame, *, min_ratio_messages: float, min_ratio_overhead: float,
+               max_latency_error: float) -> tuple[dict, dict, dict]:
+    """The three timing decisions on one shared :func:`step_times` run (figures only: nothing recorded)."""
+    return (decide_fewer_messages(df, min_ratio_messages), decide_overhead(df, min_ratio_overhead),
+            decide_latency_model(df, max_latency_error))
+
+
+# ---------------------------------------------------------------------- cost tables and figures
+
+def ratio_table(overhead: dict) -> pd.DataFrame:
+    """Distributed / single-process step of the same round per (strategy, P): median and quartiles."""
+    return pd.DataFrame(overhead["ratios"]).rename(columns={"median": "ratio (median)", "q25": "lower quartile",
+                                                            "q75": "upper quartile", "n": "rounds"})
+
+
+def step_ms_table(overhead: dict, world_sizes) -> pd.DataFrame:
+    """Median and quartiles of the step (ms) per (strategy, P); the single-process step as a flat
+    line over every P."""
+    steps = pd.DataFrame(overhead["steps"])
+    single_ms = float(steps[steps.strategy == "single process"]["median"].iloc[0]) * 1e3
+    split = steps[steps.strategy != "single process"].assign(
+        **{c: lambda d, c=c: d[c] * 1e3 for c in ("median", "q25", "q75")})
+    return pd.concat([split, pd.DataFrame({"strategy": "single process", "ranks": list(world_sizes),
+                                           "median": single_ms, "q25": single_ms, "q75": single_ms})])
+
+
+def figure_cost_vs_ranks(step_ms: pd.DataFrame, traffic: pd.DataFrame, world_sizes) -> alt.HConcatChart:
+    """Left: ms per step against P (median, quartile band). Right: bytes per step, measured
+    (points) and the volume model (dashed)."""
+    times = plots.line_ci(step_ms, "ranks", "strategy", y="median", low="q25", high="q75",
+                          title="Time per training step (forward + backward + SGD)",
+                          y_title="ms per step (median, quartiles over rounds)", x_title="number of ranks P")
+    times.layer[0] = times.layer[0].encode(
+        x=alt.X("ranks:Q", scale=alt.Scale(domain=[min(world_sizes), max(world_sizes)])))
+    nw = traffic[["strategy", "ranks", "bytes", "model_bytes"]]
+    pts = alt.Chart(nw).mark_point(size=80, filled=True).encode(
+        x=alt.X("ranks:Q", title="number of ranks P"), y=alt.Y("bytes:Q", title="bytes sent per step (all ranks)"),
+        color="strategy:N", tooltip=list(nw.columns))
+    lines = alt.Chart(nw).mark_line(strokeDash=[4, 3]).encode(x="ranks:Q", y="model_bytes:Q", color="strategy:N")
+    volume_chart = (lines + pts).properties(title="Bytes per step: measured (points) and volume model (dashed)",
+                                            width=380, height=260)
+    return alt.hconcat(times.resolve_scale(y="shared"), volume_chart)
+
+
+def figure_time_breakdown(latency: dict) -> alt.Chart:
+    """Stacked bars per (strategy, P): the median step split into compute and the busiest rank's
+    waiting time on transfers (communication)."""
+    brk = pd.DataFrame(latency["points"])
+    brk = brk.assign(compute_ms=(brk.step_s - brk.comm_s).clip(lower=0) * 1e3, communication_ms=brk.comm_s * 1e3)
+    long = brk[["strategy", "ranks", "compute_ms", "communication_ms"]].melt(["strategy", "ranks"], var_name="part",
+                                                                             value_name="ms")
+    return alt.Chart(long).mark_bar().encode(
+        x=alt.X("ranks:O", title="P"), y=alt.Y("ms:Q", title="ms per step (median over rounds)"),
+        color=alt.Color("part:N", title=None), column=alt.Column("strategy:N", title=None),
+        tooltip=["strategy", "ranks", "part", alt.Tooltip("ms:Q", format=".2f")],
+    ).properties(width=110, height=220, title="Where a step's time goes (busiest rank's waiting time = communication)")
+
+
+def figure_latency_model(latency: dict) -> alt.LayerChart:
+    """Model against measured ms per step, one point per (strategy, P), with the diagonal."""
+    fit_rows = pd.DataFrame(latency["points"]).assign(measured_ms=lambda d: d.step_s * 1e3,
+                                                      predicted_ms=lambda d: d.predicted_s * 1e3)
+    lim = [0, float(max(fit_rows.measured_ms.max(), fit_rows.predicted_ms.max())) * 1.05]
+    diag = alt.Chart(pd.DataFrame({"x": lim})).mark_line(color="gray", strokeDash=[3, 3]).encode(x="x:Q", y="x:Q")
+    pts = alt.Chart(fit_rows).mark_point(filled=True, size=60).encode(
+        x=alt.X("measured_ms:Q", title="measured ms per step (median)"), y=alt.Y("predicted_ms:Q", title="model ms per step"),
+        color="strategy:N", shape="ranks:N", tooltip=["strategy", "ranks", "measured_ms", "predicted_ms", "rel_err"])
+    return (diag + pts).properties(title="Latency model against the measurements", width=360, height=300)
+
+
+# ---------------------------------------------------------------------- projection
+
+def projection(width: int, layers: int, batch: int, hw: Hardware = Hardware()) -> dict:
+    """:func:`mpnn.deploy.cost.project` over P = 1..2048 servers (45 log-spaced points) and at the
+    fewest servers whose memory holds the model; ``table`` holds the curves of the figure."""
+    Ps = np.unique(np.logspace(0, 11, 45, base=2).round().astype(int))
+    pr = project(width, layers, batch, Ps, hw)
+    table = pd.concat([pd.DataFrame({"servers": Ps, "seconds per step": pr["neuron_wise_s"], "split": "neuron-wise"}),
+                       pd.DataFrame({"servers": Ps, "seconds per step": pr["layer_wise_s"], "split": "layer-wise"}),
+                       pd.DataFrame({"servers": Ps, "seconds per step": pr["single_s"] / Ps,
+                                     "split": "compute only (ideal)"})])
+    table = table[~((table.split == "layer-wise") & (table.servers > layers))]
+    need = pr["min_servers"]
+    return {"curves": pr, "table": table, "need": need, "at_need": project(width, layers, batch, np.array([need]), hw),
+            "best": int(Ps[np.argmin(pr["neuron_wise_s"])]), "hw": hw}
+
+
+def projection_summary(proj: dict) -> str:
+    pr, at, need, best = proj["curves"], proj["at_need"], proj["need"], proj["best"]
+    return (f"{pr['params'] / 1e9:.0f} B parameters need >= {need} servers of {proj['hw'].memory_B / 1e9:.0f} GB; "
+            f"at P = {need}: neuron-wise {at['neuron_wise_s'][0]:.1f} s/step of which communication "
+            f"{at['neuron_comm_s'][0]:.1f} s; layer-wise {at['layer_wise_s'][0]:.1f} s/step; the neuron-wise "
+            f"optimum is P = {best} ({pr['neuron_wise_s'].min():.2f} s/step, ideal {pr['single_s'] / best:.2f} s)")
+
+
+def figure_projection(proj: dict) -> alt.LayerChart:
+    """Projected step time against servers (log-log), with a rule at the fewest servers that hold the model."""
+    line = alt.Chart(proj["table"]).mark_line().encode(
+        x=alt.X("servers:Q", scale=alt.Scale(type="log"), title="servers P"),
+        y=alt.Y("seconds per step:Q", scale=alt.Scale(type="log")), color="split:N", strokeDash="split:N")
+    rule = alt.Chart(pd.DataFrame({"servers": [proj["need"]]})).mark_rule(color="red").encode(x="servers:Q")
+    return (line + rule).properties(title=f"Projected step time, {proj['curves']['params'] / 1e9:.0f} B-parameter MLP "
+                                          "(red: fewest servers whose memory holds it)", width=480, height=300)
+
+
+# ---------------------------------------------------------------------- faults and restart
+
+def fault_and_restart(sizes, world_size, *, strategy, seed, data, batch_size, lr, steps, kill_rank,
+                      kill_step, shared_dir, timeout_s=180.0, grace_s=30.0, backend="gloo") -> dict:
+    """Run ``steps`` SGD steps with a checkpoint after each; ``kill_rank`` dies (SIGKILL) before step
+    ``kill_step``. Then a fresh group resumes from the shared checkpoint and finishes."""
+    plan = make_plan(strategy, sizes, world_size)
+    shared = Path(shared_dir)
+    job = {"kind": "train", "plan": plan.to_dict(), "seed": seed, "data": data, "batch": batch_size,
+           "lr": lr, "steps": steps, "ckpt_every": 1, "ckpt_dir": str(shared), "dtype": "float64",
+           "backend": backend, "kill": {"rank": kill_rank, "step": kill_step}}
+    t0 = time.perf_counter()
+    try:
+        launch(job, world_size, timeout_s=timeout_s, grace_s=grace_s)
+        raise AssertionError("the run with a killed rank finished without an error")
+    except DeployError as err:
+        failure, outcomes = str(err), err.outcomes
+    fail_wall = time.perf_counter() - t0
+    resume_step = ckpt.latest_step(shared)
+    res = launch({**job, "kill": None}, world_size, timeout_s=timeout_s)
+    pids = [o.pid for o in outcomes] + [o.pid for o in res.outcomes]
+    _, _, ref_final = reference(sizes, seed, data, batch_size, lr, steps)
+    got = assemble(plan, [r["final"] for r in res.results])
+    _, stored, last = ckpt.consolidate(shared)
+    t_kill = outcomes[kill_rank].exit_s
+    return {
+        "leftover": leftover(pids), "error": failure, "fail_wall_s": fail_wall, "resume_step": resume_step, "last_step": last,
+        "outcomes": pd.DataFrame([{"rank": o.rank, "pid": o.pid, "how it ended": o.describe().split(") ", 1)[1],
+                                   "exit after start (s)": o.exit_s,
+                                   "stopped after the kill (s)": o.exit_s - t_kill,
+                                   "killed by launcher": o.killed_by_launcher} for o in outcomes]),
+        "restart_start": sorted({r["start"] for r in res.results}),
+        "max_diff_final": max_difference(got, ref_final), "max_diff_checkpoint": max_difference(stored, ref_final),
+        "losses": res.results[plan.head]["losses"],
+    }
+
+
+# ---------------------------------------------------------------------- torchrun
+
+def torchrun_equivalence(sizes, ranks, *, seed, data, batch_size, lr, k_steps, timeout_s=300.0,
+                         backend="gloo") -> dict:
+    """The count plan's equivalence job under ``torchrun`` (loopback, ``ranks`` processes): the
+    command (temporary paths as ``$TMP``), the wall time and max |distributed - single process|
+    of the logits and of the parameters after ``k_steps`` steps."""
+    plan = make_plan("count", sizes, ranks)
+    job = {"kind": "equivalence", "plans": [plan.to_dict()], "seed": seed, "data": data, "batch": batch_size,
+           "lr": lr, "k_steps": k_steps, "dtype": "float64", "backend": backend}
+    results, cmd, wall = torchrun(job, ranks, timeout_s=timeout_s)
+    ref_logits, _, ref_final = reference(sizes, seed, data, batch_size, lr, k_steps)
+    per = [r["plans"][0] for r in results]
+    diff = max(float((per[plan.head]["logits"] - ref_logits).abs().max()),
+               max_difference(assemble(plan, [p["final"] for p in per]), ref_final))
+    return {"command": " ".join(cmd[1:]).replace(tempfile.gettempdir(), "$TMP"), "wall_s": wall, "max_diff": diff}
+
+
+# ---------------------------------------------------------------------- the explorer
+
+def volume_table(sizes, strategies, batch_size: int, P_max: int = 8) -> pd.DataFrame:
+    """The volume model's kB per training step (forward + backward, float32) per strategy, P = 2..P_max."""
+    plans = [p for s in strategies for p in plans_for(sizes, range(2, P_max + 1), [s])]
+    return pd.DataFrame([{"strategy": p.strategy, "ranks": p.world_size,
+                          "kB per step": (sum(v["fwd_bytes"]) + sum(v["bwd_bytes"])) / 1e3}
+                         for p in plans for v in [volume(p, batch_size, 4)]])
+
+
+def figure_volume(table: pd.DataFrame) -> alt.Chart:
+    return alt.Chart(table).mark_line(point=True).encode(
+        x=alt.X("ranks:Q", title="ranks P"), y="kB per step:Q", color="strategy:N",
+        tooltip=["strategy", "ranks", alt.Tooltip("kB per step:Q", format=".1f")],
+    ).properties(title="Volume model: bytes per training step against P", width=420, height=260)
+
+
+def rank_traffic(strategy: str, ranks: int, *, sizes, batch_size: int):
+    """One plan, built without processes: neurons, parameters, kB sent and messages per rank and step
+    (raises :class:`~mpnn.deploy.plan.PlanError`, a ``ValueError``, when the plan cannot be made)."""
+    plan = make_plan(strategy, sizes, ranks)
+    v = volume(plan, batch_size, 4)
+    return pd.DataFrame({"rank": range(plan.world_size), "neurons": plan.neurons_per_rank(),
+                         "parameters": plan.params_per_rank(),
+                         "kB sent forward": np.array(v["fwd_bytes"]) / 1e3,
+                         "kB sent backward": np.array(v["bwd_bytes"]) / 1e3,
+                         "messages": np.array(v["fwd_msgs"]) + np.array(v["bwd_msgs"])}).style.hide(axis="index")

@@ -1,0 +1,131 @@
+"""mpnn.experiments.multipart_deployment: one group for every P, interleaved timing, the decisions,
+the chapter's tables (the mechanisms: tests/test_deploy.py)."""
+import pandas as pd
+import pytest
+
+from mpnn.deploy import PlanError, STRATEGIES, by_ids, cost, make_plan
+from mpnn.experiments import multipart_deployment as E
+
+SIZES = [12, 10, 7, 4]      # input 12, hidden 10 and 7, output 4
+SEED, LR, BATCH, K = 3, 0.2, 16, 3
+DATA = {"kind": "synthetic", "n": 64, "seed": 5}
+
+
+# ---------------------------------------------------------------------- one group for every P, interleaved timing
+
+def test_one_group_checks_every_rank_count_and_counts_traffic():
+    eq, traffic = E.equivalence_and_traffic(SIZES, [2, 3], list(STRATEGIES), SEED, data=DATA,
+                                                      batch_size=BATCH, lr=LR, k_steps=K, timeout_s=90)
+    assert len(eq) == len(traffic) == 8                              # 4 strategies x P in {2, 3}
+    assert eq[["logits", "gradients", f"params after {K} steps"]].to_numpy().max() < 1e-12
+    assert eq["bytes match model"].all()
+    for row in traffic.itertuples():                                 # float32 step: 4 bytes a number
+        v = cost.volume(make_plan(row.strategy, SIZES, row.ranks), BATCH, 4)
+        assert row.bytes == row.model_bytes == sum(v["fwd_bytes"]) + sum(v["bwd_bytes"])
+        assert row.messages_max_rank == max(f + b for f, b in zip(v["fwd_msgs"], v["bwd_msgs"]))
+
+
+def test_step_times_rows_and_rounds():
+    df = E.step_times(SIZES, [2, 3], ["count", "layer"], data=DATA, batch_size=BATCH, lr=LR,
+                                warmup=1, repeats=3, timeout_s=90)
+    split = df[df.strategy != "single process"]
+    assert sorted(set(zip(split.strategy, split.ranks))) == [("count", 2), ("count", 3), ("layer", 2), ("layer", 3)]
+    assert (df.groupby(["strategy", "ranks"])["round"].apply(sorted) .apply(lambda r: r == [0, 1, 2])).all()
+    assert (df.step_s > 0).all()
+    # ratio_to_single divides by the single-process step of the same round
+    single = df[df.strategy == "single process"].set_index("round").step_s
+    assert (split.ratio_to_single == split.step_s / split["round"].map(single)).all()
+    assert (split.bytes == split.model_bytes).all()
+
+
+def _fake_times(rows):
+    return pd.DataFrame([{"strategy": s, "ranks": P, "round": r, "step_s": t, "comm_s": c, "f_crit": f,
+                          "messages_max_rank": m, "bytes_max_rank": b} for s, P, r, t, c, f, m, b in rows])
+
+
+def test_decide_fewer_messages_uses_per_round_ratios():
+    # P=2: per-round count/layer ratios 3, 1, 2 -> median 2 (the ratio of medians would be 4/2 = 2 too);
+    # P=3: ratios 1.1, 1.2, 5 -> median 1.2, below a 1.25 margin
+    rows = []
+    for r, (c, l) in enumerate([(3.0, 1.0), (4.0, 4.0), (8.0, 4.0)]):
+        rows += [("count", 2, r, c, 0, 0.5, 7, 10), ("layer", 2, r, l, 0, 1.0, 2, 10)]
+    for r, (c, l) in enumerate([(1.1, 1.0), (1.2, 1.0), (5.0, 1.0)]):
+        rows += [("count", 3, r, c, 0, 0.3, 14, 10), ("layer", 3, r, l, 0, 1.0, 2, 10)]
+    res = E.decide_fewer_messages(_fake_times(rows), 1.25)
+    assert res["ratio_median"] == pytest.approx({2: 2.0, 3: 1.2})
+    assert res["passed"] is False
+    assert E.decide_fewer_messages(_fake_times([x for x in rows if x[1] == 2]), 1.25)["passed"] is True
+
+
+def test_decide_overhead_and_latency_model_on_known_times():
+    t1, alpha = 1e-3, 2e-4                   # single step 1 ms, 0.2 ms per message, bandwidth irrelevant
+    rows = []
+    for r in range(3):
+        rows.append(("single process", 1, r, t1, 0.0, 1.0, 0, 0))
+        for s, P, f, m in [("count", 2, 0.5, 7), ("layer", 2, 1.0, 2), ("count", 3, 0.34, 14)]:
+            rows.append((s, P, r, 1.5 * t1 * f + alpha * m, alpha * m, f, m, 1000))
+    df = _fake_times(rows)
+    df["single_s"] = t1
+    df["ratio_to_single"] = df.step_s / t1
+    over = E.decide_overhead(df, 1.5)
+    lowest = min(r["median"] for r in over["ratios"])
+    assert lowest == pytest.approx(1.5 + 0.4) and over["passed"] is True        # layer, P=2: 1.9x
+    assert E.decide_overhead(df, 2.0)["passed"] is False
+    lat = E.decide_latency_model(df, 0.35)
+    assert lat["c"] == pytest.approx(1.5, rel=1e-6) and lat["alpha_s"] == pytest.approx(alpha, rel=1e-6)
+    assert lat["median_rel_err"] < 1e-9 and lat["passed"] is True
+
+
+# ---------------------------------------------------------------------- the chapter's tables (no processes)
+
+def test_fit_visits_the_workers_batches_in_step_order():
+    import torch
+    from mpnn import train
+    from mpnn.deploy.worker import batch, make_data
+    x, y = make_data(DATA, SIZES[0], SIZES[-1])
+    x_fit, y_fit, rows = E.batches_in_fit_order(x, y, 5, BATCH, SEED)
+    seen = []
+    model = torch.nn.Linear(1, 1)
+    train.fit(model, lambda b, step: seen.append(b) or model.weight.sum() * 0, (x_fit, y_fit),
+              torch.optim.SGD(model.parameters(), lr=0.0), epochs=1, batch_size=rows, seed=SEED)
+    assert rows == BATCH and len(seen) == 5
+    for step, (xb, yb) in enumerate(seen):
+        want_x, want_y = batch(x, y, step, BATCH, SEED)
+        assert torch.equal(xb, want_x) and torch.equal(yb, want_y)
+
+
+def test_metadata_lines_and_invalid_plan_table_by_hand():
+    p = by_ids([3, 4, 2], {0: [0, 2, 4], 1: [1, 3, 5]})   # global IDs: layer 1 = 0..3, layer 2 = 4..5
+    assert E.metadata_lines(p, 1) == ["  layer 1: local 1, 3 | reads from rank 0: 0, 2 | sends to ranks [0]",
+                                      "  layer 2: local 5 | sends to ranks [0]"]
+    assert E._short_ranges([[0, 3], [5, 6], [8, 10], [11, 12], [20, 22]]) == "0-2, 5, 8-9, 11, ... (9 neurons)"
+    table = E.try_plans({"twice": lambda: by_ids([3, 2, 2], {0: [0, 1, 2], 1: [2, 3]}),
+                         "fine": lambda: by_ids([3, 2, 2], {0: [0, 1], 1: [2, 3]})})
+    assert "owned twice" in table.error[0] and table.error[1] == "ACCEPTED (bug)"
+
+
+def test_volume_table_and_rank_traffic_follow_the_volume_model():
+    table = E.volume_table(SIZES, list(STRATEGIES), BATCH, P_max=4)
+    assert list(zip(table.strategy, table.ranks))[:3] == [("count", 2), ("count", 3), ("count", 4)]
+    assert set(table[table.strategy == "layer"].ranks) == {2, 3}           # 3 layers: at most 3 ranks
+    count3 = table[(table.strategy == "count") & (table.ranks == 3)]["kB per step"].item()
+    assert count3 == pytest.approx(2 * cost.neuron_wise_forward_bytes(SIZES, 3, BATCH, 4) / 1e3)
+    per_rank = E.rank_traffic("layer", 3, sizes=SIZES, batch_size=BATCH).data
+    # layer-wise on 3 ranks: rank 0 sends h_1 (10 wide), rank 1 h_2 (7), rank 2 the logits (4) to the head
+    assert per_rank["kB sent forward"].tolist() == pytest.approx([BATCH * 4 * n / 1e3 for n in (10, 7, 4)])
+    assert per_rank["parameters"].tolist() == [10 * 13, 7 * 11, 4 * 8]
+    with pytest.raises(ValueError, match="at most 3 ranks"):              # PlanError is a ValueError
+        E.rank_traffic("layer", 4, sizes=SIZES, batch_size=BATCH)
+    assert issubclass(PlanError, ValueError)
+
+
+def test_traffic_summary_and_wire_ratio():
+    rows = [("count", P, 2 * cost.neuron_wise_forward_bytes(SIZES, P, BATCH, 4), w) for P, w in ((2, 1.1), (3, None))]
+    rows.append(("layer", 2, 100, None))
+    traffic = pd.DataFrame([{"strategy": s, "ranks": P, "bytes": b, "model_bytes": b, "wire_bytes": None if w is None else w * b}
+                            for s, P, b, w in rows])
+    summary = E.traffic_summary(traffic, SIZES, BATCH)
+    assert summary["payload_matches_model"] and summary["count_matches_closed_form"]
+    assert summary["layer"].to_dict() == {2: 100}
+    assert E.wire_ratio(traffic).tolist() == pytest.approx([1.1])
+    assert E.wire_ratio(traffic.assign(wire_bytes=None)) is None
