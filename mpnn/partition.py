@@ -18,8 +18,8 @@ descent on ``sum_i L_i`` *is* independent gradient descent on every ``L_i``:
 ``torch.optim.SGD`` per neuron, autograd) used by the tests and the benchmark. Independent
 replicas (seeds) stack the same way: give replica ``s`` the units ``s*n .. s*n + n - 1``.
 
-:func:`train_mlp` trains a stack of independent one-hidden-layer MLPs (the centralised baseline,
-one per seed) in one pass: Adam is element-wise, so a stacked Adam step equals separate ones.
+:func:`group_means` and :func:`specialization_index` read the trained neurons: a score of every
+neuron on every group, and how much better the routed neuron is on its group than the others.
 """
 from __future__ import annotations
 
@@ -28,8 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Neurons", "train_isolated", "train_loop", "MLPStack", "train_mlp", "group_means",
-           "specialization_index", "mlp_hidden_for"]
+__all__ = ["Neurons", "train_isolated", "train_loop", "group_means", "specialization_index"]
 
 _LOSSES = ("logistic", "squared")
 
@@ -178,70 +177,19 @@ def train_loop(x: torch.Tensor, y: torch.Tensor, assign: torch.Tensor, n_units: 
     return Neurons(torch.stack(Ws), torch.stack(bs), loss)
 
 
-# ---------------------------------------------------------------- centralised baseline
-
-def mlp_hidden_for(n_params: int, d: int) -> int:
-    """Largest hidden width ``H`` with ``H (d + 2) + 1 <= n_params`` (a d-H-1 MLP's parameter count)."""
-    h = (n_params - 1) // (d + 2)
-    if h < 1:
-        raise ValueError(f"{n_params} parameters cannot hold a {d}-H-1 MLP (needs at least {d + 3})")
-    return h
-
-
-class MLPStack(nn.Module):
-    """``R`` independent d-H-1 tanh MLPs evaluated in one batched pass: x (R, N, d) -> logits (R, N)."""
-
-    def __init__(self, replicas: int, d: int, hidden: int, seeds: list[int] | None = None):
-        super().__init__()
-        seeds = list(range(replicas)) if seeds is None else list(seeds)
-        if len(seeds) != replicas:
-            raise ValueError(f"need one seed per replica ({replicas}), got {len(seeds)}")
-        W1, W2 = [], []
-        for s in seeds:                                        # PyTorch-default-like uniform init
-            g = torch.Generator().manual_seed(int(s))
-            W1.append((torch.rand(d, hidden, generator=g) * 2 - 1) / d ** 0.5)
-            W2.append((torch.rand(hidden, generator=g) * 2 - 1) / hidden ** 0.5)
-        self.W1 = nn.Parameter(torch.stack(W1))                # (R, d, H)
-        self.b1 = nn.Parameter(torch.zeros(replicas, hidden))  # (R, H)
-        self.W2 = nn.Parameter(torch.stack(W2))                # (R, H)
-        self.b2 = nn.Parameter(torch.zeros(replicas))          # (R,)
-
-    def n_params_each(self) -> int:
-        return sum(p[0].numel() for p in self.parameters())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.tanh(torch.bmm(x, self.W1) + self.b1[:, None])   # (R, N, H)
-        return (h * self.W2[:, None]).sum(-1) + self.b2[:, None]   # (R, N)
-
-
-def train_mlp(x: torch.Tensor, y: torch.Tensor, hidden: int, *, seeds: list[int], steps: int = 500,
-              lr: float = 0.05, l2: float = 1e-3) -> MLPStack:
-    """Train one MLP per replica on its own data, x (R, N, d), y (R, N): full-batch Adam on mean BCE."""
-    if x.dim() != 3 or y.shape != x.shape[:2]:
-        raise ValueError(f"need x (R, N, d) and y (R, N), got {tuple(x.shape)} and {tuple(y.shape)}")
-    model = MLPStack(x.shape[0], x.shape[2], hidden, seeds).to(device=x.device, dtype=x.dtype)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    y = y.to(x)
-    for _ in range(steps):
-        opt.zero_grad()
-        z = model(x)
-        # sum over replicas of each replica's mean loss: replica gradients stay separate
-        obj = nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none").mean(1).sum()
-        obj = obj + 0.5 * l2 * ((model.W1 ** 2).sum() + (model.W2 ** 2).sum())
-        obj.backward()
-        opt.step()
-    return model
-
-
 # ---------------------------------------------------------------- analysis
 
 def group_means(values: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """Mean of per-unit values per group: values (N, n), groups (N,) -> (n, n_groups); NaN if empty."""
-    g = groups.long()
-    tot = torch.zeros(n_groups, values.shape[1], dtype=values.dtype, device=values.device)
-    tot.index_add_(0, g, values)
-    cnt = torch.bincount(g, minlength=n_groups).to(values)
-    return (tot / cnt[:, None]).masked_fill(cnt[:, None] == 0, float("nan")).T
+    """Mean of per-unit values over each group's samples: ``M[..., i, g] = mean_{k: G_k = g} v_{k i}``.
+
+    values (..., N, n), groups (..., N) integers in 0..n_groups-1 -> (..., n, n_groups); leading
+    dimensions (e.g. stacked replicas) are kept. NaN where a group has no sample.
+    """
+    if values.shape[:-1] != groups.shape:
+        raise ValueError(f"values (..., N, n) and groups (..., N) disagree: {tuple(values.shape)} vs {tuple(groups.shape)}")
+    onehot = nn.functional.one_hot(groups.long(), n_groups).to(values)          # (..., N, G)
+    total = torch.einsum("...kn,...kg->...ng", values, onehot)                  # (..., n, G)
+    return total / onehot.sum(-2)[..., None, :]                                 # 0 / 0 = NaN when empty
 
 
 def specialization_index(A: torch.Tensor, route: torch.Tensor) -> torch.Tensor:

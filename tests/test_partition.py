@@ -121,12 +121,18 @@ def test_routed_and_group_means_and_specialization_index():
     assert math.isclose(float(swapped), ((0.6 - 0.6) + (0.5 - 0.5)) / 2, abs_tol=1e-6)
 
 
-def test_mlp_stack_replicas_are_independent():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 50, 4, generator=g)
-    y = (torch.rand(3, 50, generator=g) < 0.5).float()
-    both = P.train_mlp(x, y, 3, seeds=[11, 12, 13], steps=30)
-    one = P.train_mlp(x[1:2], y[1:2], 3, seeds=[12], steps=30)
-    assert torch.allclose(both.W1[1], one.W1[0], atol=1e-6) and torch.allclose(both.b2[1], one.b2[0], atol=1e-6)
-    assert both.n_params_each() == 3 * (4 + 2) + 1 == 19
-    assert P.mlp_hidden_for(30, 5) == 4
+def test_group_means_keeps_leading_dimensions_and_matches_a_naive_loop():
+    g = torch.Generator().manual_seed(4)
+    values = torch.rand(3, 40, 2, generator=g, dtype=torch.float64)     # (replicas, samples, units)
+    groups = torch.randint(0, 4, (3, 40), generator=g)
+    groups[1][groups[1] == 2] = 3                                      # replica 1 has no sample of group 2
+    out = P.group_means(values, groups, 4)                             # (replicas, units, groups)
+    for r in range(3):
+        for k in range(4):
+            rows = groups[r] == k
+            if rows.any():
+                assert torch.allclose(out[r, :, k], values[r][rows].mean(0), atol=1e-12)
+            else:
+                assert torch.isnan(out[r, :, k]).all()
+    with pytest.raises(ValueError, match="disagree"):
+        P.group_means(values, groups[:, :10], 4)

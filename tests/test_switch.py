@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpnn.switch import (LearnedSwitch, RuleSwitch, TagSwitch, gumbel_softmax, straight_through,
-                         topk_mask, train_gated_neurons)
+from mpnn.switch import LearnedSwitch, RuleSwitch, TagSwitch, gumbel_softmax, straight_through, topk_mask
 
 
 def _switch():
@@ -71,21 +70,3 @@ def test_tag_switch_and_primitives():
     assert torch.allclose(soft, torch.softmax((logits - torch.log(-torch.log(u))) / 0.5, -1))
     gate = LearnedSwitch(4, 3, mode="topk", k=1)
     assert torch.allclose(gate(torch.randn(5, 4)).sum(-1), torch.ones(5))
-
-
-def test_learned_switch_finds_two_obvious_regimes():
-    # two regimes separated by the sign of x0; in each, y depends on x1 with opposite sign.
-    # One logistic neuron cannot fit both; a learned switch with two neurons can.
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 400, 2, generator=g)
-    y = ((x[..., 0] > 0) == (x[..., 1] > 0)).float()          # XOR-like: needs the switch
-    model = train_gated_neurons(x, y, 2, seeds=[1, 2], steps=400, lr=0.05)
-    with torch.no_grad():
-        acc = ((model.predict(x) > 0.5).float() == y).float().mean(1)
-        route = model.route(x)
-    assert (acc > 0.85).all()
-    for r in range(2):                    # routing follows the sign of x0 or of x1 (both solve it)
-        agree = [float((route[r] == (x[r, :, j] > 0).long()).float().mean()) for j in (0, 1)]
-        assert max(max(a, 1 - a) for a in agree) > 0.85
-    with pytest.raises(ValueError, match="one seed per replica"):
-        train_gated_neurons(x, y, 2, seeds=[1], steps=1)
