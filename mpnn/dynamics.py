@@ -37,7 +37,6 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from mpnn.determinism import cpu_threads
@@ -46,8 +45,8 @@ __all__ = [
     "CompositionalData", "Mode", "LinearTrajectory", "ARCHITECTURES", "BLOCKS",
     "binary_patterns", "make_dataset", "mode_spectrum", "aligned_modes", "sigmoid_trajectory",
     "architecture_masks", "init_weights", "LinearGroup", "train_linear_groups", "train_linear",
-    "train_linear_loop", "heldout_experiments", "block_norms",
-    "mode_strengths", "predicted_strengths", "block_losses", "heldout_experiment",
+    "train_linear_loop", "block_norms", "converged_coupling",
+    "mode_strengths", "predicted_strengths", "block_losses",
     "full_rank_probability", "single_thread",
 ]
 
@@ -385,6 +384,16 @@ def block_norms(maps: torch.Tensor, data: CompositionalData) -> torch.Tensor:
                         for rows, cols in data.blocks().values()], -1)
 
 
+def converged_coupling(n2: int, k1: int, r: float, n_patterns: int) -> float:
+    """``||Gamma_x -> Omega_y||`` of the converged dense (or split) network, from a small initialisation.
+
+    Gradient descent from near zero converges to the minimum-norm interpolating map, whose Omega_y
+    rows are ``omega^T X^T / (P + k1 r^2)``: the block has norm ``r sqrt(n2 k1 P) / (P + k1 r^2)``.
+    """
+    P = n_patterns
+    return r * math.sqrt(n2 * k1 * P) / (P + k1 * r ** 2)
+
+
 def mode_strengths(maps: torch.Tensor, modes) -> list[torch.Tensor]:
     """Learned singular values per distinct mode: singular values of ``U_a^T W V_a``, (..., m_a) each."""
     return [torch.linalg.svdvals(Ua.T.to(maps) @ maps @ Va.to(maps)) for _, Ua, Va in modes]
@@ -424,54 +433,6 @@ def block_losses(maps: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, n2: int) 
     comp = err[..., :n2, :].sum(-2).mean(-1)
     non = err[..., n2:, :].sum(-2).mean(-1)
     return torch.stack([comp, non], -1)
-
-
-def _heldout_split(P: int, seeds: Sequence[int], n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per run, ``n_train`` training and ``P - n_train`` test patterns from a child of the run's seed."""
-    if not 1 <= n_train < P:
-        raise ValueError(f"n_train must be between 1 and {P - 1} (patterns left to test), got {n_train}")
-    # the training patterns come from a child of the run's seed, independent of its initial weights
-    perm_seeds = [int(np.random.SeedSequence([int(s), 1]).generate_state(1)[0]) for s in seeds]
-    perms = torch.stack([torch.randperm(P, generator=torch.Generator().manual_seed(ps))
-                         for ps in perm_seeds])                               # (R, P)
-    return perms[:, :n_train], perms[:, n_train:]
-
-
-def _gather(M: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return M.T[idx].transpose(1, 2)                                           # (R, rows, n)
-
-
-def heldout_experiments(cases: Sequence[tuple[CompositionalData, str]], seeds: Sequence[int], *, n_train: int = 3,
-                        hidden: int = 50, lr: float = 0.02, epochs: int = 500, init_std: float = 1e-3,
-                        device="cpu") -> list[dict[str, torch.Tensor]]:
-    """:func:`heldout_experiment` for several ``(dataset, architecture)`` cases, all trained in one
-    batched pass (:func:`train_linear_groups`); results identical in value to one call per case."""
-    groups, splits = [], []
-    for data, arch in cases:
-        tr, te = _heldout_split(data.n_patterns, seeds, n_train)
-        splits.append((tr, te))
-        groups.append(LinearGroup(_gather(data.X, tr), _gather(data.Y, tr), architecture_masks(arch, data, hidden),
-                                  seeds, lr))
-    trajs = train_linear_groups(groups, epochs=epochs, init_std=init_std, device=device)
-    out = []
-    for (data, _), (tr, te), traj in zip(cases, splits, trajs):
-        maps = traj.maps.cpu()
-        out.append({"train": block_losses(maps, _gather(data.X, tr), _gather(data.Y, tr), data.n2),
-                    "test": block_losses(maps, _gather(data.X, te), _gather(data.Y, te), data.n2),
-                    "train_idx": tr, "maps_final": maps[-1]})
-    return out
-
-
-def heldout_experiment(data: CompositionalData, arch: str, seeds: Sequence[int], *, n_train: int = 3,
-                       hidden: int = 50, lr: float = 0.02, epochs: int = 500, init_std: float = 1e-3,
-                       device="cpu") -> dict[str, torch.Tensor]:
-    """Train on ``n_train`` random patterns per run, test on the rest; all runs in one batched pass.
-
-    Each run draws its own training patterns and initial weights from its own seed. Returns losses
-    (T+1, R, 2) (Omega_y, Gamma_y) for ``train`` and ``test`` and the drawn ``train_idx`` (R, n_train).
-    """
-    return heldout_experiments([(data, arch)], seeds, n_train=n_train, hidden=hidden, lr=lr, epochs=epochs,
-                               init_std=init_std, device=device)[0]
 
 
 def full_rank_probability(n1: int, j: int) -> float:

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import torch
 
-from mpnn import cmnist as C
 from mpnn import dynamics as D
-from mpnn.runtime.bench import case
 from mpnn.determinism import resolve_device
+from mpnn.experiments import specialization as E
+from mpnn.runtime.bench import case
+from mpnn.towers import init_normal
 
 
 @case("specialization/linear-runs", group="specialization", params={"runs": [10, 50]})
@@ -57,21 +58,17 @@ def cmnist_train(batches, quick):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batches, 16, 1, 28, 84, generator=g).to(device)
     digits = torch.randint(0, 10, (batches, 16, 3), generator=g)
-    from mpnn.data.cmnist import compositional_targets, noncompositional_targets
-    y = torch.stack([torch.cat([compositional_targets(d), noncompositional_targets(d)], 1) for d in digits]).to(device)
+    y = torch.stack([E.cmnist_targets(d) for d in digits]).to(device)
 
     def trainer(kind):
-        model = C.make_model(kind)
-        C.init_normal(model, [1] * len(model.outputs))
+        model = E.make_model(kind)
+        init_normal(model, [1] * len(model.outputs))
         model.to(device)
         opt = torch.optim.SGD(model.parameters(), lr=2e-3)
 
         def run():
             for b in range(batches):
-                loss = (model(x[b]) - y[b]).pow(2).sum(1).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                E.sgd_step(model, opt, x[b], y[b])
         return run
 
     return {"split": trainer("split"), "dense": trainer("dense")}, {"calls_per_epoch": 1250 / batches}
@@ -110,7 +107,7 @@ def cmnist_cpu(seeds, quick):
         def run():
             with D.single_thread(device):
                 for r in runs:
-                    C.train_tower_mlp(kind, x, digits, init_seeds=[init[i] for i in r], order_seeds=[init[i] for i in r],
+                    E.train_tower_mlp(kind, x, digits, init_seeds=[init[i] for i in r], order_seeds=[init[i] for i in r],
                                       epochs=1, lr=0.02, device=device)
         return run
 

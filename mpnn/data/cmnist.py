@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .mnist import load_mnist, to_tensor
+
 __all__ = ["CMNIST", "compose", "compositional_targets", "noncompositional_targets", "load_cmnist",
            "N_COMPOSITIONAL", "N_NONCOMPOSITIONAL", "NONCOMP_SCALE"]
 
@@ -45,8 +47,8 @@ class CMNIST:
         return self.digits @ torch.tensor([100, 10, 1])
 
     def inputs(self, idx: torch.Tensor | slice = slice(None)) -> torch.Tensor:
-        """Float images in [0, 1] with a channel axis: (n, 1, 28, 84)."""
-        return self.images[idx].unsqueeze(1).float().div_(255)
+        """Float images in [0, 1] with a channel axis: (n, 1, 28, 84) (:func:`mpnn.data.mnist.to_tensor`)."""
+        return to_tensor(self.images[idx], scale="unit", shape="image")
 
     def targets(self, idx: torch.Tensor | slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
         """``(compositional (n, 30), non-compositional (n, 1000))`` float targets."""
@@ -89,7 +91,6 @@ def noncompositional_targets(digits: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=4)
 def _cached(split: str, root: str | None) -> CMNIST:
-    from .mnist import load_mnist
     images, labels = load_mnist(split, root=root)
     return compose(images, labels)
 

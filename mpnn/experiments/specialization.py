@@ -1,0 +1,658 @@
+"""The specialization chapter (Jarvis, Klein, Rosman & Saxe 2023): linear dynamics, held-out
+patterns and CMNIST.
+
+* linear networks (:mod:`mpnn.dynamics`): the four architectures trained side by side, the learned
+  singular values against eq. 1, the four blocks of the learned map, and the appendix experiment
+  that trains on a few patterns and tests on the others;
+* CMNIST at paper scale: the paper's convolutional towers (:class:`mpnn.towers.ConvTowers`)
+  trained by :func:`mpnn.train.fit`;
+* CMNIST at CPU scale: one-hidden-layer towers on pooled images, every seed of a model in one
+  batched pass (:class:`mpnn.towers.TowerMLP`, hand-written SGD), dense and split runs paired by seed.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+import torch
+
+from mpnn import dynamics as D
+from mpnn import train as T
+from mpnn.data.cmnist import (CMNIST, N_COMPOSITIONAL, N_NONCOMPOSITIONAL, NONCOMP_SCALE, compositional_targets,
+                              noncompositional_targets)
+from mpnn.determinism import spawn_seeds
+from mpnn.runtime import plots, stats
+from mpnn.towers import ConvTowers, TowerMLP, init_normal, init_tower_mlp
+
+ARCHS = ("dense", "split", "partitioned", "shallow")
+HELDOUT_ARCHS = ("dense", "partitioned")
+HELDOUT_SETTINGS = ((0, 0, 1, 1, 2.0), (3, 0, 1, 1, 2.0), (3, 2, 0, 0, 0.0), (3, 2, 1, 0, 2.0), (3, 2, 1, 1, 2.0))
+HELDOUT_BITS = 3                # every held-out setting lives on the 8 patterns of 3 bits
+METRICS = ("comp_error", "noncomp_error", "digit_acc", "number_acc_comp", "number_acc_noncomp")
+COMP_CHANCE = 0.90              # compositional error of predicting the mean target (0.1 per digit slot)
+
+
+def band(values, axis: int = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and Student-t 95% CI over ``axis`` for every other index at once (``stats.mean_ci`` per row)."""
+    v = np.asarray(values, dtype=float)
+    n = v.shape[axis]
+    m = v.mean(axis)
+    half = scipy.stats.t.ppf(0.975, n - 1) * v.std(axis, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(m)
+    return m, m - half, m + half
+
+
+# ------------------------------------------------------------------------ the dataset's spectrum
+
+def spectrum_table(closed: Sequence[D.Mode], modes) -> pd.DataFrame:
+    """The closed-form spectrum (:func:`D.mode_spectrum`) next to the numerical SVD (:func:`D.aligned_modes`)."""
+    return pd.DataFrame([{"mode": c.name, "s (closed form)": c.s, "s (numerical SVD)": m.s,
+                          "input variance d": c.d, "multiplicity": c.multiplicity, "fixed point s/d": c.target}
+                         for c, (m, _, _) in zip(sorted(closed, key=lambda c: -c.s), modes)])
+
+
+# ------------------------------------------------------------------- four architectures, eq. 1
+
+def train_architectures(data: D.CompositionalData, seeds: Sequence[int], *, hidden: int, lr: float,
+                        lr_shallow: float, epochs: int, init_std: float, device
+                        ) -> tuple[dict[str, D.LinearTrajectory], dict[str, float]]:
+    """Every architecture of :data:`ARCHS` in its own batched pass (one thread), and its wall time in s."""
+    from tqdm.auto import tqdm
+    trajectories, seconds = {}, {}
+    for arch in tqdm(ARCHS, desc="linear networks"):
+        t0 = time.perf_counter()
+        with D.single_thread(device):             # tiny matrices: one thread is fastest (see the benchmark)
+            trajectories[arch] = D.train_linear(data.X, data.Y, D.architecture_masks(arch, data, hidden), seeds,
+                                                lr=lr_shallow if arch == "shallow" else lr, epochs=epochs,
+                                                init_std=init_std, device=device)
+        seconds[arch] = time.perf_counter() - t0
+    return trajectories, seconds
+
+
+@dataclass
+class ModeFit:
+    """Learned mode strengths and eq. 1 (discrete-step and gradient-flow rate), per mode (T+1, R, m);
+    ``deviation``: per mode, max over epochs, runs and copies of ``|learned - eq. 1| / (s/d)``."""
+    learned: list[torch.Tensor]
+    closed: list[torch.Tensor]
+    flow: list[torch.Tensor]
+    deviation: list[float]
+    deviation_flow: list[float]
+
+
+def _max_deviation(modes, learned, predicted) -> list[float]:
+    return [float(((l - p).abs() / m.target).amax()) for (m, _, _), l, p in zip(modes, learned, predicted)]
+
+
+def fit_modes(modes, trajectory: D.LinearTrajectory, epochs: int, lr: float, n_patterns: int) -> ModeFit:
+    """Compare the learned singular values of ``trajectory`` with eq. 1 started from its own initial weights."""
+    learned = D.mode_strengths(trajectory.maps.cpu(), modes)
+    closed = D.predicted_strengths(modes, trajectory.initial, epochs, lr, n_patterns)
+    flow = D.predicted_strengths(modes, trajectory.initial, epochs, lr, n_patterns, discrete=False)
+    return ModeFit(learned, closed, flow, _max_deviation(modes, learned, closed), _max_deviation(modes, learned, flow))
+
+
+def singular_value_table(modes, fit: ModeFit) -> pd.DataFrame:
+    """One row per distinct mode: s, fixed point, final learned strength and both deviations."""
+    return pd.DataFrame({"mode s": [m.s for m, _, _ in modes], "fixed point s/d": [m.target for m, _, _ in modes],
+                         "final learned (mean)": [float(l[-1].mean()) for l in fit.learned],
+                         "max |sim - closed form| / (s/d), discrete rate": fit.deviation,
+                         "same, gradient-flow rate": fit.deviation_flow})
+
+
+def singular_value_bands(modes, fit: ModeFit, epochs: int, points: int = 150) -> pd.DataFrame:
+    """Mean and 95% CI over runs of each curve (simulated, closed form, gradient flow), per mode and epoch."""
+    rows = []
+    ts = np.arange(0, epochs + 1, max(1, epochs // points))
+    for (m, _, _), *curves in zip(modes, fit.learned, fit.closed, fit.flow):
+        for name, v in zip(("simulated", "closed form", "gradient flow"), curves):
+            mean_, lo_, hi_ = band(v.mean(-1).numpy()[ts])               # (epochs, runs): mean over the mode's copies
+            rows += [{"epoch": int(t), "mode": f"s={m.s:.3f}", "curve": name, "mean": a, "low": b, "high": c}
+                     for t, a, b, c in zip(ts, mean_, lo_, hi_)]
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------- blocks of the learned map
+
+def block_norm_curves(norms: dict[str, torch.Tensor], epochs: int, points: int = 100) -> pd.DataFrame:
+    """Mean and 95% CI over runs of the four block norms (:func:`D.block_norms`), per architecture and epoch."""
+    ts = np.arange(0, epochs + 1, max(1, epochs // points))
+    rows = []
+    for arch, n in norms.items():
+        mean_, lo_, hi_ = band(n.numpy()[ts], axis=1)                    # (epochs, 4)
+        rows += [{"epoch": int(t), "architecture": arch, "block": name, "mean": mean_[i, b], "low": lo_[i, b],
+                  "high": hi_[i, b]} for i, t in enumerate(ts) for b, name in enumerate(D.BLOCKS)]
+    return pd.DataFrame(rows)
+
+
+def final_norm_table(norms: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """The four block norms at the last epoch, mean and 95% CI over runs, per architecture."""
+    return pd.DataFrame([{"architecture": a, **{b: stats.fmt_ci(n[-1, :, i].tolist(), 4)
+                                                for i, b in enumerate(D.BLOCKS)}} for a, n in norms.items()])
+
+
+# ------------------------------------------------------------------------ held-out patterns
+
+def heldout_split(P: int, seeds: Sequence[int], n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per run, ``n_train`` training and ``P - n_train`` test patterns from a child of the run's seed."""
+    if not 1 <= n_train < P:
+        raise ValueError(f"n_train must be between 1 and {P - 1} (patterns left to test), got {n_train}")
+    # the training patterns come from a child of the run's seed, independent of its initial weights
+    perm_seeds = [int(np.random.SeedSequence([int(s), 1]).generate_state(1)[0]) for s in seeds]
+    perms = torch.stack([torch.randperm(P, generator=torch.Generator().manual_seed(ps))
+                         for ps in perm_seeds])                               # (R, P)
+    return perms[:, :n_train], perms[:, n_train:]
+
+
+def _gather(M: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Columns ``idx`` (R, n) of ``M`` (rows, P) for every run: (R, rows, n)."""
+    return M.T[idx].transpose(1, 2)
+
+
+def heldout_experiments(cases: Sequence[tuple[D.CompositionalData, str]], seeds: Sequence[int], *, n_train: int = 3,
+                        hidden: int = 50, lr: float = 0.02, epochs: int = 500, init_std: float = 1e-3,
+                        device="cpu") -> list[dict[str, torch.Tensor]]:
+    """:func:`heldout_experiment` for several ``(dataset, architecture)`` cases, all trained in one
+    batched pass (:func:`D.train_linear_groups`); results identical in value to one call per case."""
+    groups, splits = [], []
+    for data, arch in cases:
+        tr, te = heldout_split(data.n_patterns, seeds, n_train)
+        splits.append((tr, te))
+        groups.append(D.LinearGroup(_gather(data.X, tr), _gather(data.Y, tr), D.architecture_masks(arch, data, hidden),
+                                    seeds, lr))
+    trajs = D.train_linear_groups(groups, epochs=epochs, init_std=init_std, device=device)
+    out = []
+    for (data, _), (tr, te), traj in zip(cases, splits, trajs):
+        maps = traj.maps.cpu()
+        out.append({"train": D.block_losses(maps, _gather(data.X, tr), _gather(data.Y, tr), data.n2),
+                    "test": D.block_losses(maps, _gather(data.X, te), _gather(data.Y, te), data.n2),
+                    "train_idx": tr, "maps_final": maps[-1]})
+    return out
+
+
+def heldout_experiment(data: D.CompositionalData, arch: str, seeds: Sequence[int], *, n_train: int = 3,
+                       hidden: int = 50, lr: float = 0.02, epochs: int = 500, init_std: float = 1e-3,
+                       device="cpu") -> dict[str, torch.Tensor]:
+    """Train on ``n_train`` random patterns per run, test on the rest; all runs in one batched pass.
+
+    Each run draws its own training patterns and initial weights from its own seed. Returns losses
+    (T+1, R, 2) (Omega_y, Gamma_y) for ``train`` and ``test`` and the drawn ``train_idx`` (R, n_train).
+    """
+    return heldout_experiments([(data, arch)], seeds, n_train=n_train, hidden=hidden, lr=lr, epochs=epochs,
+                               init_std=init_std, device=device)[0]
+
+
+def run_heldout(seeds: Sequence[int], *, dataset_seed: int, n_train: int, hidden: int, lr: float, epochs: int,
+                init_std: float, device, settings=HELDOUT_SETTINGS) -> dict[tuple, dict[str, torch.Tensor]]:
+    """:func:`heldout_experiment` for every setting ``(n1, n2, k1, k2, r)`` and both held-out architectures.
+
+    One batched pass per case on one thread: a single zero-padded pass for all cases
+    (:func:`heldout_experiments`) gives the same values but was measured three times slower.
+    """
+    from tqdm.auto import tqdm
+    heldout = {}
+    for st in tqdm(settings, desc="held-out settings"):
+        data = D.make_dataset(*st, pattern_bits=HELDOUT_BITS, generator=torch.Generator().manual_seed(dataset_seed))
+        for arch in HELDOUT_ARCHS:
+            with D.single_thread(device):
+                heldout[st, arch] = heldout_experiment(data, arch, seeds, n_train=n_train, hidden=hidden, lr=lr,
+                                                       epochs=epochs, init_std=init_std, device=device)
+    return heldout
+
+
+def distinct_training_sets(train_idx: torch.Tensor) -> int:
+    """How many different sets of training patterns the runs drew (order ignored)."""
+    return len({tuple(sorted(ix)) for ix in train_idx.tolist()})
+
+
+def spanning_runs(train_idx: torch.Tensor, bits: int = HELDOUT_BITS) -> torch.Tensor:
+    """(R,) bool: do the run's training patterns span Omega (full-rank ``Omega_x`` on them)?"""
+    omega = D.binary_patterns(bits).T                                        # (P, bits)
+    return torch.linalg.matrix_rank(omega[train_idx]) == bits
+
+
+def _setting_name(st) -> str:
+    return str(tuple(int(x) for x in st))
+
+
+def heldout_bands(heldout: dict, epochs: int, points: int = 50) -> pd.DataFrame:
+    """Mean and 95% CI over runs of the train/test losses per setting, architecture and output part.
+
+    A part the setting has no output for (``n2 = 0``: no Omega_y; ``k2 = 0``: no Gamma_y) is left out.
+    ``panel`` names setting and part, ``curve`` architecture and split (the builders' facet and colour).
+    """
+    rows = []
+    ts = np.arange(0, epochs + 1, max(1, epochs // points))
+    for (st, arch), res in heldout.items():
+        for split in ("train", "test"):
+            for j, part in enumerate(("compositional", "non-compositional")):
+                if (part == "compositional" and st[1] == 0) or (part == "non-compositional" and st[3] == 0):
+                    continue
+                mean_, lo_, hi_ = band(res[split][..., j].numpy()[ts])
+                rows += [{"setting": _setting_name(st), "architecture": arch, "split": split, "output": part,
+                          "panel": f"{_setting_name(st)} {part}", "curve": f"{arch}, {split}",
+                          "epoch": int(t), "mean": a, "low": b, "high": c}
+                         for t, a, b, c in zip(ts, mean_, lo_, hi_)]
+    return pd.DataFrame(rows)
+
+
+def heldout_table(heldout: dict, full: torch.Tensor, settings=HELDOUT_SETTINGS) -> pd.DataFrame:
+    """Final held-out compositional loss per setting with an Omega_y (``n2 > 0``) and architecture,
+    over all runs and over the runs whose training patterns span Omega (``full``)."""
+    table = []
+    for st in settings:
+        if st[1] == 0:
+            continue
+        for arch in HELDOUT_ARCHS:
+            test_c = heldout[st, arch]["test"][-1, :, 0]
+            table.append({"setting": _setting_name(st), "architecture": arch,
+                          "test compositional loss, all runs": stats.fmt_ci(test_c.tolist(), 4),
+                          "runs spanning Omega": int(full.sum()),
+                          "same, on runs spanning Omega": stats.fmt_ci(test_c[full].tolist(), 4) if full.sum() > 1 else "n/a"})
+    return pd.DataFrame(table)
+
+
+def full_rank_table(bits: Sequence[int] = (3, 4)) -> pd.DataFrame:
+    """:func:`D.full_rank_probability` for every number of patterns j, one column per n1."""
+    rows = [{"n1": n1, "patterns j": j, "P(full rank)": D.full_rank_probability(n1, j)}
+            for n1 in bits for j in range(1, 2 ** n1 + 1)]
+    return pd.DataFrame(rows).pivot(index="patterns j", columns="n1", values="P(full rank)")
+
+
+# ---------------------------------------------------------------------- explorer: the closed form
+
+def closed_form_curves(n1: int, n2: int, k1: int, k2: int, r: float, *, lr: float = 0.02, epochs: int = 300,
+                       u0: float = 1e-6, every: int = 3) -> pd.DataFrame:
+    """Eq. 1 for each distinct mode of the dataset, from the initial strength ``u0`` (discrete-step rate)."""
+    if n2 > n1:
+        raise ValueError(f"n2 ({n2}) must not exceed n1 ({n1}): Omega_y copies n2 rows of Omega_x")
+    P = 2 ** n1
+    t = torch.arange(epochs + 1, dtype=torch.float64)
+    rows = []
+    for m in D.mode_spectrum(n1, n2, k1, k2, r):
+        u = D.sigmoid_trajectory(t, m.s, m.d, torch.tensor([u0]), 2 * math.log1p(lr * P * m.s))[0]
+        rows += [{"epoch": int(i), "u": float(v), "mode": f"{m.name} (s={m.s:.3f}, x{m.multiplicity})"}
+                 for i, v in zip(t[::every], u[::every])]
+    return pd.DataFrame(rows)
+
+
+def figure_closed_form(n1: int, n2: int, k1: int, k2: int, r: float, *, lr: float = 0.02, epochs: int = 300):
+    """The explorer's view: eq. 1 per mode, its fixed points s/d as rules, and the converged coupling."""
+    curves = closed_form_curves(n1, n2, k1, k2, r, lr=lr, epochs=epochs)
+    coupling = D.converged_coupling(n2, k1, r, 2 ** n1)
+    chart = plots.line_ci(curves, "epoch", color="mode", y="u", low="u", high="u", y_title="mode strength",
+                          width=480, height=260,
+                          title=f"n1={n1} n2={n2} k1={k1} k2={k2} r={r}: dense ||Gamma_x->Omega_y|| at convergence "
+                                f"= {coupling:.3f}")
+    return plots.with_rules(chart, y={f"s/d = {m.target:.3f}": m.target for m in D.mode_spectrum(n1, n2, k1, k2, r)})
+
+
+# ---------------------------------------------------------------- CMNIST: metrics (paper's and ours)
+
+def cmnist_targets(digits: torch.Tensor) -> torch.Tensor:
+    """The 1030 regression targets: compositional (30) then non-compositional (1000), (n, 1030)."""
+    return torch.cat([compositional_targets(digits), noncompositional_targets(digits)], 1)
+
+
+def squared_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The paper's loss: per-image sum of squared errors over all outputs, averaged over the batch."""
+    return (out - y).pow(2).sum(1).mean()
+
+
+def metrics(out: torch.Tensor, comp: torch.Tensor, noncomp: torch.Tensor, digits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image metric sums over a batch (divide by n afterwards): the paper's normalised errors
+    ``SSE_comp / 3`` and ``SSE_noncomp / 100``, per-digit accuracy (argmax of each 10-slot) and
+    whole-number accuracy read from the compositional and from the non-compositional outputs."""
+    oc, on = out[:, :N_COMPOSITIONAL], out[:, N_COMPOSITIONAL:]
+    pred_digits = oc.unflatten(1, (3, 10)).argmax(-1)                       # (B, 3)
+    right = pred_digits == digits
+    number = digits @ torch.tensor([100, 10, 1], device=digits.device)
+    return {"comp_error": (oc - comp).pow(2).sum(1).sum() / 3,
+            "noncomp_error": (on - noncomp).pow(2).sum(1).sum() / NONCOMP_SCALE ** 2,
+            "digit_acc": right.float().mean(1).sum(),
+            "number_acc_comp": right.all(1).float().sum(),
+            "number_acc_noncomp": (on.argmax(1) == number).float().sum()}
+
+
+# -------------------------------------------------------------------- CMNIST: the paper's conv towers
+
+PAPER_KERNELS = ((9, 27), (7, 21), (5, 15))     # valid convolutions: 28 x 84 -> 20 x 58 -> 14 x 38 -> 10 x 24
+IMAGE_HW = (28, 84)
+
+
+def make_model(kind: str, *, dense_channels: int = 32, split_channels: int = 16) -> ConvTowers:
+    """``"dense"``: one 32-channel tower -> 1030; ``"split"``: 16-channel towers -> 30 and -> 1000."""
+    if kind == "dense":
+        outputs = (N_COMPOSITIONAL + N_NONCOMPOSITIONAL,)
+    elif kind == "split":
+        outputs = (N_COMPOSITIONAL, N_NONCOMPOSITIONAL)
+    else:
+        raise ValueError(f"unknown CMNIST model {kind!r}; choose 'dense' or 'split'")
+    channels = dense_channels if kind == "dense" else split_channels
+    return ConvTowers(channels=channels, outputs=outputs, kernels=PAPER_KERNELS, input_hw=IMAGE_HW)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: CMNIST, *, batch_size: int = 500, device="cpu") -> dict[str, float]:
+    """:func:`metrics` of ``model`` on ``data``, means over images."""
+    totals: dict[str, float] = {}
+    for start in range(0, len(data), batch_size):
+        idx = slice(start, start + batch_size)
+        comp, noncomp = data.targets(idx)
+        m = metrics(model(data.inputs(idx).to(device)), comp.to(device), noncomp.to(device), data.digits[idx].to(device))
+        for k, v in m.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    return {k: v / len(data) for k, v in totals.items()}
+
+
+def train_cmnist(kind: str, train: CMNIST, test: CMNIST, *, seeds: Sequence[int], epochs: int, lr: float = 2e-3,
+                 batch_size: int = 16, init_std: float = 0.01, eval_train: CMNIST | None = None, device="cpu",
+                 progress: str | None = None) -> tuple[ConvTowers, list[dict], T.History]:
+    """Train one paper model by plain SGD (:func:`mpnn.train.fit`); ``seeds[0]`` orders the mini-batches,
+    ``seeds[1:]`` initialise the towers (N(0, init_std^2) weights and biases).
+
+    Evaluates at epoch 0 and after every epoch on ``eval_train`` (default: ``train``) and ``test``;
+    returns the model, rows ``{model, epoch, split, metrics...}`` and the training history.
+    """
+    if lr <= 0:
+        raise ValueError(f"need lr > 0, got {lr}")
+    model = make_model(kind)
+    if len(seeds) != 1 + len(model.outputs):
+        raise ValueError(f"{kind}: need {1 + len(model.outputs)} seeds (data order + one per tower), got {len(seeds)}")
+    init_normal(model, seeds[1:], init_std)
+    model.to(device)
+    splits = {"train": train if eval_train is None else eval_train, "test": test}
+    log = lambda epoch: {split: evaluate(model, data, device=device) for split, data in splits.items()}
+    start = {"epoch": 0} | log(0)
+    x, y = train.inputs().to(device), cmnist_targets(train.digits).to(device)
+    history = T.fit(model, lambda batch, step: squared_error(model(batch[0]), batch[1]), (x, y),
+                    torch.optim.SGD(model.parameters(), lr=lr), epochs=epochs, batch_size=batch_size,
+                    seed=int(seeds[0]), evaluate=log, progress=progress)
+    rows = [{"model": kind, "epoch": e["epoch"], "split": split} | e[split]
+            for e in [start, *history.evals] for split in splits]
+    return model, rows, history
+
+
+@dataclass
+class PaperRun:
+    """The paper-scale experiment: rows of :func:`train_cmnist` (with ``run``), seconds per epoch
+    (evaluations included) per model, and the sizes used."""
+    rows: pd.DataFrame
+    seconds_per_epoch: dict[str, list[float]]
+    n_train: int
+    n_test: int
+
+
+def train_paper_scale(train: CMNIST, test: CMNIST, *, seed: int, n_seeds: int, epochs: int, train_size: int,
+                      test_size: int, eval_train_size: int, lr: float, batch_size: int, init_std: float,
+                      device) -> PaperRun:
+    """Dense and split conv towers for ``n_seeds`` seeds on the first ``train_size`` / ``test_size`` images.
+
+    Per seed one child seed each for the data order and for every tower; the dense model shares the
+    split model's order seed and first tower seed.
+    """
+    cm_train = train.subset(min(train_size, len(train)))
+    cm_test = test.subset(min(test_size, len(test)))
+    cm_eval = cm_train.subset(min(eval_train_size, len(cm_train)))
+    rows, seconds = [], {"dense": [], "split": []}
+    for i, s in enumerate(spawn_seeds(seed, n_seeds)):
+        sub = spawn_seeds(s, 3)
+        for kind, seeds_k in (("dense", sub[:2]), ("split", sub)):
+            _, r, history = train_cmnist(kind, cm_train, cm_test, seeds=seeds_k, epochs=epochs, lr=lr,
+                                         batch_size=batch_size, init_std=init_std, eval_train=cm_eval,
+                                         device=device, progress=f"CMNIST {kind}, seed {i + 1} of {n_seeds}")
+            rows += [row | {"run": i} for row in r]
+            seconds[kind].append(history.seconds / epochs)
+    return PaperRun(pd.DataFrame(rows), seconds, len(cm_train), len(cm_test))
+
+
+def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One SGD step of a paper model on the :func:`squared_error` loss."""
+    loss = squared_error(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def seconds_per_step(kind: str, *, steps: int = 3, batch_size: int = 16, lr: float = 2e-3,
+                     init_std: float = 0.01, device="cpu") -> float:
+    """Median wall time of one SGD step of the paper's ``kind`` model on random 28 x 84 images
+    (after one untimed warm-up step): what an epoch of the paper costs on ``device``."""
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"need steps >= 1 and batch_size >= 1, got {steps}, {batch_size}")
+    model = make_model(kind)
+    init_normal(model, list(range(len(model.outputs))), init_std)
+    model.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch_size, 1, *IMAGE_HW, generator=g).to(device)
+    y = cmnist_targets(torch.randint(0, 10, (batch_size, 3), generator=g)).to(device)
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        sgd_step(model, opt, x, y)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def paper_step_seconds(*, batch_size: int, lr: float, init_std: float, device) -> dict[str, float]:
+    """One timed SGD step of each paper model (one thread), in seconds."""
+    with D.single_thread(device):
+        return {k: seconds_per_step(k, steps=1, batch_size=batch_size, lr=lr, init_std=init_std, device=device)
+                for k in ("dense", "split")}
+
+
+def paper_hours(step_seconds: dict[str, float], batch_size: int, *, images: int = 20000, epochs: int = 300,
+                seeds: int = 10) -> float:
+    """Hours the paper's experiment (both models, ``epochs`` x ``seeds``) takes at these step times."""
+    return sum(step_seconds.values()) * images / batch_size * epochs * seeds / 3600
+
+
+# ------------------------------------------------------------------ CMNIST at CPU scale: MLP towers
+#
+# The paper's convolutional towers need about 0.6 GFLOP per image and SGD step: its 300 epochs of
+# 20,000 images are GPU-hours. The CPU-scale experiment keeps the task (three MNIST digits, 30
+# compositional + 1000 non-compositional targets, per-image summed squared error, plain SGD) and the
+# architectural contrast (one shared trunk vs one tower per target, same total width), but uses
+# 2x2-average-pooled images (14 x 42), one hidden ReLU layer, a few hundred to a few thousand
+# images and every seed of a model in one batched pass (:class:`mpnn.towers.TowerMLP`, hand-written
+# backward pass; about 1000x fewer FLOPs per image than the conv towers).
+
+def mlp_towers(kind: str, hidden: int) -> tuple[tuple[int, slice], ...]:
+    """``((hidden units, output slice), ...)`` per tower: ``dense`` one tower of ``hidden`` units to
+    all 1030 outputs; ``split`` two towers of ``hidden // 2`` units, to the 30 and to the 1000 outputs."""
+    n_out = N_COMPOSITIONAL + N_NONCOMPOSITIONAL
+    if kind == "dense":
+        if hidden < 1:
+            raise ValueError(f"hidden must be >= 1, got {hidden}")
+        return ((hidden, slice(0, n_out)),)
+    if kind == "split":
+        if hidden < 2 or hidden % 2:
+            raise ValueError(f"split needs an even hidden width >= 2 (two equal towers), got {hidden}")
+        return ((hidden // 2, slice(0, N_COMPOSITIONAL)), (hidden // 2, slice(N_COMPOSITIONAL, n_out)))
+    raise ValueError(f"unknown CMNIST model {kind!r}; choose 'dense' or 'split'")
+
+
+def pooled_inputs(train: CMNIST, test: CMNIST, factor: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average-pool both splits by ``factor`` and flatten: (n, 28/f * 84/f) float32, standardised
+    with the training set's per-pixel mean and overall standard deviation."""
+    if factor < 1 or 28 % factor:
+        raise ValueError(f"factor must divide 28, got {factor}")
+    pool = lambda cm: torch.nn.functional.avg_pool2d(cm.inputs(), factor).flatten(1)
+    xtr, xte = pool(train), pool(test)
+    mu, sd = xtr.mean(0), xtr.std()
+    return (xtr - mu) / sd, (xte - mu) / sd
+
+
+@torch.no_grad()
+def evaluate_runs(model: TowerMLP, x: torch.Tensor, digits: torch.Tensor, *, batch_size: int = 2000
+                  ) -> dict[str, torch.Tensor]:
+    """The :func:`metrics` of every run at once: ``{name: (R,)}`` means over images."""
+    comp_all, non_all = compositional_targets(digits), noncompositional_targets(digits)
+    totals: dict[str, torch.Tensor] = {}
+    for start in range(0, x.shape[0], batch_size):
+        sl = slice(start, start + batch_size)
+        _, out = model.forward(x[sl])
+        for r in range(out.shape[0]):
+            m = metrics(out[r], comp_all[sl].to(out), non_all[sl].to(out), digits[sl].to(out.device))
+            for k, v in m.items():
+                totals.setdefault(k, torch.zeros(out.shape[0], dtype=torch.float64))[r] += float(v)
+    return {k: v / x.shape[0] for k, v in totals.items()}
+
+
+def train_tower_mlp(kind: str, x_train: torch.Tensor, digits_train: torch.Tensor, *, init_seeds: Sequence[int],
+                    order_seeds: Sequence[int], epochs: int, lr: float, batch_size: int = 32, hidden: int = 128,
+                    out_std: float = 0.1, evals: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                    eval_every: int = 1, device="cpu") -> tuple[TowerMLP, list[dict]]:
+    """Train ``len(init_seeds)`` runs of ``kind`` together by plain SGD (:meth:`TowerMLP.sgd_step`).
+
+    Run ``r`` starts from ``init_seeds[r]`` and visits the training images in the order drawn from
+    ``order_seeds[r]`` (:func:`mpnn.train.permutations`: a fresh permutation every epoch; pass the
+    same order seeds to both kinds for paired runs). ``evals`` maps a split name to ``(x, digits)``;
+    they are evaluated at epoch 0, every ``eval_every`` epochs and at the end. Returns the model and
+    rows ``{model, run, epoch, split, metrics...}``.
+    """
+    if len(init_seeds) != len(order_seeds) or not init_seeds:
+        raise ValueError(f"need one init and one order seed per run, got {len(init_seeds)} and {len(order_seeds)}")
+    if epochs < 0 or lr <= 0 or batch_size < 1 or eval_every < 1:
+        raise ValueError(f"need epochs >= 0, lr > 0, batch_size >= 1, eval_every >= 1; "
+                         f"got {epochs}, {lr}, {batch_size}, {eval_every}")
+    dev = torch.device(device)
+    model = init_tower_mlp(mlp_towers(kind, hidden), x_train.shape[1], init_seeds, out_std=out_std, device=dev)
+    x_train = x_train.to(dev, torch.float32)
+    y_train = cmnist_targets(digits_train).to(dev)
+    evals = {k: (x.to(dev, torch.float32), d) for k, (x, d) in (evals or {}).items()}
+    rows: list[dict] = []
+
+    def log(epoch):
+        for split, (x, d) in evals.items():
+            m = evaluate_runs(model, x, d)
+            rows.extend({"model": kind, "run": r, "epoch": epoch, "split": split}
+                        | {k: float(v[r]) for k, v in m.items()} for r in range(len(init_seeds)))
+
+    log(0)
+    n = x_train.shape[0]
+    for epoch, perm in enumerate(T.permutations(n, list(order_seeds), epochs, dev), start=1):   # (R, n)
+        for start in range(0, n, batch_size):
+            idx = perm[:, start:start + batch_size]
+            model.sgd_step(x_train[idx], y_train[idx], lr)
+        if epoch % eval_every == 0 or epoch == epochs:
+            log(epoch)
+    return model, rows
+
+
+@dataclass
+class CPURun:
+    """The CPU-scale experiment: evaluation rows of both models, seconds per model (all seeds), sizes."""
+    rows: pd.DataFrame
+    seconds: dict[str, float]
+    n_train: int
+    n_test: int
+    n_inputs: int
+
+
+def train_cpu_scale(train: CMNIST, test: CMNIST, *, seed: int, n_seeds: int, train_size: int, test_size: int,
+                    eval_train_size: int, epochs: int, eval_every: int, lr: float, batch_size: int, hidden: int,
+                    pool: int, out_std: float, device) -> CPURun:
+    """Dense and split MLP towers, ``n_seeds`` paired seeds each (per seed: data order, dense init, split init)."""
+    from tqdm.auto import tqdm
+    sub = [spawn_seeds(s, 3) for s in spawn_seeds(seed, n_seeds)]
+    cpu_train = train.subset(min(train_size, len(train)))
+    cpu_test = test.subset(min(test_size, len(test)))
+    x_tr, x_te = pooled_inputs(cpu_train, cpu_test, pool)
+    n_ev = min(eval_train_size, len(cpu_train))
+    evals = {"train": (x_tr[:n_ev], cpu_train.digits[:n_ev]), "test": (x_te, cpu_test.digits)}
+    rows, seconds = [], {}
+    for j, kind in enumerate(tqdm(("dense", "split"), desc="CPU-scale CMNIST"), start=1):
+        t0 = time.perf_counter()
+        with D.single_thread(device):
+            _, r = train_tower_mlp(kind, x_tr, cpu_train.digits, init_seeds=[s[j] for s in sub],
+                                   order_seeds=[s[0] for s in sub], epochs=epochs, lr=lr, batch_size=batch_size,
+                                   hidden=hidden, out_std=out_std, evals=evals, eval_every=eval_every, device=device)
+        seconds[kind] = time.perf_counter() - t0
+        rows += r
+    return CPURun(pd.DataFrame(rows), seconds, len(cpu_train), len(cpu_test), x_tr.shape[1])
+
+
+# ------------------------------------------------------------------ CMNIST: summaries and figures
+
+def error_curves(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% CI over runs of both normalised errors per model, split and epoch; ``curve``
+    names model and split (one line each, so no band is drawn across train and test)."""
+    long = rows.melt(id_vars=["model", "epoch", "split", "run"], value_vars=["comp_error", "noncomp_error"],
+                     var_name="metric", value_name="error")
+    curves = stats.summarise(long, ["model", "epoch", "split", "metric"], "error")
+    return curves.assign(curve=curves.model + ", " + curves.split)
+
+
+def figure_cmnist_errors(curves: pd.DataFrame, title: str):
+    """Compositional error (with the chance level) next to the non-compositional error, over epochs."""
+    panel = lambda metric: plots.line_ci(curves[curves.metric == metric], "epoch", color="curve", title=metric,
+                                         y_title="normalised error", width=300, height=220)
+    comp = plots.with_rules(panel("comp_error"), y={f"chance {COMP_CHANCE:.2f}": COMP_CHANCE})
+    return (comp | panel("noncomp_error")).properties(title=title)
+
+
+def final_metrics_table(rows: pd.DataFrame, epoch: int, digits: int = 3) -> pd.DataFrame:
+    """Every metric at ``epoch``, mean and 95% CI over runs, per model and split."""
+    last = rows[rows.epoch == epoch]
+    return pd.DataFrame([{"model": model, "split": split, **{m: stats.fmt_ci(g[m].tolist(), digits) for m in METRICS}}
+                         for (model, split), g in last.groupby(["model", "split"])])
+
+
+def per_seed(rows: pd.DataFrame, model: str, epoch: int, split: str = "test", metric: str = "comp_error") -> pd.Series:
+    """One metric of one model at one epoch, indexed by run (the pairing key)."""
+    d = rows[(rows.model == model) & (rows.split == split) & (rows.epoch == epoch)]
+    return d.set_index("run")[metric].sort_index()
+
+
+@dataclass
+class PairedComparison:
+    """Split minus dense compositional test error, paired by seed: at the last epoch (``diff``, its
+    mean and 95% CI) and the mean difference at every evaluated epoch."""
+    split: pd.Series
+    dense: pd.Series
+    diff: list[float]
+    mean: float
+    low: float
+    high: float
+    by_epoch: dict[int, float]
+    split_ahead_from: int | None
+    dense_best_epoch: int
+
+
+def paired_comparison(rows: pd.DataFrame, epochs: int) -> PairedComparison:
+    """:class:`PairedComparison` of the CPU-scale rows; ``split_ahead_from``: the first epoch from
+    which the split model stays lower; ``dense_best_epoch``: where the dense test error is lowest."""
+    split, dense = per_seed(rows, "split", epochs), per_seed(rows, "dense", epochs)
+    diff = (split - dense).tolist()                                   # paired: same seed, same data order
+    by_epoch = {int(e): float((per_seed(rows, "split", e) - per_seed(rows, "dense", e)).mean())
+                for e in sorted(rows.epoch.unique()) if e > 0}
+    ahead = next((e for e in by_epoch if all(by_epoch[f] < 0 for f in by_epoch if f >= e)), None)
+    best = min(by_epoch, key=lambda e: per_seed(rows, "dense", e).mean())
+    return PairedComparison(split, dense, diff, *stats.mean_ci(diff), by_epoch, ahead, best)
+
+
+def paired_report(rows: pd.DataFrame, cmp: PairedComparison, epochs: int) -> str:
+    """The lines the chapter prints about the paired comparison and the dense model's memorising."""
+    dense_at = lambda e, split="test", metric="comp_error": per_seed(rows, "dense", e, split, metric).mean()
+    return "\n".join([
+        f"test compositional error, split minus dense (paired, per seed): {stats.fmt_ci(cmp.diff, 3)}",
+        "mean difference by epoch: " + ", ".join(f"{e}: {d:+.3f}" for e, d in cmp.by_epoch.items()),
+        f"split lower from epoch {cmp.split_ahead_from} on; dense test compositional error: lowest at epoch "
+        f"{cmp.dense_best_epoch} ({dense_at(cmp.dense_best_epoch):.3f}), {cmp.dense.mean():.3f} at epoch {epochs}; "
+        f"dense non-compositional error at epoch {epochs}: train {dense_at(epochs, 'train', 'noncomp_error'):.3f}, "
+        f"test {dense_at(epochs, metric='noncomp_error'):.3f}"])
+
+
+def final_test_errors(rows: pd.DataFrame) -> tuple[list[float], list[float]]:
+    """Compositional test error per run at the last epoch: (split, dense)."""
+    last = rows[(rows.epoch == rows.epoch.max()) & (rows.split == "test")]
+    return last[last.model == "split"].comp_error.tolist(), last[last.model == "dense"].comp_error.tolist()
