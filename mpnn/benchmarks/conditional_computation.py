@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from mpnn import moe
+from mpnn.experiments import conditional_computation as cc
 from mpnn.runtime.bench import case
 
 
@@ -44,8 +45,8 @@ def forward_backward(k, n_experts, quick):
     plan = moe.plan_dispatch(layer.gate(x).experts, n_experts, None)
     active = 2 * tokens * k * (2 * d * h)
     variants = {
-        "moe-vectorised": step(lambda: layer(x)),
-        "moe-capacity-1.0": step(lambda: layer_cf(x)),
+        "moe-vectorised": step(lambda: layer(x)[0]),
+        "moe-capacity-1.0": step(lambda: layer_cf(x)[0]),
         "moe-loop-over-experts": step(lambda: _loop_over_experts(layer, x)),
         "dense-equal-active": step(lambda: dense(x)),
     }
@@ -62,20 +63,21 @@ def replicas_training_step(kind, replicas, quick):
     models = [moe.make_moe(kind, d, h, 10, 8, alpha=0.1) for _ in range(replicas)]
     x, y = torch.randn(replicas, tokens, d), torch.randint(0, 10, (replicas, tokens))
     stacked = moe.StackedMoE(models)
-    opt_stacked = moe._adam(stacked.parameters(), 1e-3)
-    opts = [moe._adam(m.parameters(), 1e-3) for m in models]
+    opt_stacked = cc.adam(stacked.parameters(), 1e-3)
+    opts = [cc.adam(m.parameters(), 1e-3) for m in models]
 
     def one_pass():
-        logits = stacked(x)
+        logits, routed = stacked(x)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 10), y.reshape(-1), reduction="none")
         opt_stacked.zero_grad()
-        (loss.view(replicas, -1).mean(1).sum() + stacked.aux_loss).backward()
+        (loss.view(replicas, -1).mean(1) + routed.aux_loss).sum().backward()
         opt_stacked.step()
 
     def loop():
         for r, (m, opt) in enumerate(zip(models, opts)):
+            logits, routed = m(x[r])
             opt.zero_grad()
-            (torch.nn.functional.cross_entropy(m(x[r]), y[r]) + moe.aux_loss(m)).backward()
+            (torch.nn.functional.cross_entropy(logits, y[r]) + routed.aux_loss).backward()
             opt.step()
 
     return {"stacked": one_pass, "loop": loop}, {"tokens": tokens, "d": d, "hidden": h}

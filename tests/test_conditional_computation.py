@@ -1,0 +1,227 @@
+"""The conditional-computation chapter's recipe (mpnn.experiments.conditional_computation) against a
+naive training loop, seed-by-seed training against the vectorised replicas, and hand-made tables."""
+import copy
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mpnn import moe
+from mpnn.experiments import conditional_computation as cc
+
+
+def _data(n=96, d=6, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def _replicas(kind, n=3, **kw):
+    models = []
+    for s in range(n):
+        torch.manual_seed(100 + s)
+        models.append(moe.make_moe(kind, 6, 5, 3, 4, **kw))
+    return models
+
+
+def _naive_fit(model, x, y, xt, *, epochs, batch_size, lr, seed, log_every):
+    """The recipe written out: seeded permutations, Adam on CE + aux, windows of CE and expert load."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    steps = epochs * -(-len(y) // batch_size)
+    history, losses, load, step = [], [], None, 0
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(y), generator=gen)
+        for b in range(0, len(y), batch_size):
+            idx = perm[b:b + batch_size]
+            logits, routed = model(x[idx])
+            loss = F.cross_entropy(logits, y[idx])
+            opt.zero_grad()
+            (loss + routed.aux_loss).backward()
+            opt.step()
+            step += 1
+            losses.append(loss.detach())
+            if routed.assignment is not None:
+                load = routed.assignment.sum(0) if load is None else load + routed.assignment.sum(0)
+            if step % log_every == 0 or step == steps:
+                rec = {"step": step, "loss": float(torch.stack(losses).mean())}
+                if load is not None:
+                    rec["share"] = load / load.sum()
+                history.append(rec)
+                losses, load = [], None
+    model.eval()
+    with torch.no_grad():
+        preds = torch.cat([model(xt[b:b + batch_size])[0].argmax(-1) for b in range(0, len(xt), batch_size)])
+    return history, preds
+
+
+@pytest.mark.parametrize("kind,kw", [("dense", {}), ("switch", {"alpha": 0.1}), ("soft", {"slots_per_expert": 2})])
+def test_fit_classifier_is_the_naive_recipe(kind, kw):
+    x, y = _data()
+    xt, _ = _data(40, seed=1)
+    model = _replicas(kind, n=1, **kw)[0]
+    reference = copy.deepcopy(model)
+    got = cc.fit_classifier(model, (x, y), (xt, torch.zeros(40, dtype=torch.long)), epochs=2, batch_size=20,
+                            lr=1e-2, seed=4, log_every=3)
+    history, preds = _naive_fit(reference, x, y, xt, epochs=2, batch_size=20, lr=1e-2, seed=4, log_every=3)
+    assert [h["step"] for h in got.history] == [3, 6, 9, 10]          # 5 steps per epoch, windows of 3
+    assert [h["epoch"] for h in got.history] == [0.6, 1.2, 1.8, 2.0]
+    for a, b in zip(got.history, history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+        assert ("share" in a) == ("share" in b) == (kind != "dense")
+        if "share" in a:
+            assert torch.allclose(a["share"], b["share"], atol=1e-6)
+    assert torch.equal(got.predictions, preds)
+    assert got.accuracy == pytest.approx(float((preds == 0).float().mean()))
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_fit_classifier_is_deterministic_and_restores_threads():
+    x, y = torch.rand(256, 784), torch.randint(0, 10, (256,))
+    threads = torch.get_num_threads()
+    params = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = moe.make_moe("switch", 784, 8, 10, 4, alpha=0.1)
+        cc.fit_classifier(model, (x, y), (x, y), epochs=1, batch_size=64, lr=1e-3, seed=3, log_every=2)
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(params[0], params[1])
+    assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("kind,kw", [("dense", {}), ("switch", {"alpha": 0.1}),
+                                     ("top2", {"alpha": 0.1, "capacity_factor": 1.0}),
+                                     ("expert_choice", {"capacity_factor": 1.0}), ("soft", {"slots_per_expert": 2})])
+def test_fit_replicas_equals_fit_classifier_seed_by_seed(kind, kw):
+    x, y = _data()
+    xt, yt = _data(40, seed=1)
+    seeds = [11, 12, 13]
+    models = _replicas(kind, **kw)
+    loop = [copy.deepcopy(m) for m in models]
+    ref = [cc.fit_classifier(m, (x, y), (xt, yt), epochs=2, batch_size=32, lr=1e-2, seed=s, log_every=2)
+           for m, s in zip(loop, seeds)]
+    got = cc.fit_replicas(models, (x, y), (xt, yt), seeds=seeds, epochs=2, batch_size=32, lr=1e-2, log_every=2)
+    for a, b, ma, mb in zip(ref, got, loop, models):
+        for p, q in zip(ma.parameters(), mb.parameters()):            # written back into the modules
+            assert torch.allclose(p, q, atol=1e-5)
+        assert torch.equal(a.predictions, b.predictions) and a.accuracy == b.accuracy
+        assert a.dropped == pytest.approx(b.dropped, abs=1e-6)
+        assert len(a.history) == len(b.history)
+        for ha, hb in zip(a.history, b.history):
+            assert ha["step"] == hb["step"] and ha["loss"] == pytest.approx(hb["loss"], rel=1e-5)
+            if "share" in ha:
+                assert torch.allclose(ha["share"], hb["share"], atol=1e-5)
+        if a.assignment is not None:
+            assert torch.equal(a.assignment, b.assignment)
+    assert not models[0].training
+
+
+def test_capacity_drops_are_logged():
+    # top-1 with c = 0.5: each expert holds ceil(0.5 * 32 / 4) = 4 of a batch's 32 tokens, so at
+    # least 1 - 4 * 4 / 32 = 50% of the assignments are dropped in every step
+    x, y = _data()
+    result = cc.fit_classifier(_replicas("top1", n=1, capacity_factor=0.5)[0], (x, y), (x, y), epochs=1,
+                               batch_size=32, lr=1e-2, seed=0, log_every=10)
+    assert 0.5 <= result.dropped < 1.0
+    with pytest.raises(ValueError, match="one seed per model"):
+        cc.fit_replicas(_replicas("dense", n=2), (x, y), (x, y), seeds=[1], epochs=1)
+
+
+def test_routing_log_windows_by_hand():
+    log = cc.RoutingLog()
+    for step in range(7):
+        routed = moe.RoutingStats(torch.zeros(()), torch.tensor([[1.0, 0.0], [0.0, 1.0], [float(step), 0.0]]),
+                                  torch.tensor(0.1 * step))
+        log.record(torch.tensor(float(step)), routed)
+    assert log.windows(3) == [(0, 3), (3, 6), (6, 7)]
+    history = log.history(3, steps_per_epoch=4)
+    assert [h["loss"] for h in history] == [1.0, 4.0, 6.0]              # means of 0-2, 3-5, 6
+    assert [h["epoch"] for h in history] == [0.75, 1.5, 1.75]
+    # steps 0-2: each step loads (1 + step, 1): expert 0 gets 1 + 2 + 3 = 6, expert 1 gets 3
+    assert history[0]["share"].tolist() == pytest.approx([6 / 9, 3 / 9])
+    assert float(log.mean_dropped()) == pytest.approx(0.3)
+
+
+def test_predict_in_groups_stacked_equals_each_replica():
+    models = _replicas("expert_choice", capacity_factor=1.0)
+    x = _data(50)[0]
+    stacked = moe.StackedMoE(models).eval()
+    preds, assignment = cc.predict_in_groups(stacked, x, 16)
+    for r, m in enumerate(models):
+        p, a = cc.predict_in_groups(m.eval(), x, 16)
+        assert torch.equal(preds[r], p) and torch.equal(assignment[r], a)
+        manual = torch.cat([m(x[b:b + 16])[0].argmax(-1) for b in range(0, 50, 16)])
+        assert torch.equal(p, manual)
+
+
+def test_predictions_in_order_maps_back_to_the_original_index():
+    m = _replicas("expert_choice", n=1, capacity_factor=1.0)[0]
+    x = _data(40)[0]
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    got = cc.predictions_in_order(m, x, order, 10)
+    for b in range(0, 40, 10):
+        idx = order[b:b + 10]
+        assert torch.equal(got[idx], m(x[idx])[0].argmax(-1))
+    dense = _replicas("dense", n=1)[0]                                  # a per-image function: order-free
+    assert torch.equal(cc.predictions_in_order(dense, x, order, 10), dense(x)[0].argmax(-1))
+
+
+def test_prepare_mnist_subsets_and_standardises(monkeypatch):
+    images = torch.arange(20 * 28 * 28, dtype=torch.int64).remainder(256).to(torch.uint8).view(20, 28, 28)
+    labels = torch.arange(20) % 10
+    monkeypatch.setattr(cc.mnist, "load_mnist", lambda split, root=None: (images, labels))
+    (x, y), (xt, yt) = cc.prepare_mnist(5, None, seed=3)
+    idx = torch.randperm(20, generator=torch.Generator().manual_seed(3))[:5]
+    assert torch.equal(y, labels[idx]) and x.shape == (5, 784) and len(yt) == 20
+    expected = (images[idx].reshape(5, -1).double() / 255 - 0.1307) / 0.3081
+    assert torch.allclose(x.double(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="n_train must be in 1..20"):
+        cc.prepare_mnist(21, None)
+
+
+def test_variants_and_paired_differences():
+    kind, hidden, kw = cc.variant_spec("top-1 capacity=1.25", hidden=32, n_experts=8, alpha=0.1, soft_slots=16)
+    assert (kind, hidden, kw) == ("switch", 32, {"alpha": 0.1, "capacity_factor": 1.25})
+    assert cc.variant_spec("dense E·h", hidden=32, n_experts=8, alpha=0.1, soft_slots=16)[1] == 256
+    with pytest.raises(ValueError, match="unknown variant"):
+        cc.variant_spec("top-3", hidden=32, n_experts=8, alpha=0.1, soft_slots=16)
+    study = cc.Study(None, None, [0, 1, 2], hidden=4, n_experts=2, alpha=0.1, soft_slots=1, epochs=1,
+                     batch_size=8, lr=1e-3, log_every=1)
+    fake = lambda acc: cc.FitResult(acc, [], None, torch.zeros(1), 0.0, 0.0)
+    study.results = {("a", 0): fake(0.9), ("a", 1): fake(0.8), ("a", 2): fake(0.7),
+                     ("b", 0): fake(0.5), ("b", 2): fake(0.6)}
+    assert study.seeds_of("a") == [0, 1, 2]
+    assert study.paired("a", "b") == pytest.approx([0.4, 0.1])          # seed 1 has no partner
+    assert study.balance_variant(0.1) == "top-1" and study.balance_variant(0.0) == "top-1 alpha=0.0"
+
+
+def test_capacity_curves_put_dropped_and_accuracy_side_by_side():
+    summary = pd.DataFrame({"capacity factor": [1.0, 2.0, float("inf")], "mean": [0.8, 0.9, 0.95],
+                            "low": [0.7, 0.85, 0.9], "high": [0.9, 0.95, 1.0], "n": [3, 3, 3],
+                            "dropped while training": [0.2, 0.05, 0.0]})
+    curves = cc.capacity_curves(summary)
+    dropped = curves[curves.quantity == "share of assignments dropped"]
+    assert dropped["mean"].tolist() == [0.2, 0.05] and dropped["low"].tolist() == [0.2, 0.05]
+    assert curves[curves.quantity != "share of assignments dropped"]["high"].tolist() == [0.9, 0.95]
+
+
+def test_routing_frame_counts_top_k_reach():
+    scores = torch.tensor([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [0.0, 1.0, 2.0]])
+    labels = torch.tensor([7, 7, 1])
+    top1 = cc.routing_frame(scores, labels, 7, 1)
+    assert top1["share"].tolist() == [0.5, 0.5, 0.0]
+    assert cc.routing_frame(scores, labels, 7, 2)["share"].tolist() == [0.5, 1.0, 0.5]
+    assert len(cc.routing_overview(scores, labels, ks=(1, 2))) == 10 * 2 * 3
+
+
+def test_framework_and_gumbel_checks_hold():
+    torch.manual_seed(0)
+    x = torch.randn(32, 20)
+    check = cc.framework_check(x, n_experts=4, hidden=6)
+    assert check["same_selection"] and check["straight_through"] and check["framework_gap"] < 1e-5
+    z, table = cc.gumbel_max_check(x[:1], n_experts=4, tau=1.0, draws=4000, seed=0)
+    assert z < 4.5 and len(table) == 8
+    freq = table[table.source != "softmax(s)"]["probability"]
+    assert freq.sum() == pytest.approx(1.0)
