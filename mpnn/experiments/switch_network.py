@@ -16,7 +16,7 @@ matches) and G (S, N) the person's cell of the world.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import altair as alt
