@@ -57,4 +57,5 @@ def controls_view(controls: dict[str, object], render: Callable[..., object]):
     for c in controls.values():
         c.observe(redraw, "value")
     redraw()
-    return W.VBox([W.HBox(list(controls.values())), out])
+    row = W.HBox(list(controls.values()), layout=W.Layout(flex_flow="row wrap"))   # many controls wrap
+    return W.VBox([row, out])
