@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 import torch
+from tqdm.auto import tqdm
 
 from mpnn import dynamics as D
 from mpnn import train as T
@@ -61,7 +62,6 @@ def train_architectures(data: D.CompositionalData, seeds: Sequence[int], *, hidd
                         lr_shallow: float, epochs: int, init_std: float, device
                         ) -> tuple[dict[str, D.LinearTrajectory], dict[str, float]]:
     """Every architecture of :data:`ARCHS` in its own batched pass (one thread), and its wall time in s."""
-    from tqdm.auto import tqdm
     trajectories, seconds = {}, {}
     for arch in tqdm(ARCHS, desc="linear networks"):
         t0 = time.perf_counter()
@@ -193,7 +193,6 @@ def run_heldout(seeds: Sequence[int], *, dataset_seed: int, n_train: int, hidden
     One batched pass per case on one thread: a single zero-padded pass for all cases
     (:func:`heldout_experiments`) gives the same values but was measured three times slower.
     """
-    from tqdm.auto import tqdm
     heldout = {}
     for st in tqdm(settings, desc="held-out settings"):
         data = D.make_dataset(*st, pattern_bits=HELDOUT_BITS, generator=torch.Generator().manual_seed(dataset_seed))
@@ -562,7 +561,6 @@ def train_cpu_scale(train: CMNIST, test: CMNIST, *, seed: int, n_seeds: int, tra
                     eval_train_size: int, epochs: int, eval_every: int, lr: float, batch_size: int, hidden: int,
                     pool: int, out_std: float, device) -> CPURun:
     """Dense and split MLP towers, ``n_seeds`` paired seeds each (per seed: data order, dense init, split init)."""
-    from tqdm.auto import tqdm
     sub = [spawn_seeds(s, 3) for s in spawn_seeds(seed, n_seeds)]
     cpu_train = train.subset(min(train_size, len(train)))
     cpu_test = test.subset(min(test_size, len(test)))
