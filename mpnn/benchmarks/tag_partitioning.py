@@ -1,13 +1,14 @@
 """Per-sample SGD of the tag-partitioned network (document 001): steps per second.
 
 Variants of ``tag/per-sample-sgd`` (each callable runs ``steps`` per-sample updates of every network):
-``stacked`` (:class:`mpnn.tagnet.StackedSGD`: hand-written forward/backward, ``networks`` models in
+``stacked`` (:class:`mpnn.stacked_sgd.StackedSGD`: hand-written forward/backward, ``networks`` models in
 lock-step, the step loop run by TorchScript; 25 is the chapter's default local pass: 10 faithful seeds +
 3 seeds x 5 controls, and a step costs far less than 25 times a one-network step), ``stacked-eager``
 (the same step loop run by Python: the cost of the interpreter between the ~25 operations of a step),
 ``autograd-loop`` (:func:`mpnn.tagnet.reference_sgd`, one network at a time: the plain reference loop).
 The benchmark's networks are the document's (partitioned, blocked order: each step computes only the
-active half). ``tag/minibatch-epoch`` times one epoch of mini-batch SGD with autograd (batch 64), the
+active half). ``tag/minibatch-epoch`` times one epoch of mini-batch SGD with autograd (batch 64,
+:func:`mpnn.experiments.tag_partitioning.minibatch_sgd`, i.e. :func:`mpnn.train.fit`), the
 non-faithful but common alternative, against a per-sample epoch of the stacked trainer.
 """
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 import torch
 
 from mpnn import tagnet
+from mpnn.experiments.tag_partitioning import minibatch_sgd
 from mpnn.runtime.bench import case
+from mpnn.stacked_sgd import StackedSGD
 
 
 def _data(n: int, seed: int = 0):
@@ -34,10 +37,10 @@ def per_sample_sgd(networks, quick):
     schedule = order[:, None].expand(steps, networks).contiguous()
 
     def stacked():
-        tagnet.StackedSGD(models, X, y).fit(schedule, progress=False)
+        StackedSGD(models, X, y).fit(schedule)
 
     def stacked_eager():
-        tagnet.StackedSGD(models, X, y).fit(schedule, progress=False, eager=True)
+        StackedSGD(models, X, y).fit(schedule, eager=True)
 
     def autograd_loop():
         for m in models:
@@ -54,10 +57,10 @@ def minibatch_epoch(n, quick):
     model = tagnet.TagNet(generator=torch.Generator().manual_seed(0))
 
     def per_sample_stacked():
-        tagnet.StackedSGD([model], X, y).fit(torch.arange(n)[:, None], progress=False)
+        StackedSGD([model], X, y).fit(torch.arange(n)[:, None])
 
     def minibatch_autograd():
-        tagnet.minibatch_epoch(model, X, y, batch=64)
+        minibatch_sgd(model, X, y, batch=64)
 
     return {"per-sample (stacked)": per_sample_stacked, "mini-batch 64 (autograd)": minibatch_autograd}, \
         {"samples per epoch": n}
