@@ -14,24 +14,23 @@ Scardapane et al. (2024) this is depth sparsity: a per-sample binary mask over t
 the batch, so the later stages run on fewer rows. :func:`exit_costs` counts the FLOPs a sample pays
 when it leaves at each exit (2 FLOPs per multiply-add of every ``Conv2d`` and ``Linear``; ReLU, pooling and
 the entropy are not counted), from which :func:`predicted_speedup` gives the FLOP-predicted speed-up.
+:func:`exit_loss` is the training objective above; the chapter trains it with :func:`mpnn.train.fit`
+(``mpnn.experiments.early_exits``), which also measures the wall time.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpnn.runtime.timing import interleaved_samples, median_ci, paired_speedup
-
 __all__ = [
     "EarlyExitConfig", "EarlyExitNet", "ExitResult", "normalised_entropy", "early_exit_predict",
-    "exit_decisions", "count_flops", "exit_costs", "full_cost", "predicted_speedup",
-    "train_early_exit", "images_to_tensor", "exit_logits", "sweep_metrics", "choose_threshold",
-    "interleaved_samples", "median_ci", "paired_speedup", "wall_time_claim", "speedup_sweep", "time_breakdown",
+    "exit_decisions", "exit_fractions", "count_flops", "exit_costs", "full_cost", "predicted_speedup",
+    "exit_loss", "exit_logits", "sweep_metrics", "choose_threshold",
 ]
 
 
@@ -99,14 +98,7 @@ class EarlyExitNet(nn.Module):
 def _check_images(x: torch.Tensor) -> None:
     if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
         raise ValueError(f"expected images of shape (batch, 1, 28, 28), got {tuple(x.shape)}; "
-                         "convert uint8 MNIST with mpnn.early_exit.images_to_tensor")
-
-
-def images_to_tensor(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28), scaled to [0, 1] and standardised (MNIST mean/std)."""
-    if images.dim() != 3:
-        raise ValueError(f"expected (N, 28, 28) images, got shape {tuple(images.shape)}")
-    return ((images.float() / 255.0 - 0.1307) / 0.3081).unsqueeze(1)
+                         "convert uint8 MNIST with mpnn.data.mnist.to_tensor(images, shape=\"image\")")
 
 
 def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -182,6 +174,12 @@ def exit_decisions(exit_logits: Sequence[torch.Tensor], threshold: float | torch
     return first[0] if scalar else first
 
 
+def exit_fractions(model: EarlyExitNet, x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``q_i``: the fraction of ``x`` that :func:`early_exit_predict` sends out at exit ``i``. (L,) float64"""
+    idx = early_exit_predict(model, x, threshold).exit_index
+    return torch.bincount(idx, minlength=model.n_exits).double() / len(idx)
+
+
 # ---------------------------------------------------------------- FLOPs
 
 def count_flops(module: nn.Module, x: torch.Tensor) -> int:
@@ -242,44 +240,13 @@ def predicted_speedup(model: EarlyExitNet, exit_fractions: torch.Tensor) -> torc
     return full_cost(model) / (q * exit_costs(model)).sum(-1)
 
 
-# ---------------------------------------------------------------- training and timing
+# ---------------------------------------------------------------- training objective
 
-def train_early_exit(model: EarlyExitNet, images: torch.Tensor, labels: torch.Tensor, *,
-                     epochs: int = 1, batch_size: int = 128, lr: float = 1e-3,
-                     exit_weights: Sequence[float] = (1.0, 1.0), seed: int = 0,
-                     progress: Callable | None = None) -> list[float]:
-    """Joint training of all exits with the loss ``sum_i w_i CE_i`` (Adam). Returns the loss per step.
-
-    ``images`` (N, 1, 28, 28) float on the model's device, ``labels`` (N,) int64. ``progress`` wraps
-    the step iterator (e.g. ``tqdm.auto.tqdm``).
-    """
-    if len(exit_weights) != model.n_exits:
-        raise ValueError(f"exit_weights needs one weight per exit ({model.n_exits}), got {list(exit_weights)}")
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-    w = torch.tensor(exit_weights, dtype=images.dtype, device=images.device)
-    g = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=_fusable(model))
-    n = images.shape[0]
-    steps_per_epoch = math.ceil(n / batch_size)
-    steps = range(epochs * steps_per_epoch)
-    if progress is not None:
-        steps = progress(steps)
-    losses = []
-    model.train()
-    order = None
-    for step in steps:
-        if step % steps_per_epoch == 0:
-            order = torch.randperm(n, generator=g).to(images.device)
-        b = order[(step % steps_per_epoch) * batch_size:][:batch_size]
-        outs = model(images[b])
-        loss = sum(wi * F.cross_entropy(o, labels[b]) for wi, o in zip(w, outs))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    model.eval()
-    return losses
+def exit_loss(logits_per_exit: Sequence[torch.Tensor], labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """BranchyNet's joint objective ``sum_i w_i CE(logits_i, y)`` (eq. 1 there) over the model's output."""
+    if len(weights) != len(logits_per_exit):
+        raise ValueError(f"exit weights need one weight per exit ({len(logits_per_exit)}), got {list(weights)}")
+    return sum(w * F.cross_entropy(logits, labels) for w, logits in zip(weights, logits_per_exit))
 
 
 # ---------------------------------------------------------------- evaluation over thresholds
@@ -315,98 +282,3 @@ def choose_threshold(accuracy: torch.Tensor, last_exit_accuracy: float, toleranc
     (thresholds sorted increasingly); 0 when none is."""
     ok = (accuracy >= last_exit_accuracy - tolerance).nonzero().flatten()
     return int(ok.max()) if len(ok) else 0
-
-
-# ---------------------------------------------------------------- timing claims (see mpnn.runtime.timing)
-
-def _exit_fractions(model: EarlyExitNet, x: torch.Tensor, threshold: float) -> torch.Tensor:
-    idx = early_exit_predict(model, x, threshold).exit_index
-    return torch.bincount(idx, minlength=model.n_exits).double() / len(idx)
-
-
-def wall_time_claim(model: EarlyExitNet, x: torch.Tensor, threshold: float, repeats: int = 31,
-                    max_efficiency: float = 0.8, min_speedup: float = 1.0) -> dict:
-    """Timing claim: at ``threshold``, skipping inference is faster than the plain network, but by less
-    than the FLOPs predict.
-
-    ``repeats`` rounds of the plain network and the skipping inference on ``x``, interleaved
-    (:func:`interleaved_samples`), on one CPU thread; the measured speed-up is the median of the per-round
-    ratios, with its distribution-free 95% CI (:func:`median_ci`); the efficiency is measured / predicted
-    (FLOP-predicted speed-up for the exit fractions on ``x``). ``passed``: the speed-up CI lies above
-    ``min_speedup`` *and* the efficiency CI lies below ``max_efficiency``.
-    """
-    model.eval()
-    with _threads(x), torch.no_grad():
-        q = _exit_fractions(model, x, threshold)
-        predicted = float(predicted_speedup(model, q))
-        t = interleaved_samples({"plain": lambda: model.forward_full(x),
-                                 "early_exit": lambda: early_exit_predict(model, x, threshold)}, repeats=repeats)
-    sp, lo, hi = paired_speedup(t["plain"], t["early_exit"])
-    eff, eff_lo, eff_hi = sp / predicted, lo / predicted, hi / predicted
-    passed = bool(lo > min_speedup and eff_hi < max_efficiency)
-    measured = (f"T={threshold:g} on {len(x)} images ({float(q[0]):.1%} leave at exit 1): measured speed-up "
-                f"{sp:.2f}x (95% CI {lo:.2f}-{hi:.2f}, median of {repeats} interleaved rounds, 1 thread) against "
-                f"{predicted:.2f}x predicted by FLOPs: {eff:.2f} (95% CI {eff_lo:.2f}-{eff_hi:.2f}) of the prediction")
-    return {"passed": passed, "measured": measured, "speedup": sp, "speedup_low": lo, "speedup_high": hi,
-            "predicted": predicted, "efficiency": eff, "efficiency_low": eff_lo, "efficiency_high": eff_hi,
-            "exit1_fraction": float(q[0]), "plain_ms": 1e3 * _median(t["plain"]),
-            "early_exit_ms": 1e3 * _median(t["early_exit"]), "ratios": [a / b for a, b in zip(t["plain"], t["early_exit"])],
-            "min_speedup": min_speedup, "max_efficiency": max_efficiency, "repeats": repeats}
-
-
-def speedup_sweep(model: EarlyExitNet, x: torch.Tensor, thresholds: Sequence[float], repeats: int = 5) -> list[dict]:
-    """Measured and FLOP-predicted speed-up at every threshold on ``x``, one CPU thread.
-
-    Every round times the plain network and the skipping inference at each threshold (order alternating);
-    each threshold's speed-up is the median of its per-round ratios to the plain network, with a 95% CI.
-    """
-    model.eval()
-    with _threads(x), torch.no_grad():
-        fns = {"plain": lambda: model.forward_full(x)}
-        for i, t in enumerate(thresholds):
-            fns[i] = (lambda t=t: early_exit_predict(model, x, t))
-        times = interleaved_samples(fns, repeats=repeats)
-        rows = []
-        for i, t in enumerate(thresholds):
-            q = _exit_fractions(model, x, t)
-            sp, lo, hi = paired_speedup(times["plain"], times[i])
-            rows.append({"threshold": t, "exit 1 fraction": float(q[0]),
-                         "predicted speed-up": float(predicted_speedup(model, q)), "measured speed-up": sp,
-                         "low": lo, "high": hi, "plain time (ms)": 1e3 * _median(times["plain"]),
-                         "early-exit time (ms)": 1e3 * _median(times[i])})
-    return rows
-
-
-def time_breakdown(model: EarlyExitNet, x: torch.Tensor, rows_left: Sequence[int], repeats: int = 5) -> dict:
-    """Median wall time (s) of each part of the network on ``x`` (one thread), and of block 2 + exit-2 head
-    on the first ``n`` rows for every ``n`` in ``rows_left`` (``{"parts": {...}, "block2_rows": {n: s}}``)."""
-    model.eval()
-    with _threads(x), torch.no_grad():
-        h1 = model.stages[0](x)
-        logits1 = model.exits[0](h1)
-        keep = torch.rand(len(x), generator=torch.Generator().manual_seed(0)).to(x.device) < 0.5
-        parts = interleaved_samples({
-            "block 1": lambda: model.stages[0](x),
-            "exit-1 head": lambda: model.exits[0](h1),
-            "entropy + gather half the rows": lambda: (normalised_entropy(logits1), h1[keep]),
-            "block 2 + exit-2 head": lambda: model.exits[1](model.stages[1](h1)),
-        }, repeats=repeats)
-        rows = sorted({int(n) for n in rows_left if int(n) > 0})
-        block2 = interleaved_samples({n: (lambda n=n: model.exits[1](model.stages[1](h1[:n]))) for n in rows},
-                                     repeats=repeats) if rows else {}
-    return {"parts": {k: _median(v) for k, v in parts.items()}, "block2_rows": {n: _median(v) for n, v in block2.items()}}
-
-
-def _median(v: Sequence[float]) -> float:
-    return median_ci(v)[0]
-
-
-def _threads(x: torch.Tensor):
-    from mpnn.determinism import cpu_threads
-    return cpu_threads(1, x.device)
-
-
-def _fusable(model: nn.Module) -> bool:
-    """Whether torch's fused Adam/AdamW kernel applies (float32 parameters on CPU or CUDA)."""
-    return all(p.dtype in (torch.float32, torch.float64) and p.device.type in ("cpu", "cuda")
-               for p in model.parameters())

@@ -18,6 +18,8 @@ The image is cut into ``(28/p)^2`` patches of ``p x p`` pixels, each a token. Tw
 
 :func:`vit_flops` counts FLOPs per sample (2 per multiply-add in linear layers and attention matmuls,
 the ToMe similarity matrix and the scorer; LayerNorm, softmax and GELU are not counted).
+:func:`evaluate_settings` gives the accuracy of many inference settings in one pass. The chapter's training
+recipe (:func:`mpnn.train.fit`) and its latency measurements live in ``mpnn.experiments.token_selection``.
 """
 from __future__ import annotations
 
@@ -26,16 +28,13 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mpnn.early_exit import _fusable
 from mpnn.switch import gumbel_softmax, straight_through, topk_mask
 
 __all__ = [
     "ViTConfig", "TokenViT", "patchify", "keep_count", "select_mask", "bipartite_soft_matching",
-    "merge_wavg", "token_schedule", "vit_flops", "train_vit", "evaluate_settings", "latency_claim",
-    "latency_sweep",
+    "merge_wavg", "token_schedule", "vit_flops", "parse_setting", "evaluate_settings",
 ]
 
 
@@ -333,65 +332,10 @@ def vit_flops(config: ViTConfig, *, rho: float = 1.0, r: int = 0) -> float:
     return float(total)
 
 
-# ---------------------------------------------------------------- training
+# ---------------------------------------------------------------- evaluation
 
-def train_vit(model: TokenViT, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 1,
-              batch_size: int = 128, lr: float = 2e-3, train_rhos: Sequence[float] = (1.0,),
-              tau: float = 1.0, noise: tuple[float, float] = (1.0, 1.0), full_tokens_fraction: float = 0.0,
-              seed: int = 0, progress: Callable | None = None) -> list[float]:
-    """AdamW with linear warm-up and cosine decay. Returns the loss per step.
-
-    The first ``full_tokens_fraction`` of the steps train the backbone on all tokens (rho = 1): a scorer
-    on untrained features has nothing to rank. After that, step ``t`` trains at keep ratio
-    ``train_rhos[t % len]`` (one model then serves every rho at inference), with the Gumbel noise scale
-    going linearly from ``noise[0]`` to ``noise[1]`` (exploration of token subsets early, the top-k used at
-    inference late)."""
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-    for rho in train_rhos:
-        keep_count(model.config.n_tokens, rho)  # validates
-    if not 0 <= full_tokens_fraction < 1:
-        raise ValueError(f"full_tokens_fraction must be in [0, 1), got {full_tokens_fraction}")
-    if len(noise) != 2 or min(noise) < 0:
-        raise ValueError(f"noise must be (start, end) Gumbel noise scales >= 0, got {noise}")
-    g = torch.Generator().manual_seed(int(seed))
-    n = images.shape[0]
-    spe = math.ceil(n / batch_size)
-    total = epochs * spe
-    warm = max(1, total // 20)
-    n_full = int(full_tokens_fraction * total)
-    # fused: one kernel for every parameter tensor (the per-tensor loop was ~15% of a step at this size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, fused=_fusable(model))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: min(1.0, (t + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
-    steps = range(total)
-    if progress is not None:
-        steps = progress(steps)
-    model.train()
-    losses, order = [], None
-    for step in steps:
-        if step % spe == 0:
-            order = torch.randperm(n, generator=g).to(images.device)
-        b = order[(step % spe) * batch_size:][:batch_size]
-        if step < n_full:
-            rho, sigma = 1.0, noise[0]
-        else:
-            rho = float(train_rhos[step % len(train_rhos)])
-            f = (step - n_full) / max(1, total - n_full - 1)
-            sigma = noise[0] + (noise[1] - noise[0]) * f
-        loss = F.cross_entropy(model(images[b], rho=rho, tau=tau, noise=sigma), labels[b])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    model.eval()
-    return losses
-
-
-# ---------------------------------------------------------------- evaluation and timing claims
-
-def _setting(kw: dict) -> tuple[float, int, str]:
+def parse_setting(kw: dict) -> tuple[float, int, str]:
+    """An inference setting ``{"rho": .., "r": .., "selector": ..}`` (defaults 1.0, 0, "learned") as a tuple."""
     unknown = set(kw) - {"rho", "r", "selector"}
     if unknown:
         raise ValueError(f"a setting takes rho, r and selector, got {sorted(unknown)}")
@@ -407,7 +351,7 @@ def evaluate_settings(model: TokenViT, x: torch.Tensor, y: torch.Tensor, setting
     once per batch. The "random" selector of setting ``j`` draws from its own generator seeded ``seed + j``,
     so its tokens do not depend on the other settings or the batch order.
     """
-    parsed = [_setting(kw) for kw in settings]
+    parsed = [parse_setting(kw) for kw in settings]
     model.eval()
     gens = {j: torch.Generator().manual_seed(seed + j) for j, (_, _, sel) in enumerate(parsed) if sel == "random"}
     correct = torch.zeros(len(parsed), device=x.device)
@@ -420,59 +364,3 @@ def evaluate_settings(model: TokenViT, x: torch.Tensor, y: torch.Tensor, setting
                 logits = model(xb, rho=rho, r=r, selector=sel, how="gather", generator=gens.get(j))
             correct[j] += (logits.argmax(-1) == yb).sum()
     return (correct / len(x)).tolist()
-
-
-def _threads(x: torch.Tensor):
-    from mpnn.determinism import cpu_threads
-    return cpu_threads(1, x.device)
-
-
-def latency_claim(model: TokenViT, x: torch.Tensor, rho: float, repeats: int = 31,
-                  min_speedup: float = 1.0, min_efficiency: float = 0.5) -> dict:
-    """Timing claim: keeping ``rho`` of the tokens lowers the latency, roughly as the FLOPs predict.
-
-    ``repeats`` rounds of the all-token model and the model keeping ``keep_count(N, rho)`` tokens on ``x``,
-    interleaved (:func:`mpnn.runtime.timing.interleaved_samples`), on one CPU thread. The speed-up is the median of
-    the per-round ratios with its distribution-free 95% CI (:func:`mpnn.runtime.timing.median_ci`); the efficiency
-    is speed-up / FLOP-predicted speed-up. ``passed``: the speed-up CI lies above ``min_speedup`` and the
-    efficiency CI above ``min_efficiency``.
-    """
-    from mpnn.runtime.timing import interleaved_samples, paired_speedup
-    model.eval()
-    predicted = vit_flops(model.config) / vit_flops(model.config, rho=rho)
-    with _threads(x), torch.no_grad():
-        t = interleaved_samples({"all": lambda: model(x), "fewer": lambda: model(x, rho=rho)}, repeats=repeats)
-    sp, lo, hi = paired_speedup(t["all"], t["fewer"])
-    eff, eff_lo, eff_hi = sp / predicted, lo / predicted, hi / predicted
-    passed = bool(lo > min_speedup and eff_lo > min_efficiency)
-    k, n = keep_count(model.config.n_tokens, rho), model.config.n_tokens
-    measured = (f"rho={rho:g} ({k} of {n} tokens) on {len(x)} images: measured speed-up {sp:.2f}x (95% CI "
-                f"{lo:.2f}-{hi:.2f}, median of {repeats} interleaved rounds, 1 thread) against {predicted:.2f}x "
-                f"predicted by FLOPs: {eff:.2f} (95% CI {eff_lo:.2f}-{eff_hi:.2f}) of the prediction")
-    med = lambda v: sorted(v)[len(v) // 2]
-    return {"passed": passed, "measured": measured, "speedup": sp, "speedup_low": lo, "speedup_high": hi,
-            "predicted": predicted, "efficiency": eff, "efficiency_low": eff_lo, "efficiency_high": eff_hi,
-            "all_ms": 1e3 * med(t["all"]), "fewer_ms": 1e3 * med(t["fewer"]),
-            "ratios": [a / b for a, b in zip(t["all"], t["fewer"])], "min_speedup": min_speedup,
-            "min_efficiency": min_efficiency, "repeats": repeats}
-
-
-def latency_sweep(model: TokenViT, x: torch.Tensor, settings: Sequence[dict], repeats: int = 5) -> list[dict]:
-    """Measured and FLOP-predicted speed-up of every setting against all tokens on ``x``, one CPU thread
-    (each round times all of them, order alternating; median of the per-round ratios with a 95% CI)."""
-    from mpnn.runtime.timing import interleaved_samples, paired_speedup
-    parsed = [_setting(kw) for kw in settings]
-    model.eval()
-    with _threads(x), torch.no_grad():
-        fns = {"all": lambda: model(x)}
-        for j, (rho, r, sel) in enumerate(parsed):
-            fns[j] = (lambda rho=rho, r=r, sel=sel: model(x, rho=rho, r=r, selector=sel))
-        t = interleaved_samples(fns, repeats=repeats)
-    rows = []
-    for j, (rho, r, sel) in enumerate(parsed):
-        sp, lo, hi = paired_speedup(t["all"], t[j])
-        rows.append({"rho": rho, "r": r, "selector": sel, "measured speed-up": sp, "low": lo, "high": hi,
-                     "predicted speed-up": vit_flops(model.config) / vit_flops(model.config, rho=rho, r=r),
-                     "latency (ms)": 1e3 * sorted(t[j])[len(t[j]) // 2],
-                     "all-token latency (ms)": 1e3 * sorted(t["all"])[len(t["all"]) // 2]})
-    return rows

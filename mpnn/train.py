@@ -113,3 +113,10 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[tuple, int], torch.Tensor],
     bar.close()
     model.eval()
     return History(torch.stack(losses).float().cpu(), evals, steps_per_epoch, time.perf_counter() - start)
+
+
+def fusable(model: torch.nn.Module) -> bool:
+    """Whether torch's fused Adam/AdamW kernel (``fused=True``: one kernel for every parameter tensor)
+    applies to ``model``: every parameter float32 or float64, on the CPU or a CUDA device."""
+    return all(p.dtype in (torch.float32, torch.float64) and p.device.type in ("cpu", "cuda")
+               for p in model.parameters())

@@ -1,13 +1,18 @@
-"""Early-exit network: FLOP counts by hand, batched inference vs one sample at a time, sweeps vs inference."""
+"""Early exits: the mechanism (FLOP counts by hand, batched inference vs one sample at a time, sweeps vs
+inference, the joint objective) and the chapter's experiment (training against a hand-written loop, the
+seed sweep against the real skipping inference, tables against hand-computed values, timing bookkeeping)."""
+import copy
 import math
 
+import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mpnn.early_exit import (EarlyExitConfig, EarlyExitNet, choose_threshold, count_flops, early_exit_predict,
-                             exit_costs, exit_decisions, exit_logits, full_cost, images_to_tensor,
-                             normalised_entropy, predicted_speedup, speedup_sweep,
-                             sweep_metrics, time_breakdown, train_early_exit, wall_time_claim)
+                             exit_costs, exit_decisions, exit_fractions, exit_logits, exit_loss, full_cost,
+                             normalised_entropy, predicted_speedup, sweep_metrics)
+from mpnn.experiments import early_exits as ex
 from mpnn.runtime.timing import interleaved_samples, median_ci, paired_speedup
 
 
@@ -99,10 +104,10 @@ def test_exit_weights_route_gradients():
     before = m.exits[0][-1].weight.detach().clone()
     imgs = torch.randn(64, 1, 28, 28)
     y = torch.randint(0, 10, (64,))
-    losses = train_early_exit(m, imgs, y, epochs=1, batch_size=32, exit_weights=(0.0, 1.0))
-    assert len(losses) == 2
+    history = ex.train(m, imgs, y, epochs=1, batch_size=32, lr=1e-3, exit_weights=(0.0, 1.0), seed=0)
+    assert history.steps == 2
     assert torch.equal(m.exits[0][-1].weight, before)  # weight 0 on exit 0: its head is not trained
-    train_early_exit(m, imgs, y, epochs=1, batch_size=32, exit_weights=(1.0, 0.0))
+    ex.train(m, imgs, y, epochs=1, batch_size=32, lr=1e-3, exit_weights=(1.0, 0.0), seed=0)
     assert not torch.equal(m.exits[0][-1].weight, before)
 
 
@@ -113,10 +118,12 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="threshold"):
         early_exit_predict(m, torch.zeros(2, 1, 28, 28), -0.1)
     with pytest.raises(ValueError, match="one weight per exit"):
-        train_early_exit(m, torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long), exit_weights=(1.0,))
+        ex.train(m, torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long), epochs=1, batch_size=2, lr=1e-3,
+                 exit_weights=(1.0,), seed=0)
+    with pytest.raises(ValueError, match="one weight per exit"):
+        exit_loss([torch.zeros(2, 10)] * 2, torch.zeros(2, dtype=torch.long), torch.ones(3))
     with pytest.raises(ValueError, match="positive"):
         EarlyExitConfig(c1=0)
-    assert images_to_tensor(torch.zeros(3, 28, 28, dtype=torch.uint8)).shape == (3, 1, 28, 28)
 
 
 def test_exit_logits_and_sweep_metrics_match_inference(model, x):
@@ -187,7 +194,7 @@ def test_interleaved_samples_alternates_order():
 def test_timing_claims_report_consistent_numbers(model, x):
     # structure and bookkeeping only: no assertion on how long anything takes
     T = 0.5
-    res = wall_time_claim(model, x, T, repeats=3)
+    res = ex.wall_time_claim(model, x, T, repeats=3)
     q0 = (early_exit_predict(model, x, T).exit_index == 0).double().mean()
     assert res["predicted"] == pytest.approx(float(predicted_speedup(model, torch.stack([q0, 1 - q0]))))
     assert res["exit1_fraction"] == pytest.approx(float(q0))
@@ -195,24 +202,42 @@ def test_timing_claims_report_consistent_numbers(model, x):
     assert res["speedup_low"] <= res["speedup"] <= res["speedup_high"]
     assert isinstance(res["passed"], bool) and isinstance(res["measured"], str) and len(res["ratios"]) == 3
     assert res["passed"] == (res["speedup_low"] > res["min_speedup"] and res["efficiency_high"] < res["max_efficiency"])
-    rows = speedup_sweep(model, x, [0.0, T, 1.01], repeats=2)
-    assert [r["threshold"] for r in rows] == [0.0, T, 1.01]
-    assert [r["exit 1 fraction"] for r in rows] == pytest.approx([0.0, float(q0), 1.0])
-    parts = time_breakdown(model, x, rows_left=[0, 5, 20], repeats=2)
+    rows = ex.speedup_sweep(model, x, [0.0, T, 1.01], repeats=2)
+    assert rows["threshold"].tolist() == [0.0, T, 1.01]
+    assert rows["exit 1 fraction"].tolist() == pytest.approx([0.0, float(q0), 1.0])
+    assert ex.rows_reaching_block2(rows, len(x)) == [len(x), int(round((1 - float(q0)) * len(x))), 0]
+    parts = ex.time_breakdown(model, x, rows_left=[0, 5, 20], repeats=2)
     assert set(parts["parts"]) == {"block 1", "exit-1 head", "entropy + gather half the rows", "block 2 + exit-2 head"}
     assert set(parts["block2_rows"]) == {5, 20}
 
 
+def test_exit_loss_is_the_weighted_sum_of_cross_entropies():
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(5, 10, generator=g) for _ in range(2)]
+    y = torch.tensor([0, 3, 9, 3, 1])
+    def ce(l):  # -log softmax of the true class, by hand
+        return -(l.gather(1, y[:, None]).squeeze(1) - l.exp().sum(1).log()).mean()
+    expected = 0.25 * ce(logits[0]) + 2.0 * ce(logits[1])
+    assert torch.allclose(exit_loss(logits, y, torch.tensor([0.25, 2.0])), expected, atol=1e-6)
+
+
+def test_exit_fractions_count_the_skipping_inference(model, x):
+    T = 0.5
+    idx = early_exit_predict(model, x, T).exit_index
+    q = exit_fractions(model, x, T)
+    assert q.dtype == torch.float64 and q.tolist() == [(idx == 0).sum().item() / len(x), (idx == 1).sum().item() / len(x)]
+
+
+# ---------------------------------------------------------------- the chapter's experiment
+
 def test_training_matches_a_hand_written_loop():
     # reference: the documented objective sum_i w_i CE_i with plain (unfused) Adam on the same batches
-    import copy
-    import torch.nn.functional as F
     torch.manual_seed(0)
     m = EarlyExitNet(EarlyExitConfig(c1=2, c2=4, hidden=8))
     ref = copy.deepcopy(m)
     imgs = torch.randn(50, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     y = torch.arange(50) % 10
-    losses = train_early_exit(m, imgs, y, epochs=2, batch_size=16, lr=1e-2, exit_weights=(0.5, 1.0), seed=3)
+    history = ex.train(m, imgs, y, epochs=2, batch_size=16, lr=1e-2, exit_weights=(0.5, 1.0), seed=3)
     g = torch.Generator().manual_seed(3)
     opt = torch.optim.Adam(ref.parameters(), lr=1e-2, foreach=False, fused=False)
     ref_losses = []
@@ -225,6 +250,117 @@ def test_training_matches_a_hand_written_loop():
             loss.backward()
             opt.step()
             ref_losses.append(loss.item())
-    assert losses == pytest.approx(ref_losses, rel=1e-4, abs=1e-5)
+    assert history.loss.tolist() == pytest.approx(ref_losses, rel=1e-4, abs=1e-5)
     for p, q in zip(m.parameters(), ref.parameters()):
         assert torch.allclose(p, q, atol=1e-5)
+
+
+def _learnable_splits(n_train=240, n_val=60, n_test=60):
+    """Images whose class is a bright 7x7 square at one of 10 places: a tiny network learns it in one epoch."""
+    g = torch.Generator().manual_seed(0)
+    def split(n):
+        y = torch.randint(0, 10, (n,), generator=g)
+        x = 0.3 * torch.randn(n, 1, 28, 28, generator=g)
+        for i, c in enumerate(y.tolist()):
+            r, col = divmod(c, 5)
+            x[i, 0, 7 * r:7 * r + 7, 5 * col:5 * col + 7] += 2.0
+        return x, y
+    (X, Y), (XV, YV), (XT, YT) = split(n_train), split(n_val), split(n_test)
+    return ex.Splits(X, Y, XV, YV, XT, YT, torch.zeros(n_test, 28, 28, dtype=torch.uint8))
+
+
+def test_run_seeds_agrees_with_the_skipping_inference_and_retraining():
+    data = _learnable_splits()
+    config = EarlyExitConfig(c1=4, c2=8, hidden=16)
+    thresholds = [0.0, 0.1, 0.3, 0.6, 1.01]
+    tolerance, margin = 0.02, 0.1
+    runs = ex.run_seeds(data, config, [5, 6], epochs=2, batch_size=32, lr=1e-2, exit_weight=1.0,
+                        thresholds=thresholds, threshold_tolerance=tolerance, accuracy_margin=margin, device="cpu")
+    assert len(runs.sweep) == 2 * len(thresholds) and runs.per_seed["seed"].tolist() == [5, 6]
+    for model, (_, row) in zip(runs.models, runs.per_seed.iterrows()):
+        # no entropy sits on a positive threshold (float error could send a sample either way)
+        for xs in (data.XV, data.XT):
+            H = normalised_entropy(model(xs)[0].detach())
+            assert float((H[:, None] - torch.tensor(thresholds[1:])).abs().min()) > 1e-4
+        acc = lambda xs, ys, t: (early_exit_predict(model, xs, t).predictions == ys).float().mean().item()
+        exit2_val = (model(data.XV)[1].argmax(-1) == data.YV).float().mean().item()
+        ok = [i for i, t in enumerate(thresholds) if acc(data.XV, data.YV, t) >= exit2_val - tolerance]
+        t_star = thresholds[max(ok) if ok else 0]
+        assert row["T*"] == t_star
+        assert row["accuracy at T*"] == pytest.approx(acc(data.XT, data.YT, t_star))
+        q = exit_fractions(model, data.XT, t_star)
+        assert row["relative FLOPs at T*"] == pytest.approx(1 / float(predicted_speedup(model, q)))
+        exit2_test = (model(data.XT)[1].argmax(-1) == data.YT).float().mean().item()
+        assert row["drop at T*"] == pytest.approx(exit2_test - acc(data.XT, data.YT, t_star))
+    assert runs.per_seed["exit 1 accuracy"].min() > 0.5      # the data is learnable: the thresholds matter
+    # the seed alone decides the run: seeding and training again gives the same weights
+    from mpnn import determinism
+    determinism.seed_everything(6)
+    again = EarlyExitNet(config)
+    ex.train(again, data.X, data.Y, epochs=2, batch_size=32, lr=1e-2, exit_weights=(1.0, 1.0), seed=6)
+    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), runs.models[1].parameters()))
+    assert torch.allclose(runs.last_entropy, normalised_entropy(runs.models[1](data.XT)[0].detach()), atol=1e-6)
+    with pytest.raises(ValueError, match="sorted"):
+        ex.run_seeds(data, config, [5], epochs=1, batch_size=32, lr=1e-2, exit_weight=1.0, thresholds=[0.5, 0.1],
+                     threshold_tolerance=tolerance, accuracy_margin=margin, device="cpu")
+
+
+def _hand_sweep():
+    rows = []
+    for seed, (a, b) in enumerate([(0.90, 0.95), (0.92, 0.97), (0.94, 0.96)]):
+        rows += [{"seed": seed, "threshold": 0.0, "accuracy": b, "exit 1 fraction": 0.0, "relative FLOPs": 1.02,
+                  "predicted speed-up": 1 / 1.02},
+                 {"seed": seed, "threshold": 0.5, "accuracy": a, "exit 1 fraction": 0.5 + 0.1 * seed,
+                  "relative FLOPs": 0.6 - 0.1 * seed, "predicted speed-up": 1 / (0.6 - 0.1 * seed)}]
+    return pd.DataFrame(rows)
+
+
+def test_pareto_and_exit_fraction_tables_hand_case():
+    sweep = _hand_sweep()
+    pareto = ex.pareto_table(sweep).set_index("threshold")
+    half = 4.302652729911275 * 0.02 / math.sqrt(3)     # t_{0.975, 2} * sd / sqrt(n), sd of (0.90, 0.92, 0.94)
+    assert pareto.loc[0.5, "accuracy"] == pytest.approx(0.92)
+    assert (pareto.loc[0.5, "low"], pareto.loc[0.5, "high"]) == pytest.approx((0.92 - half, 0.92 + half))
+    assert pareto.loc[0.5, "relative FLOPs"] == pytest.approx(0.5) and pareto.loc[0.5, "exit 1 fraction"] == pytest.approx(0.6)
+    fr = ex.exit_fraction_table(sweep)
+    e1, e2 = fr[fr.exit == "exit 1"].set_index("threshold"), fr[fr.exit == "exit 2"].set_index("threshold")
+    assert e2.loc[0.5, "mean"] == pytest.approx(0.4)
+    assert (e2.loc[0.5, "low"], e2.loc[0.5, "high"]) == pytest.approx((1 - e1.loc[0.5, "high"], 1 - e1.loc[0.5, "low"]))
+
+
+def test_time_model_and_breakdown_tables_hand_case():
+    parts = {"parts": {"block 1": 0.004, "exit-1 head": 0.001, "entropy + gather half the rows": 0.001,
+                       "block 2 + exit-2 head": 0.004},
+             "block2_rows": {100: 0.004, 30: 0.002}}
+    speed = pd.DataFrame({"threshold": [0.0, 0.3, 1.01], "exit 1 fraction": [0.0, 0.7, 1.0],
+                          "measured speed-up": [0.8, 1.2, 1.3], "predicted speed-up": [0.98, 2.0, 4.0]})
+    table = ex.time_model_table(parts, speed, [100, 30, 0])
+    # plain = 4 + 4 ms; early exit = 6 ms fixed + block 2 (scaled by 1 - q, or timed on the rows left)
+    assert table["speed-up, block 2 time x (1 - q)"].tolist() == pytest.approx([8 / 10, 8 / 7.2, 8 / 6])
+    assert table["speed-up, block 2 timed on the rows left"].tolist() == pytest.approx([8 / 10, 8 / 8, 8 / 6])
+    assert table["block 2 time on those rows / on all rows"].tolist() == pytest.approx([1.0, 0.5, 0.0])
+    model = EarlyExitNet(EarlyExitConfig(c1=16, c2=32, hidden=128))
+    flops = ex.part_flops(model)
+    assert flops[2] == 0 and sum(flops) == exit_costs(model)[-1] and flops[0] + flops[3] == full_cost(model)
+    breakdown = ex.breakdown_table(parts, model, batch=500).set_index("part")
+    assert breakdown["share of time"].tolist() == pytest.approx([0.4, 0.1, 0.1, 0.4])
+    assert breakdown.loc["block 1", "GFLOP/s"] == pytest.approx(flops[0] * 500 / 0.004 / 1e9)
+
+
+def test_threshold_explorer_view():
+    sweep = _hand_sweep()
+    speed = pd.DataFrame({"measured speed-up": [0.9, 1.3]})
+    table = ex.threshold_table(sweep, speed)
+    assert table["accuracy"].tolist() == pytest.approx([0.96, 0.92]) and "seed" not in table
+    html = ex.threshold_summary(table, 0.5)
+    assert "accuracy 0.9200" in html and "exit 1 takes 60.0%" in html and "measured 1.30x" in html
+    with pytest.raises(KeyError, match="not swept"):
+        ex.threshold_summary(table, 0.25)
+    assert set(ex.threshold_long(table)["quantity"]) == {"accuracy", "exit 1 fraction", "relative FLOPs",
+                                                         "measured speed-up"}
+
+
+def test_margin_verdict_hand_cases():
+    assert ex.margin_verdict(0.001, 0.004, 0.005).startswith("within")
+    assert ex.margin_verdict(0.006, 0.009, 0.005).startswith("NOT within")
+    assert ex.margin_verdict(0.004, 0.006, 0.005).startswith("undecided")

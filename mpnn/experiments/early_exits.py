@@ -1,0 +1,357 @@
+"""The early-exits chapter: MNIST splits, the joint training of both exits, the threshold sweep over
+seeds, the wall-time measurements its timing claim calls, and the tables and figures it shows.
+
+The mechanism (network, skipping inference, exit decisions, FLOP counts) is :mod:`mpnn.early_exit`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from mpnn import determinism
+from mpnn.data.mnist import load_mnist, to_tensor
+from mpnn.early_exit import (EarlyExitConfig, EarlyExitNet, choose_threshold, count_flops, early_exit_predict,
+                             exit_costs, exit_fractions, exit_logits, exit_loss, full_cost, normalised_entropy,
+                             predicted_speedup, sweep_metrics)
+from mpnn.runtime import stats
+from mpnn.runtime.timing import interleaved_samples, median_ci, paired_speedup
+from mpnn.train import History, fit, fusable
+
+MNIST_TRAIN = 60000
+
+
+# ---------------------------------------------------------------- data
+
+@dataclass
+class Splits:
+    """Standardised images (N, 1, 28, 28) and labels: training, validation (the last ``n_val`` training
+    images, used only to pick the threshold) and test; ``test_images`` are the raw uint8 test digits."""
+
+    X: torch.Tensor
+    Y: torch.Tensor
+    XV: torch.Tensor
+    YV: torch.Tensor
+    XT: torch.Tensor
+    YT: torch.Tensor
+    test_images: torch.Tensor
+
+
+def load_splits(n_train: int, n_val: int, n_test: int, device) -> Splits:
+    """The chapter's MNIST splits on ``device`` (:func:`mpnn.data.mnist.to_tensor`, standard scale)."""
+    if not 0 < n_val < MNIST_TRAIN - 1 or n_train + n_val > MNIST_TRAIN:
+        raise ValueError(f"need n_train + n_val <= {MNIST_TRAIN} training images, got {n_train} + {n_val}")
+    train_x, train_y = load_mnist("train")
+    test_x, test_y = load_mnist("test")
+    image = lambda images: to_tensor(images, scale="standard", shape="image", device=device)
+    return Splits(image(train_x[:n_train]), train_y[:n_train].to(device),
+                  image(train_x[-n_val:]), train_y[-n_val:].to(device),
+                  image(test_x[:n_test]), test_y[:n_test].to(device), test_x[:n_test])
+
+
+def cost_table(model: EarlyExitNet) -> pd.DataFrame:
+    """FLOPs a sample pays when it leaves at each exit, and the plain network's, absolute and relative."""
+    costs, full = exit_costs(model), full_cost(model)
+    return pd.DataFrame({"a sample leaving at": ["exit 1 (after block 1)", "exit 2 (end)", "plain network, no exits"],
+                         "FLOPs": [int(costs[0]), int(costs[1]), int(full)],
+                         "relative to the plain network": [costs[0].item() / full, costs[1].item() / full, 1.0]})
+
+
+# ---------------------------------------------------------------- training and the threshold sweep
+
+def train(model: EarlyExitNet, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int,
+          lr: float, exit_weights: Sequence[float], seed: int, progress: str | None = None) -> History:
+    """Both exits trained jointly on :func:`mpnn.early_exit.exit_loss` (``sum_i w_i CE_i``) with fused Adam."""
+    if len(exit_weights) != model.n_exits:
+        raise ValueError(f"exit_weights needs one weight per exit ({model.n_exits}), got {list(exit_weights)}")
+    weights = torch.tensor(exit_weights, dtype=images.dtype, device=images.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=fusable(model))
+    loss_fn = lambda batch, step: exit_loss(model(batch[0]), batch[1], weights)
+    return fit(model, loss_fn, (images, labels), optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
+               progress=progress)
+
+
+@dataclass
+class SeedRuns:
+    """What the seeds leave: the sweep (one row per seed and threshold), one row per seed at its operating
+    threshold, the trained models, and the last seed's exit-1 entropies on the test images."""
+
+    sweep: pd.DataFrame
+    per_seed: pd.DataFrame
+    models: list[EarlyExitNet]
+    last_entropy: torch.Tensor
+
+
+def sweep_records(model: EarlyExitNet, test: dict, thresholds: Sequence[float], seed: int) -> list[dict]:
+    """One row per threshold: test accuracy, exit-1 fraction, relative FLOPs and predicted speed-up."""
+    frac = test["exit_fractions"].double()                             # (T, 2)
+    speed_pred = predicted_speedup(model, frac)
+    return [{"seed": seed, "threshold": t, "accuracy": test["accuracy"][i].item(),
+             "exit 1 fraction": frac[i, 0].item(), "relative FLOPs": 1 / speed_pred[i].item(),
+             "predicted speed-up": speed_pred[i].item()} for i, t in enumerate(thresholds)]
+
+
+def evaluate_seed(model: EarlyExitNet, data: Splits, thresholds: Sequence[float], tolerance: float,
+                  sensitivity_tolerance: float, seed: int):
+    """Both exits' logits on validation and test images (one pass), the validation-chosen threshold ``T*``
+    (:func:`mpnn.early_exit.choose_threshold`; also at ``sensitivity_tolerance``) and the test numbers there.
+
+    Returns (sweep rows, the seed's row, exit-1 entropies of the test images). "exit 1 accuracy on leavers"
+    is exit 1's accuracy on the samples whose entropy is below ``max(T*, thresholds[1])``."""
+    n_val = len(data.XV)
+    outs = exit_logits(model, torch.cat([data.XV, data.XT]))        # [(n_val + n_test, 10)] * 2
+    val = sweep_metrics([o[:n_val] for o in outs], data.YV, thresholds)
+    test_outs = [o[n_val:] for o in outs]
+    test = sweep_metrics(test_outs, data.YT, thresholds)
+    last_val = float(val["exit_accuracy"][-1])
+    i_star = choose_threshold(val["accuracy"], last_val, tolerance)
+    i_half = choose_threshold(val["accuracy"], last_val, sensitivity_tolerance)
+    records = sweep_records(model, test, thresholds, seed)
+    H1 = normalised_entropy(test_outs[0])
+    leave = H1 < max(thresholds[i_star], thresholds[1])
+    correct1 = (test_outs[0].argmax(-1) == data.YT).float()
+    row = {"seed": seed, "exit 1 accuracy": test["exit_accuracy"][0].item(),
+           "exit 2 accuracy": test["exit_accuracy"][1].item(), "T*": thresholds[i_star],
+           "accuracy at T*": test["accuracy"][i_star].item(),
+           "T* (tolerance margin/2)": thresholds[i_half],
+           "accuracy at T* (margin/2)": test["accuracy"][i_half].item(),
+           "relative FLOPs at T*": records[i_star]["relative FLOPs"],
+           "exit 1 accuracy on leavers": correct1[leave].mean().item() if leave.any() else float("nan")}
+    return records, row, H1
+
+
+def run_seeds(data: Splits, config: EarlyExitConfig, seeds: Sequence[int], *, epochs: int, batch_size: int,
+              lr: float, exit_weight: float, thresholds: Sequence[float], threshold_tolerance: float,
+              accuracy_margin: float, device) -> SeedRuns:
+    """For every seed: seed everything, train (:func:`train`, exit weights ``(exit_weight, 1)``), evaluate
+    (:func:`evaluate_seed`, ``T*`` at ``threshold_tolerance`` and, as a sensitivity check, at half the margin)."""
+    if sorted(thresholds) != list(thresholds):
+        raise ValueError("thresholds must be sorted in increasing order")
+    if not 0 <= threshold_tolerance < accuracy_margin:
+        raise ValueError("threshold_tolerance must be in [0, accuracy_margin)")
+    records, rows, models = [], [], []
+    for s in tqdm(seeds, desc="seeds"):
+        determinism.seed_everything(s)
+        model = EarlyExitNet(config).to(device)
+        history = train(model, data.X, data.Y, epochs=epochs, batch_size=batch_size, lr=lr,
+                        exit_weights=(exit_weight, 1.0), seed=s)
+        models.append(model)
+        seed_records, row, H1 = evaluate_seed(model, data, thresholds, threshold_tolerance, accuracy_margin / 2, s)
+        records += seed_records
+        rows.append(row | {"final loss": float(np.mean(history.loss[-20:].double().numpy()))})
+    per_seed = pd.DataFrame(rows)
+    per_seed["drop at T*"] = per_seed["exit 2 accuracy"] - per_seed["accuracy at T*"]
+    per_seed["drop at T* (margin/2)"] = per_seed["exit 2 accuracy"] - per_seed["accuracy at T* (margin/2)"]
+    return SeedRuns(pd.DataFrame(records), per_seed, models, H1)
+
+
+def margin_verdict(low: float, high: float, margin: float) -> str:
+    """Where the 95% CI ``[low, high]`` of the accuracy drop lies with respect to ``margin``."""
+    if high < margin:
+        return f"within the {100*margin:.1f} pp margin (CI upper end below it)"
+    if low > margin:
+        return f"NOT within the {100*margin:.1f} pp margin: the whole CI lies above it"
+    return f"undecided: the CI straddles the {100*margin:.1f} pp margin"
+
+
+# ---------------------------------------------------------------- timing claim and measurements (timing cell)
+
+def wall_time_claim(model: EarlyExitNet, x: torch.Tensor, threshold: float, repeats: int = 31,
+                    max_efficiency: float = 0.8, min_speedup: float = 1.0) -> dict:
+    """Timing claim: at ``threshold``, skipping inference is faster than the plain network, but by less
+    than the FLOPs predict.
+
+    ``repeats`` rounds of the plain network and the skipping inference on ``x``, interleaved
+    (:func:`mpnn.runtime.timing.interleaved_samples`), on one CPU thread; the measured speed-up is the median
+    of the per-round ratios, with its distribution-free 95% CI (:func:`mpnn.runtime.timing.median_ci`); the
+    efficiency is measured / predicted (FLOP-predicted speed-up for the exit fractions on ``x``). ``passed``:
+    the speed-up CI lies above ``min_speedup`` *and* the efficiency CI lies below ``max_efficiency``.
+    """
+    model.eval()
+    with determinism.cpu_threads(1, x.device), torch.no_grad():
+        q = exit_fractions(model, x, threshold)
+        predicted = float(predicted_speedup(model, q))
+        t = interleaved_samples({"plain": lambda: model.forward_full(x),
+                                 "early_exit": lambda: early_exit_predict(model, x, threshold)}, repeats=repeats)
+    sp, lo, hi = paired_speedup(t["plain"], t["early_exit"])
+    eff, eff_lo, eff_hi = sp / predicted, lo / predicted, hi / predicted
+    passed = bool(lo > min_speedup and eff_hi < max_efficiency)
+    measured = (f"T={threshold:g} on {len(x)} images ({float(q[0]):.1%} leave at exit 1): measured speed-up "
+                f"{sp:.2f}x (95% CI {lo:.2f}-{hi:.2f}, median of {repeats} interleaved rounds, 1 thread) against "
+                f"{predicted:.2f}x predicted by FLOPs: {eff:.2f} (95% CI {eff_lo:.2f}-{eff_hi:.2f}) of the prediction")
+    return {"passed": passed, "measured": measured, "speedup": sp, "speedup_low": lo, "speedup_high": hi,
+            "predicted": predicted, "efficiency": eff, "efficiency_low": eff_lo, "efficiency_high": eff_hi,
+            "exit1_fraction": float(q[0]), "plain_ms": 1e3 * _median(t["plain"]),
+            "early_exit_ms": 1e3 * _median(t["early_exit"]), "ratios": [a / b for a, b in zip(t["plain"], t["early_exit"])],
+            "min_speedup": min_speedup, "max_efficiency": max_efficiency, "repeats": repeats}
+
+
+def speedup_sweep(model: EarlyExitNet, x: torch.Tensor, thresholds: Sequence[float], repeats: int = 5) -> pd.DataFrame:
+    """Measured and FLOP-predicted speed-up at every threshold on ``x``, one CPU thread.
+
+    Every round times the plain network and the skipping inference at each threshold (order alternating);
+    each threshold's speed-up is the median of its per-round ratios to the plain network, with a 95% CI.
+    """
+    model.eval()
+    with determinism.cpu_threads(1, x.device), torch.no_grad():
+        fns = {"plain": lambda: model.forward_full(x)}
+        for i, t in enumerate(thresholds):
+            fns[i] = (lambda t=t: early_exit_predict(model, x, t))
+        times = interleaved_samples(fns, repeats=repeats)
+        rows = []
+        for i, t in enumerate(thresholds):
+            q = exit_fractions(model, x, t)
+            sp, lo, hi = paired_speedup(times["plain"], times[i])
+            rows.append({"threshold": t, "exit 1 fraction": float(q[0]),
+                         "predicted speed-up": float(predicted_speedup(model, q)), "measured speed-up": sp,
+                         "low": lo, "high": hi, "plain time (ms)": 1e3 * _median(times["plain"]),
+                         "early-exit time (ms)": 1e3 * _median(times[i])})
+    return pd.DataFrame(rows)
+
+
+def rows_reaching_block2(speed: pd.DataFrame, batch: int) -> list[int]:
+    """Rows that reach block 2 at every threshold of :func:`speedup_sweep`'s table, on a batch of ``batch``."""
+    return [int(round((1 - q) * batch)) for q in speed["exit 1 fraction"]]
+
+
+def time_breakdown(model: EarlyExitNet, x: torch.Tensor, rows_left: Sequence[int], repeats: int = 5) -> dict:
+    """Median wall time (s) of each part of the network on ``x`` (one thread), and of block 2 + exit-2 head
+    on the first ``n`` rows for every ``n`` in ``rows_left`` (``{"parts": {...}, "block2_rows": {n: s}}``)."""
+    model.eval()
+    with determinism.cpu_threads(1, x.device), torch.no_grad():
+        h1 = model.stages[0](x)
+        logits1 = model.exits[0](h1)
+        keep = torch.rand(len(x), generator=torch.Generator().manual_seed(0)).to(x.device) < 0.5
+        parts = interleaved_samples({
+            "block 1": lambda: model.stages[0](x),
+            "exit-1 head": lambda: model.exits[0](h1),
+            "entropy + gather half the rows": lambda: (normalised_entropy(logits1), h1[keep]),
+            "block 2 + exit-2 head": lambda: model.exits[1](model.stages[1](h1)),
+        }, repeats=repeats)
+        rows = sorted({int(n) for n in rows_left if int(n) > 0})
+        block2 = interleaved_samples({n: (lambda n=n: model.exits[1](model.stages[1](h1[:n]))) for n in rows},
+                                     repeats=repeats) if rows else {}
+    return {"parts": {k: _median(v) for k, v in parts.items()}, "block2_rows": {n: _median(v) for n, v in block2.items()}}
+
+
+def _median(v: Sequence[float]) -> float:
+    return median_ci(v)[0]
+
+
+# ---------------------------------------------------------------- tables for the figures
+
+def _summary(sweep: pd.DataFrame, column: str) -> pd.DataFrame:
+    return stats.summarise(sweep, "threshold", column)
+
+
+def pareto_table(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Per threshold: mean test accuracy with its 95% CI over seeds (``low``, ``high``), mean relative FLOPs
+    and mean exit-1 fraction."""
+    acc = _summary(sweep, "accuracy")[["threshold", "mean", "low", "high"]].rename(columns={"mean": "accuracy"})
+    for column in ("relative FLOPs", "exit 1 fraction"):
+        acc = acc.merge(_summary(sweep, column)[["threshold", "mean"]].rename(columns={"mean": column}), on="threshold")
+    return acc
+
+
+def exit_fraction_table(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Fraction of test samples leaving at each exit per threshold (mean, 95% CI), long form (``exit``)."""
+    frac = _summary(sweep, "exit 1 fraction")
+    exit2 = frac.assign(mean=1 - frac["mean"], low=1 - frac["high"], high=1 - frac["low"])
+    return pd.concat([frac.assign(exit="exit 1"), exit2.assign(exit="exit 2")])
+
+
+def speedup_table(speed: pd.DataFrame) -> pd.DataFrame:
+    """Predicted (FLOPs) and measured (wall time, 95% CI) speed-up per threshold, long form (``kind``)."""
+    predicted = speed[["threshold", "predicted speed-up"]].rename(columns={"predicted speed-up": "mean"})
+    measured = speed[["threshold", "measured speed-up", "low", "high"]].rename(columns={"measured speed-up": "mean"})
+    return pd.concat([predicted.assign(low=predicted["mean"], high=predicted["mean"], kind="predicted (FLOPs)"),
+                      measured.assign(kind="measured (wall time)")])
+
+
+def part_flops(model: EarlyExitNet) -> list[int]:
+    """FLOPs per sample of the parts :func:`time_breakdown` times (the entropy and gather count 0)."""
+    p = next(model.parameters())
+    x = torch.zeros(1, 1, 28, 28, device=p.device, dtype=p.dtype)
+    with torch.no_grad():
+        h1 = model.stages[0](x)
+        block2 = count_flops(model.stages[1], h1) + count_flops(model.exits[1], model.stages[1](h1))
+    return [count_flops(model.stages[0], x), count_flops(model.exits[0], h1), 0, block2]
+
+
+def breakdown_table(parts: dict, model: EarlyExitNet, batch: int) -> pd.DataFrame:
+    """Each timed part's median time, FLOPs, share of the time and of the FLOPs, and FLOP rate on ``batch`` rows."""
+    t = parts["parts"]
+    table = pd.DataFrame({"part": list(t), "time (ms)": [1e3 * v for v in t.values()],
+                          "MFLOPs / sample": [f / 1e6 for f in part_flops(model)]})
+    table["share of time"] = table["time (ms)"] / table["time (ms)"].sum()
+    table["share of FLOPs"] = table["MFLOPs / sample"] / table["MFLOPs / sample"].sum()
+    table["GFLOP/s"] = table["MFLOPs / sample"] * batch / table["time (ms)"]
+    return table
+
+
+def time_model_table(parts: dict, speed: pd.DataFrame, rows: Sequence[int]) -> pd.DataFrame:
+    """A time model from the measured parts against the measured and FLOP-predicted speed-up per threshold.
+
+    The plain network pays block 1 + block 2; early exit pays block 1, the exit-1 head and the entropy for
+    every sample, and block 2 either scaled by ``1 - q`` (what a FLOP count assumes) or timed on exactly
+    the rows left at that threshold."""
+    t = parts["parts"]
+    block2_rows = dict(parts["block2_rows"]) | {0: 0.0}
+    block2 = t["block 2 + exit-2 head"]
+    fixed = t["block 1"] + t["exit-1 head"] + t["entropy + gather half the rows"]
+    plain = t["block 1"] + block2
+    table = speed[["threshold", "exit 1 fraction"]].rename(columns={"exit 1 fraction": "q"})
+    table["rows left"] = list(rows)
+    table["block 2 time on those rows / on all rows"] = [block2_rows[n] / block2 for n in rows]
+    table["speed-up, block 2 time x (1 - q)"] = plain / (fixed + (1 - table["q"]) * block2)
+    table["speed-up, block 2 timed on the rows left"] = plain / (fixed + table["rows left"].map(block2_rows))
+    table["measured speed-up"] = speed["measured speed-up"].values
+    table["predicted speed-up (FLOPs)"] = speed["predicted speed-up"].values
+    return table
+
+
+def figure_time_breakdown(breakdown: pd.DataFrame) -> alt.Chart:
+    """Two stacked bars: each part's share of the FLOPs and of the wall time."""
+    long = breakdown.melt(id_vars="part", value_vars=["share of time", "share of FLOPs"], var_name="measure",
+                          value_name="share")
+    return alt.Chart(long).mark_bar().encode(
+        y=alt.Y("measure:N", title=None), x=alt.X("share:Q", stack="normalize"), color="part:N",
+        tooltip=["part", alt.Tooltip("share:Q", format=".3f")]).properties(
+        title="Share of FLOPs vs share of wall time per part", width=440, height=90)
+
+
+def easiest_and_hardest(entropy: torch.Tensor, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (on the CPU) of the ``k`` test digits with the lowest and the ``k`` with the highest entropy."""
+    order = entropy.argsort()
+    return order[:k].cpu(), order.flip(0)[:k].cpu()
+
+
+# ---------------------------------------------------------------- explorer
+
+def threshold_table(sweep: pd.DataFrame, speed: pd.DataFrame) -> pd.DataFrame:
+    """Per threshold: the sweep's means over seeds and the measured speed-up (first seed's model)."""
+    table = sweep.groupby("threshold").mean(numeric_only=True).reset_index().drop(columns="seed")
+    table["measured speed-up"] = speed["measured speed-up"].values
+    return table
+
+
+def threshold_summary(table: pd.DataFrame, threshold: float) -> str:
+    """One HTML line of :func:`threshold_table` at ``threshold`` (the explorer's view)."""
+    match = table[table["threshold"] == threshold]
+    if match.empty:
+        raise KeyError(f"threshold {threshold} was not swept; choose one of {table['threshold'].tolist()}")
+    row = match.iloc[0]
+    return (f"<b>T = {threshold}</b>: accuracy {row['accuracy']:.4f}, "
+            f"exit 1 takes {row['exit 1 fraction']:.1%}, relative FLOPs {row['relative FLOPs']:.3f}, "
+            f"predicted speed-up {row['predicted speed-up']:.2f}x, measured {row['measured speed-up']:.2f}x")
+
+
+def threshold_long(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`threshold_table` in long form (``quantity``, ``value``), one panel per quantity in the static view."""
+    return table.melt(id_vars="threshold", value_vars=["accuracy", "exit 1 fraction", "relative FLOPs",
+                                                       "measured speed-up"], var_name="quantity")

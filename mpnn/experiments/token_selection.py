@@ -1,0 +1,348 @@
+"""The token-selection chapter: MNIST splits, the training recipe (all-token warm-up, then keep ratios in
+turn with annealed Gumbel noise), the sweep over seeds and inference settings, the latency measurements its
+timing claim calls, and the tables and figures it shows.
+
+The mechanism (the ViT, learned selection, ToMe merging, FLOP counts, one-pass evaluation) is :mod:`mpnn.tokens`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mpnn import determinism
+from mpnn.data.mnist import load_mnist, to_tensor
+from mpnn.runtime import stats
+from mpnn.runtime.timing import interleaved_samples, median_ci, paired_speedup
+from mpnn.tokens import TokenViT, ViTConfig, evaluate_settings, keep_count, parse_setting, token_schedule, vit_flops
+from mpnn.train import History, fit, fusable
+
+SELECTION, RANDOM, MERGING = "selection (learned)", "selection (random)", "merging (ToMe)"
+
+
+# ---------------------------------------------------------------- data and settings
+
+@dataclass
+class Splits:
+    """Standardised images (N, 1, 28, 28) and labels for training and test; ``test_images``: raw uint8 digits."""
+
+    X: torch.Tensor
+    Y: torch.Tensor
+    XT: torch.Tensor
+    YT: torch.Tensor
+    test_images: torch.Tensor
+
+
+def load_splits(n_train: int, n_test: int, device) -> Splits:
+    """The chapter's MNIST splits on ``device`` (:func:`mpnn.data.mnist.to_tensor`, standard scale)."""
+    train_x, train_y = load_mnist("train")
+    test_x, test_y = load_mnist("test")
+    image = lambda images: to_tensor(images, scale="standard", shape="image", device=device)
+    return Splits(image(train_x[:n_train]), train_y[:n_train].to(device), image(test_x[:n_test]),
+                  test_y[:n_test].to(device), test_x[:n_test])
+
+
+def inference_settings(rhos: Sequence[float], merge_rs: Sequence[int], rho_claim: float) -> list[tuple[str, dict]]:
+    """(method, setting) pairs: learned selection at every rho, random selection at every rho < 1 (the
+    control), ToMe at every r > 0."""
+    if rho_claim not in rhos or 1.0 not in rhos or 0 not in merge_rs:
+        raise ValueError("rhos must contain 1.0 and rho_claim, and merge_rs must contain 0")
+    return ([(SELECTION, dict(rho=r)) for r in rhos] + [(RANDOM, dict(rho=r, selector="random")) for r in rhos if r < 1]
+            + [(MERGING, dict(r=r)) for r in merge_rs if r > 0])
+
+
+def relative_flops(config: ViTConfig, setting: dict) -> float:
+    """FLOPs of ``setting`` relative to all tokens (:func:`mpnn.tokens.vit_flops`)."""
+    rho, r, _ = parse_setting(setting)
+    return vit_flops(config, rho=rho, r=r) / vit_flops(config)
+
+
+def flops_table(config: ViTConfig, settings: Sequence[tuple[str, dict]]) -> pd.DataFrame:
+    """Tokens entering each block and relative FLOPs of every setting (random selection costs as learned)."""
+    return pd.DataFrame([{"method": m, "setting": str(kw),
+                          "tokens per block": token_schedule(config, rho=kw.get("rho", 1.0), r=kw.get("r", 0)),
+                          "relative FLOPs": relative_flops(config, kw)} for m, kw in settings if m != RANDOM])
+
+
+# ---------------------------------------------------------------- training
+
+def warmup_cosine(total_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor of step ``t``: linear warm-up over ``w = max(1, T // 20)`` steps times a cosine
+    decay, ``min(1, (t + 1) / w) * (1 + cos(pi * min(t, T) / T)) / 2``."""
+    warm = max(1, total_steps // 20)
+    return lambda t: min(1.0, (t + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(t, total_steps) / total_steps))
+
+
+def selection_schedule(total_steps: int, train_rhos: Sequence[float], noise: tuple[float, float],
+                       full_tokens_fraction: float) -> Callable[[int], tuple[float, float]]:
+    """``step -> (rho, sigma)``: the first ``n_full = floor(full_tokens_fraction * T)`` steps keep every token
+    (a scorer on untrained features has nothing to rank); then step ``t`` keeps ``train_rhos[t % len]`` and
+    the Gumbel noise scale goes linearly from ``noise[0]`` to ``noise[1]``,
+    ``sigma = noise[0] + (noise[1] - noise[0]) * (t - n_full) / max(1, T - n_full - 1)``."""
+    if not 0 <= full_tokens_fraction < 1:
+        raise ValueError(f"full_tokens_fraction must be in [0, 1), got {full_tokens_fraction}")
+    if len(noise) != 2 or min(noise) < 0:
+        raise ValueError(f"noise must be (start, end) Gumbel noise scales >= 0, got {noise}")
+    n_full = int(full_tokens_fraction * total_steps)
+
+    def at(step: int) -> tuple[float, float]:
+        if step < n_full:
+            return 1.0, noise[0]
+        f = (step - n_full) / max(1, total_steps - n_full - 1)
+        return float(train_rhos[step % len(train_rhos)]), noise[0] + (noise[1] - noise[0]) * f
+    return at
+
+
+def train(model: TokenViT, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int,
+          lr: float, train_rhos: Sequence[float] = (1.0,), tau: float = 1.0,
+          noise: tuple[float, float] = (1.0, 1.0), full_tokens_fraction: float = 0.0, seed: int = 0,
+          progress: str | None = None) -> History:
+    """Cross-entropy with fused AdamW (weight decay 0.05), :func:`warmup_cosine` learning rate, and the keep
+    ratio and Gumbel noise of every step from :func:`selection_schedule` (one model serves every rho)."""
+    for rho in train_rhos:
+        keep_count(model.config.n_tokens, rho)  # validates
+    total = epochs * math.ceil(len(images) / batch_size)
+    plan = selection_schedule(total, train_rhos, noise, full_tokens_fraction)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, fused=fusable(model))
+
+    def loss_fn(batch, step):
+        rho, sigma = plan(step)
+        return F.cross_entropy(model(batch[0], rho=rho, tau=tau, noise=sigma), batch[1])
+    return fit(model, loss_fn, (images, labels), optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
+               schedule=warmup_cosine(total), progress=progress)
+
+
+# ---------------------------------------------------------------- the sweep over seeds
+
+@dataclass
+class SeedRuns:
+    """One row per seed and setting (accuracy, relative FLOPs, ...) and the trained models."""
+
+    sweep: pd.DataFrame
+    models: list[TokenViT]
+
+
+def run_seeds(data: Splits, config: ViTConfig, seeds: Sequence[int], settings: Sequence[tuple[str, dict]], *,
+              epochs: int, batch_size: int, lr: float, train_rhos: Sequence[float], full_tokens_fraction: float,
+              noise: tuple[float, float], device) -> SeedRuns:
+    """For every seed: seed everything, :func:`train` once, evaluate every setting on the test images in one
+    pass (:func:`mpnn.tokens.evaluate_settings`)."""
+    records, models = [], []
+    for s in tqdm(seeds, desc="seeds"):
+        determinism.seed_everything(s)
+        model = TokenViT(config).to(device)
+        train(model, data.X, data.Y, epochs=epochs, batch_size=batch_size, lr=lr, train_rhos=train_rhos,
+              full_tokens_fraction=full_tokens_fraction, noise=noise, seed=s)
+        models.append(model)
+        accs = evaluate_settings(model, data.XT, data.YT, [kw for _, kw in settings])
+        for (method, kw), acc in zip(settings, accs):
+            rho, r, _ = parse_setting(kw)
+            records.append({"seed": s, "method": method, "rho": rho, "r": r, "accuracy": acc,
+                            "relative FLOPs": relative_flops(config, kw),
+                            "tokens in last block": token_schedule(config, rho=rho, r=r)[-1]})
+    sweep = pd.DataFrame(records)
+    sweep["predicted speed-up"] = 1 / sweep["relative FLOPs"]
+    return SeedRuns(sweep, models)
+
+
+def summary_table(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Mean accuracy, relative FLOPs and predicted speed-up over seeds per setting."""
+    return sweep.groupby(["method", "rho", "r"], sort=False)[["accuracy", "relative FLOPs", "predicted speed-up"]].mean()
+
+
+def per_seed(sweep: pd.DataFrame, method: str, **match) -> pd.Series:
+    """Accuracy per seed of ``method`` at the setting ``match`` (e.g. ``rho=0.5``), indexed by seed."""
+    d = sweep[sweep.method == method]
+    for column, value in match.items():
+        d = d[d[column] == value]
+    return d.set_index("seed")["accuracy"]
+
+
+def margin_verdict(low: float, high: float, margin: float, drop: pd.Series) -> str:
+    """Where the 95% CI ``[low, high]`` of the accuracy drop lies with respect to ``margin``."""
+    if high < margin:
+        return f"within the {100*margin:.1f} pp margin (CI upper end below it)"
+    if low > margin:
+        return f"NOT within the {100*margin:.1f} pp margin: the whole CI lies above it"
+    return (f"the {100*margin:.1f} pp margin is NOT established: the CI reaches {100*high:.2f} pp "
+            f"(per-seed drops {100*drop.min():.2f} to {100*drop.max():.2f} pp)")
+
+
+# ---------------------------------------------------------------- timing claim and measurements (timing cell)
+
+def timed_settings(settings: Sequence[tuple[str, dict]]) -> list[dict]:
+    """The settings whose latency is measured: every reduced setting except the random control."""
+    return [kw for m, kw in settings if m != RANDOM and (kw.get("rho", 1.0) < 1 or kw.get("r", 0) > 0)]
+
+
+def latency_claim(model: TokenViT, x: torch.Tensor, rho: float, repeats: int = 31,
+                  min_speedup: float = 1.0, min_efficiency: float = 0.5) -> dict:
+    """Timing claim: keeping ``rho`` of the tokens lowers the latency, roughly as the FLOPs predict.
+
+    ``repeats`` rounds of the all-token model and the model keeping ``keep_count(N, rho)`` tokens on ``x``,
+    interleaved (:func:`mpnn.runtime.timing.interleaved_samples`), on one CPU thread. The speed-up is the median of
+    the per-round ratios with its distribution-free 95% CI (:func:`mpnn.runtime.timing.median_ci`); the efficiency
+    is speed-up / FLOP-predicted speed-up. ``passed``: the speed-up CI lies above ``min_speedup`` and the
+    efficiency CI above ``min_efficiency``.
+    """
+    model.eval()
+    predicted = vit_flops(model.config) / vit_flops(model.config, rho=rho)
+    with determinism.cpu_threads(1, x.device), torch.no_grad():
+        t = interleaved_samples({"all": lambda: model(x), "fewer": lambda: model(x, rho=rho)}, repeats=repeats)
+    sp, lo, hi = paired_speedup(t["all"], t["fewer"])
+    eff, eff_lo, eff_hi = sp / predicted, lo / predicted, hi / predicted
+    passed = bool(lo > min_speedup and eff_lo > min_efficiency)
+    k, n = keep_count(model.config.n_tokens, rho), model.config.n_tokens
+    measured = (f"rho={rho:g} ({k} of {n} tokens) on {len(x)} images: measured speed-up {sp:.2f}x (95% CI "
+                f"{lo:.2f}-{hi:.2f}, median of {repeats} interleaved rounds, 1 thread) against {predicted:.2f}x "
+                f"predicted by FLOPs: {eff:.2f} (95% CI {eff_lo:.2f}-{eff_hi:.2f}) of the prediction")
+    return {"passed": passed, "measured": measured, "speedup": sp, "speedup_low": lo, "speedup_high": hi,
+            "predicted": predicted, "efficiency": eff, "efficiency_low": eff_lo, "efficiency_high": eff_hi,
+            "all_ms": 1e3 * _median(t["all"]), "fewer_ms": 1e3 * _median(t["fewer"]),
+            "ratios": [a / b for a, b in zip(t["all"], t["fewer"])], "min_speedup": min_speedup,
+            "min_efficiency": min_efficiency, "repeats": repeats}
+
+
+def latency_sweep(model: TokenViT, x: torch.Tensor, settings: Sequence[dict], repeats: int = 5) -> pd.DataFrame:
+    """Measured and FLOP-predicted speed-up of every setting against all tokens on ``x``, one CPU thread
+    (each round times all of them, order alternating; median of the per-round ratios with a 95% CI)."""
+    parsed = [parse_setting(kw) for kw in settings]
+    model.eval()
+    with determinism.cpu_threads(1, x.device), torch.no_grad():
+        fns = {"all": lambda: model(x)}
+        for j, (rho, r, sel) in enumerate(parsed):
+            fns[j] = (lambda rho=rho, r=r, sel=sel: model(x, rho=rho, r=r, selector=sel))
+        t = interleaved_samples(fns, repeats=repeats)
+    rows = []
+    for j, (rho, r, sel) in enumerate(parsed):
+        sp, lo, hi = paired_speedup(t["all"], t[j])
+        rows.append({"rho": rho, "r": r, "selector": sel, "measured speed-up": sp, "low": lo, "high": hi,
+                     "predicted speed-up": vit_flops(model.config) / vit_flops(model.config, rho=rho, r=r),
+                     "latency (ms)": 1e3 * _median(t[j]), "all-token latency (ms)": 1e3 * _median(t["all"])})
+    return pd.DataFrame(rows)
+
+
+def _median(v: Sequence[float]) -> float:
+    return median_ci(v)[0]
+
+
+def speedup_table(speed: pd.DataFrame) -> pd.DataFrame:
+    """:func:`latency_sweep`'s table with the method of every row and measured / predicted speed-up."""
+    speed = speed.assign(method=np.where(speed["r"] > 0, MERGING, SELECTION))
+    speed["measured / predicted"] = speed["measured speed-up"] / speed["predicted speed-up"]
+    return speed
+
+
+# ---------------------------------------------------------------- tables and figures
+
+def selection_accuracy(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy (mean, 95% CI over seeds) of learned and random selection per keep ratio."""
+    return stats.summarise(sweep[sweep.method.str.startswith("selection")], ["method", "rho"], "accuracy")
+
+
+def pareto_table(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy (mean, 95% CI over seeds) against relative FLOPs, learned selection and merging."""
+    return stats.summarise(sweep[sweep.method != RANDOM], ["method", "relative FLOPs"], "accuracy")
+
+
+def figure_measured_vs_predicted(speed: pd.DataFrame) -> alt.LayerChart:
+    """Measured speed-up (95% CI) against the FLOP-predicted one per setting, with the diagonal (equal)."""
+    diagonal = alt.Chart(pd.DataFrame({"x": [1, speed["predicted speed-up"].max()]})).mark_line(
+        strokeDash=[4, 4], color="grey").encode(x="x:Q", y="x:Q")
+    points = alt.Chart(speed).encode(x=alt.X("predicted speed-up:Q", title="predicted speed-up (FLOPs)"),
+                                     color="method:N")
+    bars = points.mark_errorbar().encode(y=alt.Y("low:Q", title="measured speed-up"), y2="high:Q")
+    marks = points.mark_point(filled=True).encode(y="measured speed-up:Q", tooltip=[
+        "method", "rho", "r", "predicted speed-up", alt.Tooltip("measured speed-up:Q", format=".2f")])
+    return (diagonal + bars + marks).properties(title="Measured vs FLOP-predicted speed-up (dashed: equal)",
+                                                width=400, height=280)
+
+
+def patch_map(values: torch.Tensor, patch: int) -> torch.Tensor:
+    """One value per patch (B, G*G) -> a (B, 28, 28) image holding each patch's value on its pixels."""
+    g = 28 // patch
+    return values.reshape(-1, g, g).repeat_interleave(patch, 1).repeat_interleave(patch, 2)
+
+
+def kept_mask(kept: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """Indices of the kept patches (B, k) -> 0/1 per patch (B, n_tokens), on the CPU."""
+    return torch.zeros(len(kept), n_tokens).scatter_(1, kept.cpu(), 1.0)
+
+
+@torch.no_grad()
+def kept_patch_rows(model: TokenViT, x: torch.Tensor, digits: torch.Tensor, rhos: Sequence[float]) -> torch.Tensor:
+    """The digits (uint8) in a first row, then one row per keep ratio with the dropped patches faded
+    (kept patches: full ink on a grey tint, clipped at full ink). (len(digits) * (1 + len(rhos)), 28, 28) in [0, 1]
+    (:func:`mpnn.runtime.plots.image_grid` reads values above 1 as 0-255 pixels: unclipped, the tint on full ink
+    turned the whole figure white)."""
+    c = model.config
+    images = digits.float() / 255
+    rows = [images]
+    for rho in rhos:
+        _, info = model(x, rho=rho, return_info=True)
+        keep = patch_map(kept_mask(info.kept, c.n_tokens), c.patch)
+        rows.append((images * (0.15 + 0.85 * keep) + 0.12 * keep).clamp(max=1.0))
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def merged_size_map(model: TokenViT, x: torch.Tensor, r: int) -> torch.Tensor:
+    """Per pixel, the size of the merged token its patch ends up in after the last block (ToMe with ``r``),
+    divided by the largest: (B, 28, 28) in [0, 1]."""
+    _, info = model(x, r=r, return_info=True)
+    src = info.source.cpu()                                   # (B, tokens, N)
+    size_of_patch = (src * src.sum(-1, keepdim=True)).sum(1)  # size of the token each patch belongs to
+    return patch_map(size_of_patch / size_of_patch.max(), model.config.patch)
+
+
+@torch.no_grad()
+def keep_frequency(model: TokenViT, x: torch.Tensor, rho: float, batch_size: int = 1000) -> pd.DataFrame:
+    """How often each patch position (row, column of the grid) is kept at ``rho`` over the images ``x``."""
+    n = model.config.n_tokens
+    counts = torch.zeros(n)
+    for xb in x.split(batch_size):
+        _, info = model(xb, rho=rho, return_info=True)
+        counts += kept_mask(info.kept, n).sum(0)
+    g = 28 // model.config.patch
+    return pd.DataFrame({"row": np.repeat(np.arange(g), g), "column": np.tile(np.arange(g), g),
+                         "kept": (counts / len(x)).numpy()})
+
+
+# ---------------------------------------------------------------- explorer
+
+def setting_table(sweep: pd.DataFrame, speed: pd.DataFrame) -> pd.DataFrame:
+    """Per setting: the means over seeds and the measured speed-up (first seed's model; none for random)."""
+    table = sweep.groupby(["method", "rho", "r"]).mean(numeric_only=True).reset_index()
+    return table.merge(speed[["method", "rho", "r", "measured speed-up"]], on=["method", "rho", "r"], how="left")
+
+
+def _setting_line(row: pd.Series, name: str) -> str:
+    sp = row["measured speed-up"]
+    sp = "" if pd.isna(sp) else f", measured speed-up {sp:.2f}x"
+    return (f"{name}: accuracy {row['accuracy']:.4f}, FLOPs {row['relative FLOPs']:.3f} "
+            f"(predicted {row['predicted speed-up']:.2f}x){sp}")
+
+
+def setting_summary(table: pd.DataFrame, rho: float, r: int) -> str:
+    """HTML lines of :func:`setting_table` for both selections at ``rho`` and ToMe at ``r`` (the explorer's view)."""
+    lines = []
+    for method in (SELECTION, RANDOM):
+        match = table[(table.method == method) & (table.rho == rho)]
+        if len(match):
+            lines.append(_setting_line(match.iloc[0], f"{method}, rho={rho}"))
+    match = table[(table.method == MERGING) & (table.r == r)]
+    if len(match):
+        lines.append(_setting_line(match.iloc[0], f"ToMe, r={r}"))
+    return "<br>".join(lines)
+
+
+def setting_means(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`setting_table` averaged per method and relative FLOPs (the explorer's static view)."""
+    return table.groupby(["method", "relative FLOPs"]).mean(numeric_only=True).reset_index()
