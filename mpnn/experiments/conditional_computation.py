@@ -165,8 +165,9 @@ def _train(model, train, test, *, seed, epochs, batch_size, lr, progress, cpu_th
     return history, log
 
 
-def _result(evaluation: dict, labels: torch.Tensor, records: list, dropped, seconds: float,
+def _result(evaluation: dict, labels: torch.Tensor, records: list, dropped: torch.Tensor, seconds: float,
             replica: int | None = None) -> FitResult:
+    """The :class:`FitResult` of a run (of replica ``replica`` of a stacked run) from its last evaluation."""
     pick = (lambda t: t) if replica is None else (lambda t: t[replica])
     predictions, assignment = pick(evaluation["predictions"]), evaluation["assignment"]
     return FitResult(float((predictions == labels).float().mean()), records,
