@@ -19,8 +19,10 @@ from mpnn.runtime import notebooks
 
 PACKAGE = paths.ROOT / "mpnn"
 NOTEBOOK_FUNCTION_LINES = 6     # stated in CONTRIBUTING.md ("Notebook anatomy")
-MECHANISMS = sorted([p for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
-                    + list((PACKAGE / "data").glob("*.py")) + list((PACKAGE / "deploy").glob("*.py")))
+NOT_MECHANISMS = ("experiments", "runtime", "benchmarks")
+MECHANISMS = sorted(p for p in PACKAGE.rglob("*.py")
+                    if p.relative_to(PACKAGE).parts[0] not in NOT_MECHANISMS
+                    and p.name != "__main__.py" and "__pycache__" not in p.parts)
 
 
 def imported_modules(path: Path) -> set[str]:

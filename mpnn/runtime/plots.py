@@ -132,7 +132,8 @@ def accuracy_vs_compute(df: pd.DataFrame, x: str, *, y: str = "mean", low: str |
         tooltip=[alt.Tooltip(c, format=".4f") if df[c].dtype.kind == "f" else c for c in df.columns])
     chart = line
     if low and high:
-        chart = base.mark_errorbar().encode(y=f"{low}:Q", y2=f"{high}:Q") + line
+        chart = base.mark_errorbar().encode(
+            y=alt.Y(f"{low}:Q", title=y_title, scale=alt.Scale(zero=zero)), y2=f"{high}:Q") + line
     return chart.properties(title=title, width=width, height=height)
 
 
