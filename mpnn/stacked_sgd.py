@@ -268,7 +268,7 @@ class TagRouting:
 class GateRouting:
     """Learned gate (MoE): every block is computed every step, masked by the gate's choice."""
 
-    def __init__(self, nets: StackedNets, y: torch.Tensor, schedule: torch.Tensor, X: torch.Tensor):
+    def __init__(self, nets: StackedNets, y: torch.Tensor, X: torch.Tensor):
         nets.order_blocks([False] * nets.M)                                   # model-major
         self.nets, self.y, self.X = nets, y, X
 
@@ -314,7 +314,7 @@ class StackedSGD:
     def _routing_and_inputs(self, schedule: torch.Tensor):
         """The routing (which orders the blocks) first, then the inputs (which read that order)."""
         nets = self.nets
-        routing = GateRouting(nets, self.y, schedule, self.X) if nets.moe else TagRouting(nets, self.y, schedule)
+        routing = GateRouting(nets, self.y, self.X) if nets.moe else TagRouting(nets, self.y, schedule)
         inputs = (WindowInputs if nets.local else PixelInputs)(nets, self.X, schedule)
         return routing, inputs
 
