@@ -166,7 +166,7 @@ def bar_ci(df: pd.DataFrame, x: str, *, y: str = "mean", low: str = "low", high:
     bars = base.mark_bar(opacity=0.8).encode(
         y=alt.Y(f"{y}:Q", title=y_title or y, scale=alt.Scale(zero=zero)),
         tooltip=list(df.columns))
-    err = base.mark_errorbar(color="black").encode(y=f"{low}:Q", y2=f"{high}:Q")
+    err = base.mark_errorbar(color="black").encode(y=alt.Y(f"{low}:Q", title=y_title or y), y2=f"{high}:Q")
     return (bars + err).properties(title=title, width=width, height=height)
 
 
