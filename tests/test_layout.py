@@ -103,3 +103,10 @@ def test_notebook_figures_come_from_builders(chapter):
                                  for a in ([ast.alias(n.module or "")] if isinstance(n, ast.ImportFrom) else n.names)}]
     assert not hand_made, (f"{chapter}: cells {hand_made} import altair; draw figures with mpnn.runtime.plots "
                            f"builders or a figure function of mpnn/experiments/{chapter}.py")
+
+
+@pytest.mark.parametrize("chapter", notebooks.chapters())
+def test_notebooks_leave_the_thread_count_to_the_run_context(chapter):
+    setting = [i for i, source in _code_cells(chapter) if "set_num_threads" in source]
+    assert not setting, (f"{chapter}: cells {setting} set torch's thread count; declare it in the notebook "
+                         f"metadata instead ('mpnn': {{'threads': N}}), the run context applies it")
