@@ -7,16 +7,11 @@ from mpnn import tagnet
 from mpnn.stacked_nets import StackedNets
 from mpnn.stacked_sgd import StackedSGD
 
+from test_tagnet import data
+
 
 def G(seed):
     return torch.Generator().manual_seed(seed)
-
-
-def data(n=120, seed=0):
-    g = G(seed)
-    X = torch.randint(0, 256, (n, 784), generator=g, dtype=torch.uint8).float() / 255
-    X[:, 400:] = 0
-    return X, torch.randint(0, 10, (n,), generator=g)
 
 
 def test_blocks_round_trip_in_any_block_order():

@@ -10,16 +10,11 @@ from mpnn import tagnet
 from mpnn.experiments import tag_partitioning as tp
 from mpnn.stacked_nets import StackedNets
 
+from test_tagnet import data as images
+
 
 def G(seed):
     return torch.Generator().manual_seed(seed)
-
-
-def images(n=120, seed=0):
-    g = G(seed)
-    X = torch.randint(0, 256, (n, 784), generator=g, dtype=torch.uint8).float() / 255
-    X[:, 400:] = 0
-    return X, torch.randint(0, 10, (n,), generator=g)
 
 
 def separable(n=400, seed=1):
