@@ -13,7 +13,6 @@ from mpnn.early_exit import (EarlyExitConfig, EarlyExitNet, choose_threshold, co
                              exit_costs, exit_decisions, exit_fractions, exit_logits, exit_loss, full_cost,
                              normalised_entropy, predicted_speedup, sweep_metrics)
 from mpnn.experiments import early_exits as ex
-from mpnn.runtime.timing import interleaved_samples, median_ci, paired_speedup
 
 
 @pytest.fixture(scope="module")
@@ -149,46 +148,6 @@ def test_choose_threshold_hand_case():
     assert choose_threshold(acc, 0.950, 0.002) == 3   # the largest index within 0.002, not the first gap
     assert choose_threshold(acc, 0.950, 0.0) == 0
     assert choose_threshold(acc, 0.990, 0.001) == 0   # none qualifies -> the smallest threshold
-
-
-def _median_ci_reference(values, confidence=0.95):
-    from scipy import stats as st
-    x = sorted(values)
-    n = len(x)
-    ks = [k for k in range(1, n + 1) if st.binom.cdf(k - 1, n, 0.5) <= (1 - confidence) / 2]
-    k = max(ks) if ks else 1
-    return float(torch.tensor(x).median()) if n % 2 else (x[n // 2 - 1] + x[n // 2]) / 2, x[k - 1], x[n - k]
-
-
-def test_median_ci_hand_cases_and_binomial_reference():
-    # n = 15: P(B <= 3) = 576/32768 = 0.018 <= 0.025 < P(B <= 4) = 0.059, so the interval is [x_(4), x_(12)]
-    assert median_ci(list(range(1, 16))) == (8, 4, 12)
-    assert median_ci([5.0, 1.0, 3.0, 2.0, 4.0]) == (3.0, 1.0, 5.0)   # n = 5 < 6: the range
-    assert median_ci([1.0, 2.0, 3.0, 10.0]) == (2.5, 1.0, 10.0)
-    g = torch.Generator().manual_seed(0)
-    for n in range(1, 41):
-        v = torch.rand(n, generator=g).tolist()
-        m, lo, hi = median_ci(v)
-        rm, rlo, rhi = _median_ci_reference(v)
-        assert m == pytest.approx(rm) and lo == rlo and hi == rhi
-    with pytest.raises(ValueError):
-        median_ci([])
-
-
-def test_paired_speedup_uses_per_round_ratios():
-    slow, fast = [2.0, 4.0, 6.0, 100.0, 2.0, 2.0], [1.0, 2.0, 3.0, 50.0, 1.0, 1.0]
-    assert paired_speedup(slow, fast)[0] == 2.0   # a loaded round slows both calls: its ratio is unchanged
-    with pytest.raises(ValueError, match="per round"):
-        paired_speedup([1.0], [1.0, 2.0])
-
-
-def test_interleaved_samples_alternates_order():
-    calls = []
-    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
-    t = interleaved_samples(fns, repeats=4, warmup=1)
-    assert "".join(calls) == "abc" + "abc" + "cba" + "abc" + "cba"
-    assert {k: len(v) for k, v in t.items()} == {"a": 4, "b": 4, "c": 4}
-    assert all(v >= 0 for vs in t.values() for v in vs)
 
 
 def test_timing_claims_report_consistent_numbers(model, x):

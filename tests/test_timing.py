@@ -2,8 +2,10 @@
 import json
 
 import pytest
+import torch
 
 from mpnn.runtime import cli, timing
+from mpnn.runtime.timing import interleaved_samples, median_ci, paired_speedup
 
 
 def test_time_interleaved_calls_in_turn_and_takes_the_median(monkeypatch):
@@ -46,3 +48,43 @@ def test_measure_refuses_what_cannot_be_replayed(tmp_path, monkeypatch):
     with pytest.raises(TypeError, match="'passed' and 'measured'"):
         timing.measure("demo", "bad", timing.recorded)
     assert not list((tmp_path).rglob("*.pt"))              # nothing half written
+
+
+def _median_ci_reference(values, confidence=0.95):
+    from scipy import stats as st
+    x = sorted(values)
+    n = len(x)
+    ks = [k for k in range(1, n + 1) if st.binom.cdf(k - 1, n, 0.5) <= (1 - confidence) / 2]
+    k = max(ks) if ks else 1
+    return float(torch.tensor(x).median()) if n % 2 else (x[n // 2 - 1] + x[n // 2]) / 2, x[k - 1], x[n - k]
+
+
+def test_median_ci_hand_cases_and_binomial_reference():
+    # n = 15: P(B <= 3) = 576/32768 = 0.018 <= 0.025 < P(B <= 4) = 0.059, so the interval is [x_(4), x_(12)]
+    assert median_ci(list(range(1, 16))) == (8, 4, 12)
+    assert median_ci([5.0, 1.0, 3.0, 2.0, 4.0]) == (3.0, 1.0, 5.0)   # n = 5 < 6: the range
+    assert median_ci([1.0, 2.0, 3.0, 10.0]) == (2.5, 1.0, 10.0)
+    g = torch.Generator().manual_seed(0)
+    for n in range(1, 41):
+        v = torch.rand(n, generator=g).tolist()
+        m, lo, hi = median_ci(v)
+        rm, rlo, rhi = _median_ci_reference(v)
+        assert m == pytest.approx(rm) and lo == rlo and hi == rhi
+    with pytest.raises(ValueError):
+        median_ci([])
+
+
+def test_paired_speedup_uses_per_round_ratios():
+    slow, fast = [2.0, 4.0, 6.0, 100.0, 2.0, 2.0], [1.0, 2.0, 3.0, 50.0, 1.0, 1.0]
+    assert paired_speedup(slow, fast)[0] == 2.0   # a loaded round slows both calls: its ratio is unchanged
+    with pytest.raises(ValueError, match="per round"):
+        paired_speedup([1.0], [1.0, 2.0])
+
+
+def test_interleaved_samples_alternates_order():
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    t = interleaved_samples(fns, repeats=4, warmup=1)
+    assert "".join(calls) == "abc" + "abc" + "cba" + "abc" + "cba"
+    assert {k: len(v) for k, v in t.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(v >= 0 for vs in t.values() for v in vs)

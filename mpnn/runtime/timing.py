@@ -4,11 +4,12 @@ A timing claim ("wall time follows FLOPs", "fewer messages win") is a *ratio mea
 the variants are called in turn (a, b, a, b, ...) so that a drifting machine load hits all of them
 alike, and the median of the repeats is kept (:func:`time_interleaved`).
 
-A chapter decides such a claim with a module-level function of ``mpnn`` that takes only
+A chapter decides such a claim with a module-level function of its experiment module
+(``mpnn.experiments.<chapter>``) that takes only
 torch-saveable inputs (models, tensors, numbers) and returns a dict with at least
 ``{"passed": bool, "measured": str}``, and calls it through :func:`measure`::
 
-    res = timing.measure("early_exits", "wall-time-follows-flops", early_exit.wall_time_claim,
+    res = timing.measure("early_exits", "wall-time-follows-flops", early_exits.wall_time_claim,
                          model=model, x=x, thresholds=[0.1, 0.2])
     run.claim("wall-time-follows-flops", ..., measured=res["measured"], passed=res["passed"])
 
