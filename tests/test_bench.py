@@ -18,13 +18,15 @@ def test_run_case_reports_ratios_against_first_variant(monkeypatch):
     @bench.case("demo/sleep", group="demo", params={"n": [1, 2]})
     def demo(n, quick):
         return ({"fast": lambda: time.sleep(0.002 * n), "slow": lambda: time.sleep(0.006 * n)},
-                {"flops": 10 * n})
+                {"flops": {"fast": 1e6 * n}, "size": 10 * n})
 
     rows = bench.run_case(bench.REGISTRY["demo/sleep"], quick=True)
     assert [(r["n"], r["variant"]) for r in rows] == [(1, "fast"), (1, "slow"), (2, "fast"), (2, "slow")]
     slow = [r for r in rows if r["variant"] == "slow"]
     assert all(2.0 < r["ratio_to_fast"] < 4.5 for r in slow)
-    assert rows[0]["ratio_to_fast"] == 1.0 and rows[2]["flops"] == 20
+    assert rows[0]["ratio_to_fast"] == 1.0 and rows[2]["size"] == 20
+    assert rows[2]["flops"] == 2e6 and rows[2]["gflops"] == 2e6 / rows[2]["median_s"] / 1e9
+    assert "gflops" not in rows[3]                              # no flops stated for "slow"
 
 
 def test_duplicate_names_and_empty_cases_are_rejected(monkeypatch):
@@ -68,3 +70,15 @@ def test_performance_page_checks_what_it_reads(tmp_path, monkeypatch):
     rows = E.results_frame(got)
     assert E.missing_cases(got, rows) == ["b", "c"]            # b has no positive median, c no row
     assert E.reference_drift(got) == 1.25
+
+
+def test_machine_limit_table_divides_by_the_same_runs_reference():
+    from mpnn.experiments import performance as E
+    run = lambda quick, g: {"quick": quick, "reference": {"gflops": g},
+                            "results": [{"case": "c", "variant": "v", "n": 4, "median_s": 0.5, "flops": 1e9, "gflops": 2.0},
+                                        {"case": "c", "variant": "w", "n": 4, "median_s": 0.5}]}
+    results = run(False, 8.0) | {"quick_run": run(True, 4.0)}
+    table = E.limit_table(results)
+    assert list(table["sizes"]) == ["default sizes", "quick sizes"]          # w states no FLOPs: left out
+    assert list(table["fraction of torch.mm"]) == [0.25, 0.5] and list(table["setting"]) == ["n=4", "n=4"]
+    assert E.figure_machine_limit(table).to_dict()["layer"][1]["mark"]["type"] == "rule"

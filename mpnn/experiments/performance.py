@@ -75,3 +75,40 @@ def figure_cases(rows: pd.DataFrame) -> list[alt.HConcatChart]:
     """Every case's chart, two per row."""
     charts = [figure_case(name, frame) for name, frame in rows.groupby("case", sort=False)]
     return [alt.hconcat(*charts[i:i + 2]).resolve_scale(color="independent") for i in range(0, len(charts), 2)]
+
+
+def limit_table(results: dict) -> pd.DataFrame:
+    """Achieved GFLOP/s of every variant that states its FLOPs, as a fraction of the dense
+    ``torch.mm`` reference measured in the same run, for the run's sizes and (if present) the quick ones."""
+    runs = [("quick sizes" if results["quick"] else "default sizes", results)]
+    if "quick_run" in results:
+        runs.append(("quick sizes", results["quick_run"]))
+    frames = []
+    for label, run in runs:
+        rows = pd.DataFrame(run["results"])
+        if "gflops" not in rows:
+            continue
+        rows = rows[rows["gflops"].notna()].copy()
+        sizes = [c for c in rows.columns if c not in (*TIMING_COLUMNS, "flops", "gflops")
+                 and not c.startswith("ratio_to_") and rows[c].map(lambda v: isinstance(v, (int, float))).all()
+                 and c not in ("predicted_speedup", "padding", "active_gflop_fwd")]
+        rows["setting"] = rows.apply(lambda r: ", ".join(f"{c}={r[c]:g}" for c in sizes
+                                                         if pd.notna(r[c]) and c in r), axis=1)
+        rows["sizes"] = label
+        rows["fraction of torch.mm"] = rows["gflops"] / run["reference"]["gflops"]
+        frames.append(rows[["case", "setting", "variant", "sizes", "gflops", "fraction of torch.mm"]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["case", "setting", "variant", "sizes", "gflops", "fraction of torch.mm"])
+
+
+def figure_machine_limit(table: pd.DataFrame) -> alt.LayerChart:
+    """One chart: every kernel's achieved GFLOP/s as a fraction of the dense reference (1 = the rule)."""
+    table = table.assign(kernel=table["case"] + " [" + table["setting"] + "] " + table["variant"])
+    points = alt.Chart(table).mark_point(filled=True, size=60).encode(
+        x=alt.X("fraction of torch.mm:Q", scale=alt.Scale(type="log"), title="achieved GFLOP/s / torch.mm GFLOP/s"),
+        y=alt.Y("kernel:N", sort=None, title=None), color=alt.Color("sizes:N", title="sizes"),
+        shape="sizes:N", tooltip=["case", "setting", "variant", "sizes", alt.Tooltip("gflops:Q", format=".2f"),
+                                  alt.Tooltip("fraction of torch.mm:Q", format=".2f")])
+    rule = alt.Chart(pd.DataFrame({"x": [1.0]})).mark_rule(strokeDash=[5, 3], color="gray").encode(x="x:Q")
+    return (points + rule).properties(width=420, height=max(120, 14 * table["kernel"].nunique()),
+                                      title="how close each kernel gets to the machine (dense torch.mm = 1)")

@@ -4,8 +4,10 @@ A case is a function registered with :func:`case` in a module of :mod:`mpnn.benc
 its size parameters and ``quick`` and returns ``{variant: callable}``; the first variant is the one
 under test and every other variant is reported as a ratio against it
 (``ratio = median(variant) / median(first)``, so ``ratio > 1`` means the first is faster).
-Cases may also return ``(variants, extra)`` where ``extra`` is a dict of derived numbers
-(e.g. FLOPs) stored with the result.
+Cases may also return ``(variants, extra)`` where ``extra`` is a dict of derived numbers stored
+with the result. The extra ``flops`` is the useful work of one call: a number (every variant does
+the same work) or ``{variant: flops}``; each row then gets ``flops`` and ``gflops`` (achieved
+GFLOP/s = flops / median time / 1e9), which the Performance page divides by the dense reference.
 
 The reference that all kernels are judged against is :func:`dense_mm_gflops`: the measured
 GFLOP/s of a dense ``torch.mm`` on this machine.
@@ -116,9 +118,16 @@ def run_case(c: Case, quick: bool) -> list[dict[str, Any]]:
         timings = {v: time_callable(f, repeats=2 if quick else c.repeats, warmup=1, min_time=0.0 if quick else 0.02)
                    for v, f in variants.items()}
         first = next(iter(timings))
+        flops = extra.pop("flops", None)
+        if isinstance(flops, dict) and set(flops) - set(variants):
+            raise ValueError(f"benchmark {c.name}: flops given for unknown variants {sorted(set(flops) - set(variants))}")
         for variant, t in timings.items():
-            rows.append({"case": c.name, "group": c.group, **kwargs, "variant": variant, **t,
-                         "ratio_to_" + first: t["median_s"] / timings[first]["median_s"], **extra})
+            row = {"case": c.name, "group": c.group, **kwargs, "variant": variant, **t,
+                   "ratio_to_" + first: t["median_s"] / timings[first]["median_s"], **extra}
+            f = flops.get(variant) if isinstance(flops, dict) else flops
+            if f is not None:
+                row |= {"flops": float(f), "gflops": float(f) / t["median_s"] / 1e9}
+            rows.append(row)
     return rows
 
 
