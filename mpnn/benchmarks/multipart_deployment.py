@@ -6,6 +6,9 @@ by round (:func:`mpnn.experiments.multipart_deployment.step_times`). The harness
 this process as the variant; the distributed medians and ``ratio_<strategy>`` = median over rounds of
 distributed / single-process step of the same round (both measured in worker processes, like for
 like) are stored as extra numbers.
+
+FLOPs (``flops`` extra) of the single-process step: forward ``2 B sum(n_i n_{i+1})`` for the
+linear layers, backward twice that (input and weight gradients), so ``6 B sum(n_i n_{i+1})``.
 """
 import torch
 import torch.nn.functional as F
@@ -38,4 +41,5 @@ def step_time(world_size, quick):
             net.zero_grad()
             F.cross_entropy(net(x), y).backward()
 
+    extra["flops"] = 6.0 * bsz * sum(a * b for a, b in zip(sizes, sizes[1:]))
     return {"single_process": single_process}, extra

@@ -19,6 +19,10 @@
   0.35 s batched / 0.29 s looped, split 0.19 s / 0.24 s, on a shared 2-core machine): the products are
   large enough to be compute-bound per seed. The batched pass is kept for accelerators (one kernel
   per layer for all seeds).
+
+FLOPs (``flops`` extra) of the linear cases: one full-batch epoch of the two-layer linear network
+``Y_hat = W2 W1 X`` (masked weights are still multiplied in full) is a forward pass
+``2 (h d + o h) P`` and a backward pass of twice that, so ``6 (h d + o h) P`` per epoch and run.
 """
 from __future__ import annotations
 
@@ -47,8 +51,14 @@ def linear_runs(runs, quick):
 
     batched = lambda: D.train_linear(data.X, data.Y, masks, seeds, epochs=epochs, device=device)
     loop = lambda: D.train_linear_loop(data.X, data.Y, masks, seeds, epochs=epochs, device=device)
-    return {"batched": batched, "loop-over-runs": loop,
-            "batched-1-thread": single_thread(batched), "loop-over-runs-1-thread": single_thread(loop)}
+    variants = {"batched": batched, "loop-over-runs": loop,
+                "batched-1-thread": single_thread(batched), "loop-over-runs-1-thread": single_thread(loop)}
+    return variants, {"flops": linear_flops(masks, data.X.shape[1], epochs, runs)}
+
+
+def linear_flops(masks, patterns: int, epochs: int, runs: int) -> float:
+    """``6 (h d + o h) P`` per epoch and run (see the module docstring)."""
+    return 6.0 * sum(m.numel() for m in masks) * patterns * epochs * runs
 
 
 @case("specialization/cmnist-train", group="specialization", params={"batches": [4]}, repeats=3)
@@ -91,7 +101,8 @@ def linear_grouped(runs, quick):
         with D.single_thread(device):
             return D.train_linear_groups(groups, epochs=epochs, device=device)
 
-    return {"per-architecture": per_architecture, "one-padded-pass": grouped}
+    useful = sum(linear_flops(g.masks, g.X.shape[1], epochs, len(g.seeds)) for g in groups)
+    return {"per-architecture": per_architecture, "one-padded-pass": grouped}, {"flops": useful}
 
 
 @case("specialization/cmnist-cpu", group="specialization", params={"seeds": [6]}, repeats=3)

@@ -9,6 +9,10 @@ and takes ``steps`` full-batch gradient steps on its own loss (:mod:`mpnn.partit
   neuron, the way one would write it naively;
 * ``dense``       -- one dense layer of the same ``n`` neurons trained on *all* ``N`` observations
   (the centralised computation, O(N n d) per step).
+
+FLOPs (``flops`` extra): a step of one neuron on its observations is a forward product ``x w`` and
+a gradient product ``x^T r``, ``2 * 2 d`` FLOPs per observation, so the isolated variants do
+``4 N d`` per step and the dense layer ``4 N n d`` (elementwise sigmoid and updates not counted).
 """
 from __future__ import annotations
 
@@ -61,4 +65,6 @@ def isolated_training(neurons, quick):
     variants = {"vectorised": vectorised, "loop": loop, "dense": dense}
     if n <= 100 and not quick:                                # autograd loop: minutes at 1000
         variants["loop-autograd"] = loop_autograd
-    return variants, {"neurons_run": n, "steps": steps, "observations": n * PER_NEURON}
+    isolated = 4 * n * PER_NEURON * D_FEATURES * steps
+    flops = {v: isolated for v in variants} | {"dense": isolated * n}
+    return variants, {"neurons_run": n, "steps": steps, "observations": n * PER_NEURON, "flops": flops}
