@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpnn import determinism, tagnet
+from mpnn import determinism, stacked_sgd, tagnet
 from mpnn.stacked_sgd import StackedSGD
 
 from test_tagnet import numpy_step
@@ -138,7 +138,8 @@ def pre_split():
 
 
 @pytest.mark.parametrize("case", list(CASES) + ["local-mixed-eager"])
-def test_outputs_equal_the_pre_split_trainer(case, pre_split):
+def test_outputs_equal_the_pre_split_trainer(case, pre_split, monkeypatch):
+    monkeypatch.setenv("MPNN_FUSED", "0")             # the torch step loops (the fused one: below)
     with determinism.cpu_threads(1):
         got = local_mixed(eager=True) if case == "local-mixed-eager" else CASES[case]()
     expected = pre_split[case.replace("-eager", "")]
@@ -148,10 +149,59 @@ def test_outputs_equal_the_pre_split_trainer(case, pre_split):
         assert same, f"{case}: {key} differs from the pre-split trainer"
 
 
+# ------------------------------------------------------------------ the fused step loop against the torch one
+
+def needs_compiler():
+    if stacked_sgd.fused_kernel() is None:
+        pytest.skip("no C++ compiler: the fused step loop is not built (the torch one is tested)")
+
+
+@pytest.fixture(params=["fused", "torch"])
+def path(request, monkeypatch):
+    """Runs a test with the fused step loop (where it builds) and with the forced torch fallback."""
+    if request.param == "fused":
+        needs_compiler()
+    monkeypatch.setenv("MPNN_FUSED", "1" if request.param == "fused" else "0")
+    return request.param
+
+
+@pytest.mark.parametrize("case", ["local-mixed", "local-float", "local-clip", "full", "full-clip", "step"])
+def test_fused_equals_torch_steps_to_rounding(case, monkeypatch):
+    needs_compiler()
+    got = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("MPNN_FUSED", flag)
+        with determinism.cpu_threads(1):
+            got[flag] = CASES[case]()
+    assert set(got["1"]) == set(got["0"])
+    for key, value in got["0"].items():
+        if key.startswith(("export", "logits", "hidden", "callbacks")):
+            ref = got["0"]["logits_all"] if key.startswith("logits") else value
+            scale = 1 + float(ref.abs().max())           # the clip cases' logits reach ~1000
+            assert float((got["1"][key] - value).abs().max()) <= 1e-4 * scale, f"{case}: {key}"
+        else:                                          # clip counts, accuracies, correct images, n_p
+            assert torch.equal(got["1"][key], value), f"{case}: {key}"
+
+
+def test_fused_path_is_chosen_and_can_be_forced_off(monkeypatch):
+    X, y = data(10)
+    eng = StackedSGD([tagnet.TagNet(generator=G(0))], X, y)
+    monkeypatch.setenv("MPNN_FUSED", "0")
+    assert eng._kernel(None, False) is None
+    with pytest.raises(RuntimeError, match="fused=True"):
+        eng.fit(torch.arange(10)[:, None], fused=True)
+    monkeypatch.setenv("MPNN_FUSED", "1")
+    needs_compiler()
+    assert eng._kernel(None, False) is not None
+    assert eng._kernel(None, True) is None and eng._kernel(False, False) is None     # eager / off
+    moe = StackedSGD([tagnet.TwoExpertMoE(generator=G(0))], X, y)
+    assert moe._kernel(None, False) is None                                         # gate: torch
+
+
 # ------------------------------------------------------------------ against independent references
 
 @pytest.mark.parametrize("kind", ["local", "full", "unpartitioned", "moe"])
-def test_stacked_matches_autograd_reference(kind):
+def test_stacked_matches_autograd_reference(kind, path):
     X, y = data(60)
     lr = 0.01 if kind == "moe" else 0.05        # keep the gate's argmax away from ties
     if kind == "moe":
@@ -166,7 +216,7 @@ def test_stacked_matches_autograd_reference(kind):
     params_close(ref, eng.nets.export()[0])
 
 
-def test_clipping_against_numpy_step():
+def test_clipping_against_numpy_step(path):
     X, y = data(4)
     model = tagnet.TagNet(connectivity="full", generator=G(0))
     with torch.no_grad():                  # large output weights -> hidden errors beyond the clip
@@ -184,7 +234,7 @@ def test_clipping_against_numpy_step():
     assert eng.clipped_steps == 1
 
 
-def test_local_clipping_against_numpy_step():
+def test_local_clipping_against_numpy_step(path):
     """Eq. (2) on the dense masked form of the local layer (clip applied to window taps only)."""
     X, y = data(3)
     model = tagnet.TagNet(generator=G(0))
@@ -207,7 +257,7 @@ def test_local_clipping_against_numpy_step():
     np.testing.assert_allclose(got.out.bias.detach().numpy(), b2, rtol=1e-4, atol=1e-4)
 
 
-def test_lockstep_models_equal_separate_runs():
+def test_lockstep_models_equal_separate_runs(path):
     X, y = data()
     models = [tagnet.TagNet(generator=G(s)) for s in (1, 2)]
     sched = torch.stack([torch.arange(60), torch.arange(60, 120)], 1)
@@ -219,7 +269,7 @@ def test_lockstep_models_equal_separate_runs():
         params_close(eng.nets.export()[i], solo.nets.export()[0], atol=1e-6)
 
 
-def test_mixed_engine_equals_separate_runs_and_autograd():
+def test_mixed_engine_equals_separate_runs_and_autograd(path):
     """One engine holding every kind of local model (blocked partitioned models whose tag blocks end
     at different steps, so some steps are mixed; another window layout; interleaved partitioned;
     unpartitioned blocked and interleaved) gives each model exactly its own solo run, and the solo
@@ -249,7 +299,7 @@ def test_mixed_engine_equals_separate_runs_and_autograd():
         params_close(ref, together[i])
 
 
-def test_inactive_partition_receives_no_update():
+def test_inactive_partition_receives_no_update(path):
     X, y = data()
     even = (y % 2 == 0).nonzero().flatten()
     model = tagnet.TagNet(generator=G(0))
@@ -276,7 +326,7 @@ def test_scripted_and_eager_steps_agree_bitwise(kind):
     out = []
     for eager in (False, True):
         eng = StackedSGD(models, X, y, lr=0.02)
-        eng.fit(sched, eager=eager, plan_chunk=30)
+        eng.fit(sched, eager=eager, plan_chunk=30, fused=False)
         out.append(eng.nets.export())
     for a, b in zip(*out):
         for p, q in zip(a.parameters(), b.parameters()):
