@@ -29,7 +29,7 @@ from torch import nn
 
 __all__ = [
     "EarlyExitConfig", "EarlyExitNet", "ExitResult", "normalised_entropy", "early_exit_predict",
-    "exit_decisions", "exit_fractions", "count_flops", "exit_costs", "full_cost", "predicted_speedup",
+    "fused_stage1", "phase_weights", "exit_decisions", "exit_fractions", "count_flops", "exit_costs", "full_cost", "predicted_speedup",
     "exit_loss", "exit_logits", "sweep_metrics", "choose_threshold",
 ]
 
@@ -87,18 +87,101 @@ class EarlyExitNet(nn.Module):
         return out
 
     def forward_full(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain network without early exits: all stages, only the last head. (B, C)."""
+        """The plain network without early exits: all stages, only the last head. (B, C).
+
+        Inference only (no autograd): stage 1 runs as the fused kernel :func:`fused_stage1` (equal to
+        ``stages[0](x)`` within float rounding), the later stages as modules on its channels-last output."""
         _check_images(x)
-        h = x
-        for stage in self.stages:
-            h = stage(h)
-        return self.exits[-1](h)
+        with torch.no_grad():
+            h, _ = fused_stage1(self, x, with_exit=False)
+            for stage in self.stages[1:]:
+                h = stage(h)
+            return self.exits[-1](h)
 
 
 def _check_images(x: torch.Tensor) -> None:
     if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
         raise ValueError(f"expected images of shape (batch, 1, 28, 28), got {tuple(x.shape)}; "
                          "convert uint8 MNIST with mpnn.data.mnist.to_tensor(images, shape=\"image\")")
+
+
+# ---------------------------------------------------------------- the fused stage-1 kernel (inference)
+
+FUSED_CHUNK = 32  # images per chunk of :func:`fused_stage1`: its intermediates (~2 MB) stay in the cache
+
+
+def phase_weights(conv: nn.Conv2d) -> torch.Tensor:
+    """The 5x5 single-channel kernel rearranged for a conv whose output is max-pooled 2x2 at once. (36, 4 C_out)
+
+    Pooled output ``(h, w)`` is the max over the four phases ``(d_i, d_j) in {0,1}^2`` of
+    ``conv(x)[2h + d_i, 2w + d_j] = sum_{r,c < 6} x_pad[2h + r, 2w + c] W'_{d_i d_j}[r, c]`` with
+    ``W'_{d_i d_j}[r, c] = W[r - d_i, c - d_j]`` (zero outside the 5x5 kernel): the four phases share one
+    6x6 input window, so one GEMM with K = 36 and N = 4 C_out computes all of them. Rows are ordered
+    ``(r mod 2, r div 2, c mod 2, c div 2)`` as :func:`fused_stage1` lays out the window; columns ``(d_i, d_j, c_out)``.
+    """
+    c_out = conv.out_channels
+    w = conv.weight[:, 0]                                               # (C_out, 5, 5)
+    big = w.new_zeros(2, 2, c_out, 6, 6)
+    for di in (0, 1):
+        for dj in (0, 1):
+            big[di, dj, :, di:di + 5, dj:dj + 5] = w
+    return big.view(2, 2, c_out, 3, 2, 3, 2).permute(4, 3, 6, 5, 0, 1, 2).reshape(36, 4 * c_out)
+
+
+def _check_fusable(model: "EarlyExitNet") -> None:
+    conv = model.stages[0][0]
+    if (conv.in_channels, conv.kernel_size, conv.padding, conv.stride, conv.groups) != (1, (5, 5), (2, 2), (1, 1), 1):
+        raise ValueError("fused_stage1 needs stage 1 = conv5x5(1 -> C, pad 2) + ReLU + maxpool2 (EarlyExitNet's layout)")
+
+
+@torch.no_grad()
+def fused_stage1(model: "EarlyExitNet", x: torch.Tensor, with_exit: bool = True,
+                 chunk: int = FUSED_CHUNK) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stage 1 (and optionally exit 1's logits) of ``model`` on ``x`` (B, 1, 28, 28), chunk by chunk.
+
+    Same function as ``stages[0](x)`` and ``exits[0](...)`` up to float rounding, computed as
+    ``relu(max_{phases}(window @ phase_weights) + bias)`` (:func:`phase_weights`; bias and ReLU commute with
+    the max, so they run on the pooled values only), the exit head ``maxpool2 + linear`` on the chunk while it
+    is in the cache (flattened in the module's (C, 7, 7) order). Returns the stage-1
+    features as a channels-last (B, C, 14, 14) view of a contiguous (B, 14, 14, C) tensor, and the (B, classes)
+    exit-1 logits (None unless ``with_exit``). No autograd (inference only; training uses ``model.forward``).
+    """
+    _check_fusable(model)
+    conv, B = model.stages[0][0], x.shape[0]
+    C = conv.out_channels
+    weights, bias = phase_weights(conv), conv.bias
+    out = x.new_empty(B, 14, 14, C)
+    logits = None
+    if with_exit:
+        head = model.exits[0][-1]
+        w_head = head.weight.t()
+        logits = x.new_empty(B, head.out_features)
+    k = max(1, min(chunk, B))
+    pad = x.new_zeros(k, 32, 32)
+    window = x.new_empty(36, k * 196)
+    phases = x.new_empty(k * 196, 4 * C)
+    other = x.new_empty(k * 196, C)
+    for s in range(0, B, k):
+        n = min(k, B - s)
+        o = out[s:s + n].view(n * 196, C)
+        _stage1_chunk(x[s:s + n, 0], pad[:n], window[:, :n * 196], phases[:n * 196], other[:n * 196], weights, bias, o)
+        if with_exit:
+            pooled = F.max_pool2d(out[s:s + n].permute(0, 3, 1, 2), 2)          # (n, C, 7, 7) channels-last
+            torch.addmm(head.bias, pooled.reshape(n, -1), w_head, out=logits[s:s + n])
+    return out.permute(0, 3, 1, 2), logits
+
+
+def _stage1_chunk(x, pad, window, phases, other, weights, bias, out) -> None:
+    """One chunk of :func:`fused_stage1` into ``out`` (n*196, C): pad, 6x6 windows, one GEMM, max, bias, ReLU."""
+    n, C = x.shape[0], out.shape[1]
+    pad[:, 2:30, 2:30] = x
+    # window[(r%2, r//2, c%2, c//2), (i, h, w)] = pad[i, 2h + r, 2w + c]
+    window.view(2, 3, 2, 3, n, 14, 14).copy_(pad.as_strided((2, 3, 2, 3, n, 14, 14), (32, 64, 1, 2, 1024, 64, 2)))
+    torch.mm(window.t(), weights, out=phases)                            # (n*196, 4C): the four phases
+    torch.maximum(phases[:, :C], phases[:, C:2 * C], out=out)
+    torch.maximum(phases[:, 2 * C:3 * C], phases[:, 3 * C:], out=other)
+    torch.maximum(out, other, out=out)
+    out.add_(bias).relu_()
 
 
 def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -133,14 +216,15 @@ def early_exit_predict(model: EarlyExitNet, x: torch.Tensor, threshold: float) -
     C = model.config.classes
     logits_out = torch.empty(B, C, device=x.device, dtype=x.dtype)
     exit_out = torch.empty(B, dtype=torch.long, device=x.device)
-    rows = []
+    rows = [B]
+    h, logits = fused_stage1(model, x, with_exit=True)  # stage 1 + exit 1 on all B rows
     idx = torch.arange(B, device=x.device)  # (n_i,) original row of each remaining sample
-    h = x
     last = model.n_exits - 1
-    for i, (stage, head) in enumerate(zip(model.stages, model.exits)):
-        rows.append(int(idx.numel()))
-        h = stage(h)
-        logits = head(h)  # (n_i, C)
+    for i in range(model.n_exits):
+        if i > 0:
+            rows.append(int(idx.numel()))
+            h = model.stages[i](h)
+            logits = model.exits[i](h)  # (n_i, C)
         if i == last:
             logits_out[idx] = logits
             exit_out[idx] = i
@@ -149,12 +233,19 @@ def early_exit_predict(model: EarlyExitNet, x: torch.Tensor, threshold: float) -
         out_rows = idx[leave]
         logits_out[out_rows] = logits[leave]
         exit_out[out_rows] = i
-        stay = ~leave
-        idx, h = idx[stay], h[stay]
+        stay = (~leave).nonzero().flatten()
+        idx, h = idx[stay], _take_rows(h, stay)
         if idx.numel() == 0:
             rows += [0] * (last - i)
             break
     return ExitResult(logits_out, exit_out, rows)
+
+
+def _take_rows(h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``h[rows]`` keeping a channels-last 4-d ``h`` channels-last (one contiguous copy of the rows)."""
+    if h.dim() == 4 and h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
+        return h.permute(0, 2, 3, 1).index_select(0, rows).permute(0, 3, 1, 2)
+    return h.index_select(0, rows)
 
 
 def exit_decisions(exit_logits: Sequence[torch.Tensor], threshold: float | torch.Tensor) -> torch.Tensor:
