@@ -2,9 +2,17 @@
 
 All variants do the same useful work per token (k experts of ``d -> h -> d``, or one dense MLP
 ``d -> k*h -> d``), so ``ratio_to_moe-vectorised`` of ``dense-equal-active`` is the dense layer's time
-per active FLOP relative to the MoE's (the aim is that the MoE is within 1.5x of it:
-``dense ratio >= 1/1.5 = 0.67``). Dropless buffers are padded to the largest expert load, so
-``padding`` (slots computed / assignments) says how much of the MoE's matmul work was padding.
+per active FLOP relative to the MoE's (the aim is that the MoE is within 1.15x of it:
+``dense ratio >= 1/1.15 = 0.87``). The vectorised dispatch sorts the kept assignments by expert and
+runs two grouped matmuls over them (no padding to the largest expert load).
+
+FLOPs (the ``flops`` extra, one call): forward ``T * k * 2 * 2 d h`` (two matmuls of ``d x h``, a
+multiply-add counted as 2), backward twice that (input and weight gradients), so
+``3 * 2 * T * k * 2 d h`` for every variant of ``moe/forward-backward`` (the capacity variant's
+dropped assignments and the gate's ``d x E`` scores are not counted: same useful work as the dense
+layer). ``moe/replicas-training-step`` counts, per replica and token, the k experts'
+``2 (d h + h * 10)`` plus the gate's ``2 d E`` (none for dense), times 3 for the backward; the Adam
+update is not counted.
 """
 from __future__ import annotations
 
@@ -42,7 +50,6 @@ def forward_backward(k, n_experts, quick):
             fn().square().mean().backward()
         return run
 
-    plan = moe.plan_dispatch(layer.gate(x).experts, n_experts, None)
     active = 2 * tokens * k * (2 * d * h)
     variants = {
         "moe-vectorised": step(lambda: layer(x)[0]),
@@ -50,8 +57,10 @@ def forward_backward(k, n_experts, quick):
         "moe-loop-over-experts": step(lambda: _loop_over_experts(layer, x)),
         "dense-equal-active": step(lambda: dense(x)),
     }
+    load = torch.bincount(layer.gate(x).experts.flatten(), minlength=n_experts)
     return variants, {"tokens": tokens, "d": d, "hidden": h, "active_gflop_fwd": active / 1e9,
-                      "padding": n_experts * plan.capacity / (k * tokens)}
+                      "max_load_over_mean": float(load.max() / load.float().mean()),
+                      "flops": {v: 3 * active for v in variants}}
 
 
 @case("moe/replicas-training-step", group="conditional_computation",
@@ -80,4 +89,8 @@ def replicas_training_step(kind, replicas, quick):
             (torch.nn.functional.cross_entropy(logits, y[r]) + routed.aux_loss).backward()
             opt.step()
 
-    return {"stacked": one_pass, "loop": loop}, {"tokens": tokens, "d": d, "hidden": h}
+    k = {"dense": 1, "switch": 1, "top2": 2}[kind]
+    per_token = k * 2 * (d * h + h * 10) + (0 if kind == "dense" else 2 * d * 8)
+    flops = 3 * replicas * tokens * per_token
+    return ({"stacked": one_pass, "loop": loop},
+            {"tokens": tokens, "d": d, "hidden": h, "flops": {"stacked": flops, "loop": flops}})

@@ -16,7 +16,7 @@ Only experts with ``m_i(x) != 0`` are evaluated for ``x``. The package, one idea
 The names below are the package's API (``from mpnn import moe; moe.make_moe(...)``).
 """
 from .dispatch import (DispatchPlan, capacity, dispatch_expert_choice, dispatch_soft, dispatch_token_choice,
-                       plan_dispatch)
+                       plan_dispatch, sorted_assignments)
 from .experts import Experts
 from .gates import (NoisyTopKGate, Routing, TopKGate, gumbel_noise, route_noisy_top_k, route_top_k,
                     select_top_k, switch_gate)
@@ -28,7 +28,7 @@ from .statistics import class_expert_joint, class_expert_nmi, expert_digit_table
 __all__ = [
     "Experts", "cv_squared", "switch_aux_loss", "z_loss",
     "Routing", "TopKGate", "switch_gate", "NoisyTopKGate", "gumbel_noise", "select_top_k", "route_top_k",
-    "route_noisy_top_k", "capacity", "DispatchPlan", "plan_dispatch", "dispatch_token_choice",
+    "route_noisy_top_k", "capacity", "DispatchPlan", "plan_dispatch", "sorted_assignments", "dispatch_token_choice",
     "dispatch_expert_choice", "dispatch_soft", "RoutingStats", "TokenChoiceMoE", "ExpertChoiceMoE", "SoftMoE",
     "DenseMLP", "KINDS", "make_moe", "StackedMoE", "routing_entropy", "class_expert_joint",
     "expert_digit_table", "class_expert_nmi",

@@ -1,4 +1,4 @@
-"""Dispatch: tokens to per-expert buffers, one batched matmul over all experts, outputs combined back.
+"""Dispatch: tokens to their experts, one grouped (or batched) matmul over all experts, outputs combined back.
 
 Every function takes R independent routing problems at once (leading axis R: the replicas of
 :class:`~mpnn.moe.stacked.StackedMoE`; R = 1 for one layer) over ``experts``, an
@@ -8,7 +8,10 @@ Every function takes R independent routing problems at once (leading axis R: the
   by expert (first choices of all tokens before second choices, then token order, as in GShard),
   each gets its position in the expert's buffer, assignments past the capacity
   ``C = ceil(c * k * T / E)`` are dropped (combine weight zero). ``capacity_factor=None`` is
-  dropless (``C`` = the largest expert load; a collapsed router's overflow runs in a second matmul);
+  dropless. The kept assignments are then sorted by expert once (:func:`sorted_assignments`), every
+  expert runs on its own contiguous rows (:meth:`~mpnn.moe.experts.Experts.forward_sorted`: one
+  grouped matmul per layer, no padding to the largest load, as in MegaBlocks' dropless MoE) and
+  one ``index_add`` sums the weighted rows back into their tokens;
 * expert choice (:func:`dispatch_expert_choice`, Zhou et al. 2022): each expert takes its top
   ``C = ceil(c * T / E)`` tokens of a group by router probability;
 * soft MoE (:func:`dispatch_soft`, Puigcerver et al. 2023): slots ``D^T X`` with
@@ -69,47 +72,19 @@ def plan_dispatch(experts: torch.Tensor, n_experts: int, capacity_factor: float 
     return DispatchPlan(cap, position, keep, slot, slot_token[:-1], load)
 
 
-def _padded_outputs(flat: torch.Tensor, plan: DispatchPlan, experts: Experts) -> torch.Tensor:
-    """Expert outputs of every assignment, (k*N, d_out), from one buffer of ``plan.capacity`` per expert.
+def sorted_assignments(routes: torch.Tensor, plan: DispatchPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kept assignments sorted by expert (stably: the plan's priority order within an expert).
 
-    Empty slots hold token 0 and dropped assignments read slot 0: the caller weights both by 0.
+    ``routes`` (N, k) experts of each token. Returns ``order`` (M,) assignment ids ``a = rank*N + token``,
+    ``token`` (M,) their tokens and ``counts`` (E,) kept assignments per expert: the rows of
+    expert e are one contiguous slice, so the experts compute exactly their M rows (no padding).
     """
-    n_tok, d = flat.shape
-    n_slots = experts.n_experts * plan.capacity
-    buf = flat.index_select(0, plan.slot_token.clamp_max(n_tok - 1))
-    out = experts(buf.view(experts.n_experts, plan.capacity, d)).reshape(n_slots, -1)
-    return out.index_select(0, plan.slot.clamp_max(n_slots - 1))
-
-
-def _two_level_outputs(flat: torch.Tensor, routes: torch.Tensor, plan: DispatchPlan, experts: Experts,
-                       split: int) -> torch.Tensor:
-    """Dropless expert outputs of every assignment without padding every buffer to the largest load.
-
-    Every expert runs its first ``split`` assignments in one batched matmul; only the experts with
-    more (``load > split``) run the rest, in a second batched matmul on their own weights, padded
-    to the largest overflow. Same outputs as one buffer of the largest load (a collapsed router
-    sends a whole batch to one expert: that buffer would make every expert as large).
-    Returns (k*N, d_out), one row per assignment in the plan's order.
-    """
-    n_tok, d = flat.shape
-    n_exp = experts.n_experts
+    n_tok = routes.shape[0]
     e_of = routes.t().reshape(-1)                                        # (k*N,) expert of each assignment
-    token = torch.arange(n_tok, device=flat.device).repeat(routes.shape[1])
-    pos = plan.position
-    heavy = (plan.load > split).nonzero().flatten()                      # experts that overflow
-    over = plan.capacity - split
-    rank_of = torch.full((n_exp,), -1, dtype=torch.long, device=flat.device)
-    rank_of[heavy] = torch.arange(heavy.numel(), device=flat.device)
-    first = pos < split
-    n1 = n_exp * split
-    slot = torch.where(first, e_of * split + pos, n1 + rank_of[e_of].clamp_min(0) * over + (pos - split))
-    n_slots = n1 + heavy.numel() * over
-    slot_token = torch.full((n_slots + 1,), n_tok, dtype=torch.long, device=flat.device)
-    slot_token[slot] = token
-    buf = flat.index_select(0, slot_token[:-1].clamp_max(n_tok - 1))
-    out1 = experts(buf[:n1].view(n_exp, split, d)).reshape(n1, -1)
-    out2 = experts.forward_some(heavy, buf[n1:].view(heavy.numel(), over, d))
-    return torch.cat([out1, out2.reshape(-1, out1.shape[-1])]).index_select(0, slot)
+    kept = plan.keep.nonzero().squeeze(1)
+    order = kept.index_select(0, torch.argsort(e_of.index_select(0, kept), stable=True))
+    counts = torch.bincount(e_of.index_select(0, kept), minlength=plan.load.numel())
+    return order, order % n_tok, counts
 
 
 def dispatch_token_choice(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, experts: Experts,
@@ -127,14 +102,10 @@ def dispatch_token_choice(x: torch.Tensor, chosen: torch.Tensor, weights: torch.
     plan = plan_dispatch(routes, R * E, None,
                          buffer=None if capacity_factor is None else capacity(T, E, k, capacity_factor))
     n_tok = R * T
-    flat = x.reshape(n_tok, d)
-    split = math.ceil(1.25 * k * T / E)                                  # buffer of a typical expert
-    if capacity_factor is None and plan.capacity > 2 * split:
-        per = _two_level_outputs(flat, routes, plan, experts, split)
-    else:
-        per = _padded_outputs(flat, plan, experts)                       # (k*R*T, d_out)
-    w = weights.reshape(n_tok, k).t().reshape(-1) * plan.keep           # dropped -> 0
-    y = (per * w.unsqueeze(-1)).view(k, n_tok, -1).sum(0)
+    order, token, counts = sorted_assignments(routes, plan)
+    per = experts.forward_sorted(x.reshape(n_tok, d).index_select(0, token), counts)   # (M, d_out)
+    w = weights.reshape(n_tok, k).t().reshape(-1).index_select(0, order)
+    y = per.new_zeros(n_tok, per.shape[-1]).index_add(0, token, per * w.unsqueeze(-1))
     kept = plan.keep.view(k, n_tok).t().to(x.dtype)
     assignment = torch.zeros(n_tok, E, device=x.device, dtype=x.dtype).scatter_(
         -1, chosen.reshape(n_tok, k), kept)

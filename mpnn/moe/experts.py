@@ -1,10 +1,53 @@
-"""E expert MLPs with stacked weights, run as one batched matmul over per-expert buffers."""
+"""E expert MLPs with stacked weights: one batched matmul over equal per-expert buffers, or one
+grouped matmul over rows sorted by expert (no padding, as dropless MoE kernels do)."""
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+_GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)   # what torch's grouped_mm accepts
+
+
+class _GroupedLinear(torch.autograd.Function):
+    """``out[s_e:s_{e+1}] = a[s_e:s_{e+1}] @ w[e] + b[e]`` for rows sorted by group (eq. of one expert
+    layer); ``offs`` (E,) int32 group ends, ``counts`` (E,) group sizes.
+
+    Forward is :func:`torch.nn.functional.grouped_mm` plus the per-row bias; backward is two grouped
+    matmuls, ``dA = dOut W_e^T`` and ``dW_e = A_e^T dOut_e``, and a segment sum ``db_e = sum_rows dOut_e``.
+    """
+
+    @staticmethod
+    def forward(ctx, a, w, b, offs, counts):
+        out = F.grouped_mm(a, w, offs=offs)
+        out += b.repeat_interleave(counts, 0, output_size=a.shape[0])
+        ctx.save_for_backward(a, w, offs, counts)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, w, offs, counts = ctx.saved_tensors
+        grad = grad.contiguous()
+        need_a, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_a = F.grouped_mm(grad, w.transpose(-2, -1), offs=offs) if need_a else None
+        grad_w = F.grouped_mm(a.t(), grad, offs=offs) if need_w else None
+        grad_b = torch.segment_reduce(grad, "sum", lengths=counts, axis=0) if need_b else None
+        return grad_a, grad_w, grad_b, None, None
+
+
+def grouped_linear(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Rows ``a`` (M, n_in) sorted by group, ``counts`` (E,) rows per group -> ``a_e @ w[e] + b[e]``
+    (M, n_out), differentiable in ``a``, ``w`` and ``b`` (see :class:`_GroupedLinear`)."""
+    offs = torch.cumsum(counts, 0).to(torch.int32)
+    return _GroupedLinear.apply(a, w, b, offs, counts)
+
+
+def _aligned(n: int, dtype: torch.dtype) -> int:
+    """n rounded up so that a row of n elements is a multiple of 16 bytes (grouped_mm's stride rule)."""
+    per = max(1, 16 // torch.empty((), dtype=dtype).element_size())
+    return -(-n // per) * per
 
 
 class Experts(nn.Module):
@@ -45,10 +88,36 @@ class Experts(nn.Module):
         h = torch.baddbmm(self.b1.unsqueeze(1), buf, self.w1).relu()  # (E, C, d_hidden)
         return torch.baddbmm(self.b2.unsqueeze(1), h, self.w2)
 
-    def forward_some(self, chosen: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
-        """Only the experts ``chosen`` (n,), one buffer each: (n, C, d_in) -> (n, C, d_out)."""
-        h = torch.baddbmm(self.b1.index_select(0, chosen).unsqueeze(1), buf, self.w1.index_select(0, chosen)).relu()
-        return torch.baddbmm(self.b2.index_select(0, chosen).unsqueeze(1), h, self.w2.index_select(0, chosen))
+    def forward_sorted(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Rows sorted by expert, ``counts`` (E,) rows of each: (M, d_in) -> (M, d_out), row i through
+        ``f_e`` of its expert e (the dropless layout: every expert computes exactly its own rows).
+
+        float32/bf16/fp16 rows on the CPU go through two grouped matmuls (dimensions zero-padded to 16-byte
+        rows where needed: padded hidden units are ``relu(0) = 0`` and padded outputs are cut off);
+        other dtypes loop over the experts' slices.
+        """
+        if x.shape[0] != int(counts.sum()):
+            raise ValueError(f"counts sum to {int(counts.sum())} rows but x has {x.shape[0]}")
+        if x.device.type == "cpu" and x.dtype in _GROUPED_DTYPES:
+            return self._forward_grouped(x, counts)
+        return self._forward_slices(x, counts)
+
+    def _forward_slices(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The loop fallback of :meth:`forward_sorted`: one ``f_e`` per contiguous slice."""
+        parts = x.split(counts.tolist())
+        return torch.cat([self.forward_one(e, part) for e, part in enumerate(parts)])
+
+    def _forward_grouped(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_sorted` as ``relu(X W1_e + b1_e) W2_e + b2_e`` with two grouped matmuls."""
+        d, h, o = self.d_in, self.d_hidden, self.d_out
+        pd, ph, po = (_aligned(n, x.dtype) - n for n in (d, h, o))
+        w1 = F.pad(self.w1, (0, ph, 0, pd)) if pd or ph else self.w1
+        w2 = F.pad(self.w2, (0, po, 0, ph)) if ph or po else self.w2
+        b1 = F.pad(self.b1, (0, ph)) if ph else self.b1
+        b2 = F.pad(self.b2, (0, po)) if po else self.b2
+        x = F.pad(x, (0, pd)) if pd else x.contiguous()
+        out = grouped_linear(grouped_linear(x, w1, b1, counts).relu(), w2, b2, counts)
+        return out[:, :o] if po else out
 
     def forward_one(self, e: int, x: torch.Tensor) -> torch.Tensor:  # (n, d_in) -> (n, d_out)
         """Expert ``e`` alone (for references and the loop baseline)."""
