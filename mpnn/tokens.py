@@ -113,35 +113,78 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int) -> Callable[[torch.Ten
     Set A = even positions, B = odd positions. Each A token's best B match by cosine similarity; the ``r``
     A tokens with the highest best-similarity are reduced (``mode``: "sum", "mean", ...) into their match.
     Output order: the unmerged A tokens (by decreasing best similarity), then all B tokens.
+
+    The matching is computed once as flat row indices (:func:`_match_order`); ``merge(x, "sum")`` then costs
+    two row gathers (``index_select``) and one row scatter-add (``index_add_``, :func:`_merge_sum`); other
+    modes reduce with ``index_reduce`` (:func:`_merge_reduce`).
     """
     n = metric.shape[1]
     r = min(int(r), n // 2)
     if r <= 0:
         return lambda x, mode="sum": x
     with torch.no_grad():
-        m = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        sim = m[:, ::2] @ m[:, 1::2].transpose(-1, -2)  # (B, nA, nB)
-        best, best_idx = sim.max(dim=-1)  # (B, nA)
-        order = best.argsort(dim=-1, descending=True, stable=True).unsqueeze(-1)  # (B, nA, 1)
-        unm_idx, src_idx = order[:, r:], order[:, :r]  # (B, nA-r, 1), (B, r, 1)
-        dst_idx = best_idx.unsqueeze(-1).gather(1, src_idx)  # (B, r, 1)
+        keep, src, dst = _match_order(metric, r)
 
     def merge(x: torch.Tensor, mode: str = "sum") -> torch.Tensor:
-        a, b = x[:, ::2], x[:, 1::2]  # (B, nA, c), (B, nB, c)
-        Bsz, nA, c = a.shape
-        unm = a.gather(1, unm_idx.expand(Bsz, nA - r, c))
-        src = a.gather(1, src_idx.expand(Bsz, r, c))
-        b = b.scatter_reduce(1, dst_idx.expand(Bsz, r, c), src, reduce=mode)
-        return torch.cat([unm, b], dim=1)
+        if mode == "sum":
+            return _merge_sum(x, keep, src, dst)
+        return _merge_reduce(x, keep, src, dst, mode)
 
     return merge
 
 
-def merge_wavg(merge: Callable, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Size-weighted average merge: x (B, n, d), size (B, n, 1) -> (B, n-r, d), (B, n-r, 1)."""
-    x = merge(x * size, "sum")
-    size = merge(size, "sum")
-    return x / size, size
+def _match_order(metric: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ToMe's matching as row indices into the flattened (B n, *) input and (B (n-r), *) output:
+    ``keep`` (B (n-r),) the rows of the output, ``[unmerged A, all B]`` per sample; ``src`` (B r,) the merged
+    A rows; ``dst`` (B r,) the output row (``nA - r + j`` for B token j) each of them is added to.
+    A's rows are ranked by their best cosine similarity ``max_j cos(a_i, b_j)``, decreasing, ties in position
+    order (a stable sort: the order of the unmerged A tokens is part of the output)."""
+    B, n, _ = metric.shape
+    nA, nB = (n + 1) // 2, n // 2
+    m = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sim = m[:, ::2] @ m[:, 1::2].transpose(-1, -2)  # (B, nA, nB)
+    best, best_idx = sim.max(dim=-1)  # (B, nA)
+    order = best.argsort(dim=-1, descending=True, stable=True)  # (B, nA)
+    base = torch.arange(B, device=metric.device).unsqueeze(1)  # (B, 1)
+    odd = torch.arange(1, n, 2, device=metric.device).expand(B, nB)
+    keep = torch.cat([2 * order[:, r:], odd], dim=1) + n * base  # (B, n-r)
+    dst = best_idx.gather(1, order[:, :r]) + (nA - r) + (n - r) * base  # (B, r)
+    return keep.reshape(-1), (2 * order[:, :r] + n * base).reshape(-1), dst.reshape(-1)
+
+
+def _merge_sum(x: torch.Tensor, keep: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """``[unmerged A, B + sum of the A rows merged into them]``: two row gathers, one row scatter-add."""
+    Bsz, n, c = x.shape
+    flat = x.reshape(Bsz * n, c)
+    out = flat.index_select(0, keep)  # (B (n-r), c)
+    out.index_add_(0, dst, flat.index_select(0, src))
+    return out.view(Bsz, -1, c)
+
+
+def _merge_reduce(x: torch.Tensor, keep: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                  mode: str) -> torch.Tensor:
+    """ToMe's other modes: each B row reduced (``index_reduce``, self included) with the A rows merged into it."""
+    if mode not in ("prod", "mean", "amax", "amin"):
+        raise ValueError(f"merge mode must be 'sum', 'prod', 'mean', 'amax' or 'amin', got {mode!r}")
+    Bsz, n, c = x.shape
+    flat = x.reshape(Bsz * n, c)
+    out = flat.index_select(0, keep).index_reduce_(0, dst, flat.index_select(0, src), mode)
+    return out.view(Bsz, -1, c)
+
+
+def merge_wavg(merge: Callable, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Size-weighted average merge: x (B, n, d), size (B, n, 1) -> (B, n-r, d), (B, n-r, 1).
+
+    ``x' = merge(s x) / merge(s)``, ``s' = merge(s)`` (ToMe's weighted average; ``size=None`` means all
+    sizes 1). ``s x`` and ``s`` travel through one merge as the columns of one (B, n, d+1) tensor."""
+    d = x.shape[-1]
+    if size is None:
+        xs = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
+    else:
+        xs = torch.cat([x * size, size], dim=-1)
+    out = merge(xs, "sum")
+    size = out[..., d:]
+    return out[..., :d] / size, size
 
 
 # ---------------------------------------------------------------- model
@@ -153,19 +196,54 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, mask=None, size=None):
-        """x (B, n, d); mask (B, n) keys to keep; size (B, n, 1) token sizes -> (B, n, d), keys (B, n, d/h)."""
+    def forward(self, x, mask=None, size=None, need_keys=True):
+        """x (B, n, d); mask (B, n) keys to keep; size (B, n, 1) token sizes -> (B, n, d), keys (B, n, d/h).
+
+        ``A = softmax(q k^T / sqrt(d_h) + log s)`` (proportional attention), rows renormalised over the kept
+        keys under ``mask``. In eval mode without a mask it runs :meth:`_fused` (same maths, other rounding);
+        training and masks keep the explicit softmax :meth:`_explicit`.
+        The keys (averaged over heads, ToMe's metric) are None unless ``need_keys``."""
         B, n, d = x.shape
+        bias = None if size is None else size.log().reshape(B, 1, 1, n)
+        if mask is None and not self.training:
+            return self._fused(self.qkv(x), bias, need_keys)
         q, k, v = self.qkv(x).reshape(B, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B, h, n, dh)
+        out = self._explicit(q, k, v, mask, bias)
+        keys = k.mean(dim=1) if need_keys else None
+        return self.proj(out.transpose(1, 2).reshape(B, n, d)), keys
+
+    def _fused(self, qkv, bias, need_keys):
+        """Inference path from ``qkv`` (B, n, 3d): per head ``softmax(q k^T scale + bias) v`` on column slices
+        of ``qkv`` (strided views that ``bmm`` reads in place: no head-major copy), the scale and the
+        proportional-attention bias ``log s`` applied inside the product (``baddbmm``); keys = mean of the
+        heads' keys."""
+        B, n, d3 = qkv.shape
+        d, h = d3 // 3, self.heads
+        dh = d // h
+        outs, keys = [], None
+        for j in range(h):
+            q, k, v = (qkv[:, :, i * d + j * dh:i * d + (j + 1) * dh] for i in range(3))  # (B, n, dh) views
+            if bias is None:
+                a = torch.bmm(q, k.transpose(1, 2)).mul_(self.scale)
+            else:
+                a = torch.baddbmm(bias.reshape(B, 1, n), q, k.transpose(1, 2), alpha=self.scale)
+            outs.append(torch.bmm(torch.softmax(a, dim=-1), v))
+            if need_keys:
+                keys = k if keys is None else keys + k
+        out = self.proj(torch.cat(outs, dim=-1) if h > 1 else outs[0])
+        return out, (keys / h if need_keys else None)
+
+    def _explicit(self, q, k, v, mask, bias):
+        """``softmax(q k^T scale + bias)``, times ``mask`` over keys and renormalised, applied to ``v``."""
+        B, n = q.shape[0], q.shape[2]
         a = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, n, n)
-        if size is not None:
-            a = a + size.log().reshape(B, 1, 1, n)
+        if bias is not None:
+            a = a + bias
         attn = a.softmax(dim=-1)
         if mask is not None:
             attn = attn * mask.reshape(B, 1, 1, n)
             attn = attn / attn.sum(dim=-1, keepdim=True)
-        out = (attn @ v).transpose(1, 2).reshape(B, n, d)
-        return self.proj(out), k.mean(dim=1)
+        return attn @ v
 
 
 class Block(nn.Module):
@@ -176,12 +254,10 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(c.dim, c.mlp_hidden), nn.GELU(), nn.Linear(c.mlp_hidden, c.dim))
 
     def forward(self, x, mask=None, size=None, r=0, source=None):
-        y, keys = self.attn(self.norm1(x), mask, size)
+        y, keys = self.attn(self.norm1(x), mask, size, need_keys=r > 0)
         x = x + y
         if r > 0:
             merge = bipartite_soft_matching(keys, r)
-            if size is None:
-                size = torch.ones_like(x[..., :1])
             x, size = merge_wavg(merge, x, size)
             if source is not None:
                 source = merge(source, "sum")
