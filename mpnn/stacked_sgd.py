@@ -187,13 +187,17 @@ _FUSED_SOURCE = r"""
 
 static inline float clampf(float v, float c) { return v < -c ? -c : (v > c ? c : v); }
 
-// the window taps x[k,h] = row[taps[k,h]] of one block (local), in units of 1/255; the row
-// (P + 1 values) is converted to float first (a byte gather is several times slower), and the
-// gather stays scalar: vgatherdps is slow on CPUs with the Gather Data Sampling mitigation
+// the window taps x[k,h] = rowf[taps[k,h]] of one block (local), in units of 1/255: the image row
+// (P values in [0, 1]) times 255 (exact for k/255 values), and a 0 at P for the skipped taps
 template <typename X>
-__attribute__((optimize("no-tree-vectorize"))) static void gather(const X* __restrict row, const int32_t* __restrict taps, int n, int64_t width,
-                   float* __restrict rowf, float* __restrict out) {
-  for (int64_t p = 0; p < width; ++p) rowf[p] = (float)row[p];
+static void scale_row(const X* __restrict row, int64_t width, float scale, float* __restrict rowf) {
+  for (int64_t p = 0; p < width; ++p) rowf[p] = (float)row[p] * scale;
+  rowf[width] = 0.f;
+}
+
+// the gather stays scalar: vgatherdps is slow on AMD Zen and on Intel CPUs with the GDS mitigation
+__attribute__((optimize("no-tree-vectorize")))
+static void gather(const float* __restrict rowf, const int32_t* __restrict taps, int n, float* __restrict out) {
   for (int i = 0; i < n; ++i) out[i] = rowf[taps[i]];
 }
 
@@ -262,13 +266,13 @@ static void update_hidden(int local, const X* x, const float* d, float* W1, floa
 template <typename X>
 static int64_t steps(int64_t T, const int64_t* code, const int64_t* lo_of, const int64_t* hi_of,
                      const uint8_t* masked, int local, const X* inputs, int64_t row, const int64_t* at,
-                     const int32_t* taps, const int64_t* tab_of,
+                     const int32_t* taps, const int64_t* tab_of, float scale,
                      const float* mask_all, const float* onehot, float* W1b, float* b1b, float* W2b,
                      float* b2, const int64_t* own, int M, int nb, int K, int Hb, int C,
                      float lr, float clip, float slope) {
   std::vector<float> pre((size_t)nb * Hb), a((size_t)nb * Hb), d((size_t)nb * Hb), z((size_t)M * C),
       err((size_t)M * C), back(Hb), xbuf(local ? (size_t)nb * K * Hb : 1),
-      rowf(local ? (size_t)row : 1);
+      rowf(local ? (size_t)row + 1 : 1);
   const int64_t w1 = (int64_t)K * Hb, w2 = (int64_t)C * Hb;
   int64_t clipped = 0;
   for (int64_t i = 0; i < T; ++i) {
@@ -280,7 +284,8 @@ static int64_t steps(int64_t T, const int64_t* code, const int64_t* lo_of, const
       float* pj = &pre[(size_t)j * Hb];
       float* aj = &a[(size_t)j * Hb];
       float* xj = xbuf.data() + (local ? j * w1 : 0);
-      if (local) gather(x, taps + tab_of[j] * w1, (int)w1, row, rowf.data(), xj);
+      if (local) scale_row(x, row, scale, rowf.data());
+      if (local) gather(rowf.data(), taps + tab_of[j] * w1, (int)w1, xj);
       if (local) hidden_pre(local, (const float*)xj, W1b + j * w1, b1b + (int64_t)j * Hb, K, Hb, pj);
       else hidden_pre(local, x, W1b + j * w1, b1b + (int64_t)j * Hb, K, Hb, pj);
       const float mj = msk ? mask[j] : 1.f;
@@ -335,12 +340,12 @@ static int64_t steps(int64_t T, const int64_t* code, const int64_t* lo_of, const
 
 extern "C" int64_t mpnn_tag_steps(int64_t T, const int64_t* code, const int64_t* lo_of, const int64_t* hi_of,
     const uint8_t* masked, int local, int u8, const void* inputs, int64_t row, const int64_t* at,
-    const int32_t* taps, const int64_t* tab_of, const float* mask_all, const float* onehot, float* W1b, float* b1b, float* W2b, float* b2,
+    const int32_t* taps, const int64_t* tab_of, float scale, const float* mask_all, const float* onehot, float* W1b, float* b1b, float* W2b, float* b2,
     const int64_t* own, int M, int nb, int K, int Hb, int C, float lr, float clip, float slope) {
   if (u8)
-    return steps(T, code, lo_of, hi_of, masked, local, (const uint8_t*)inputs, row, at, taps, tab_of, mask_all, onehot,
+    return steps(T, code, lo_of, hi_of, masked, local, (const uint8_t*)inputs, row, at, taps, tab_of, scale, mask_all, onehot,
                  W1b, b1b, W2b, b2, own, M, nb, K, Hb, C, lr, clip, slope);
-  return steps(T, code, lo_of, hi_of, masked, local, (const float*)inputs, row, at, taps, tab_of, mask_all, onehot,
+  return steps(T, code, lo_of, hi_of, masked, local, (const float*)inputs, row, at, taps, tab_of, scale, mask_all, onehot,
                W1b, b1b, W2b, b2, own, M, nb, K, Hb, C, lr, clip, slope);
 }
 """
@@ -386,7 +391,7 @@ def _load_fused():
     except Exception:                                          # compiler present but unusable
         return None
     P, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-    fn.argtypes = [i64, P, P, P, P, i32, i32, P, i64, P, P, P, P, P, P, P, P, P, P, i32, i32, i32, i32, i32,
+    fn.argtypes = [i64, P, P, P, P, i32, i32, P, i64, P, P, P, f32, P, P, P, P, P, P, P, i32, i32, i32, i32, i32,
                    f32, f32, f32]
     fn.restype = i64
     return fn
@@ -423,7 +428,7 @@ def fused_tag_steps(fn, code: List[int], lo_of: List[int], hi_of: List[int], mas
     nb, Hb, C = b1b.shape[0], b1b.shape[1], b2.shape[1]
     K = W1b.shape[1] if local else W1b.shape[2]
     return int(fn(len(code), *(t.data_ptr() for t in keep[:4]), int(local), int(keep[4].dtype == torch.uint8),
-                  keep[4].data_ptr(), keep[4][0].numel(), keep[5].data_ptr(), *taps,
+                  keep[4].data_ptr(), keep[4][0].numel(), keep[5].data_ptr(), *taps, 255.0,
                   *(t.data_ptr() for t in keep[6:8]),
                   W1b.data_ptr(), b1b.data_ptr(), W2b.data_ptr(), b2.data_ptr(), keep[8].data_ptr(),
                   b2.shape[0], nb, K, Hb, C, lr, clip, slope))
@@ -466,26 +471,23 @@ class WindowInputs:
 
 
 class TapInputs:
-    """Local networks, for the fused step loop: the image rows the schedule visits, ``(R, P + 1)``
-    in units of 1/255 (a 0 column for skipped taps; uint8 when X holds k/255 values), and the taps
-    ``(L * 2, K, Hb)`` int32 of every (layout, half): each step gathers its windows itself."""
+    """Local networks, for the fused step loop: the pixel rows ``X`` (N, P) themselves (the loop
+    scales a row by 255, exactly the k of k/255 values, and gathers its windows), and the taps
+    ``(L * 2, K, Hb)`` int32 of every (layout, half), ``P`` for a skipped tap."""
 
     local = True
 
     def __init__(self, nets: StackedNets, X: torch.Tensor, schedule: torch.Tensor):
-        self.needed = schedule.unique()
-        X = F.pad(X.index_select(0, self.needed), (0, 1))
-        X255 = (X * 255).round()
-        self.inputs = X255.to(torch.uint8) if bool(torch.equal(X255 / 255, X)) else X * 255
         p, Hb = nets.perm.to(X.device), nets.Hb
+        self.inputs = X
         self.taps = torch.stack([index[p[t * Hb:(t + 1) * Hb]].T for index in nets.layouts
                                  for t in (0, 1)]).to(torch.int32).contiguous()      # (L*2, K, Hb)
         self.tab_of = (nets.lay[nets.own] * 2 + nets.half).contiguous()            # (nb,)
         self.own = nets.own
 
     def at(self, rows: torch.Tensor) -> torch.Tensor:
-        """(Tc, nb) image row that each block reads at each step of ``rows`` (Tc, M)."""
-        return torch.searchsorted(self.needed, rows)[:, self.own]
+        """(Tc, nb) pixel row that each block reads at each step of ``rows`` (Tc, M)."""
+        return rows[:, self.own].contiguous()
 
 
 class PixelInputs:
