@@ -2,12 +2,20 @@
 
 Variants of ``tag/per-sample-sgd`` (each callable runs ``steps`` per-sample updates of every network):
 ``stacked`` (:class:`mpnn.stacked_sgd.StackedSGD`: hand-written forward/backward, ``networks`` models in
-lock-step, the step loop run by TorchScript; 25 is the chapter's default local pass: 10 faithful seeds +
-3 seeds x 5 controls, and a step costs far less than 25 times a one-network step), ``stacked-eager``
-(the same step loop run by Python: the cost of the interpreter between the ~25 operations of a step),
-``autograd-loop`` (:func:`mpnn.tagnet.reference_sgd`, one network at a time: the plain reference loop).
-The benchmark's networks are the document's (partitioned, blocked order: each step computes only the
-active half). ``tag/minibatch-epoch`` times one epoch of mini-batch SGD with autograd (batch 64,
+lock-step, by the fused C++ step loop where a compiler builds it; 1 is one network alone, 15 the
+issue's lock-step group, 25 the chapter's default local pass: 10 faithful seeds + 3 seeds x 5
+controls), ``stacked-torch`` (the same trainer forced onto its pure-torch step loop run by
+TorchScript, ``fused=False``: about 20 small tensor operations per step), ``stacked-eager`` (that
+loop run by Python: the cost of the interpreter between the operations), ``autograd-loop``
+(:func:`mpnn.tagnet.reference_sgd`, one network at a time: the plain reference loop). The
+benchmark's networks are the document's (partitioned, blocked order: each step computes only the
+active half). Extras: ``sample updates per call`` (divide by ``median_s`` for updates/s) and
+``flops``, the useful FLOPs of one call, the same for every variant: per sample update of the active
+half (``Hb = 128`` units, ``K = 25`` window taps, ``C = 10`` outputs), multiply-adds counted as 2,
+``2 K Hb`` (hidden pre-activation) + ``2 C Hb`` (logits) + ``2 C Hb`` (``W2^T e``) + ``2 C Hb``
+(``W2 += lr e a^T``) + ``2 K Hb`` (``W1 += lr d x^T``) = ``4 K Hb + 6 C Hb`` = 20,480; the O(Hb + C)
+activations, softmax, biases and clamps are not counted, nor the idle half (which the masked
+autograd loop computes). ``tag/minibatch-epoch`` times one epoch of mini-batch SGD with autograd (batch 64,
 :func:`mpnn.experiments.tag_partitioning.minibatch_sgd`, i.e. :func:`mpnn.train.fit`), the
 non-faithful but common alternative, against a per-sample epoch of the stacked trainer.
 """
@@ -28,7 +36,12 @@ def _data(n: int, seed: int = 0):
     return X, torch.randint(0, 10, (n,), generator=g)
 
 
-@case("tag/per-sample-sgd", group="tag_partitioning", params={"networks": [1, 4, 25]}, repeats=3)
+def update_flops(K: int = 25, Hb: int = 128, C: int = 10) -> int:
+    """Useful FLOPs of one per-sample update of one network's active half (module docstring)."""
+    return 4 * K * Hb + 6 * C * Hb
+
+
+@case("tag/per-sample-sgd", group="tag_partitioning", params={"networks": [1, 4, 15, 25]}, repeats=3)
 def per_sample_sgd(networks, quick):
     steps = 100 if quick else 1000
     X, y = _data(steps)
@@ -39,6 +52,9 @@ def per_sample_sgd(networks, quick):
     def stacked():
         StackedSGD(models, X, y).fit(schedule)
 
+    def stacked_torch():
+        StackedSGD(models, X, y).fit(schedule, fused=False)
+
     def stacked_eager():
         StackedSGD(models, X, y).fit(schedule, eager=True)
 
@@ -46,8 +62,10 @@ def per_sample_sgd(networks, quick):
         for m in models:
             tagnet.reference_sgd(m, X[order], y[order])
 
-    extra = {"steps per call": steps, "sample updates per call": steps * networks}
-    return {"stacked": stacked, "stacked-eager": stacked_eager, "autograd-loop": autograd_loop}, extra
+    extra = {"steps per call": steps, "sample updates per call": steps * networks,
+             "flops": steps * networks * update_flops()}
+    return {"stacked": stacked, "stacked-torch": stacked_torch, "stacked-eager": stacked_eager,
+            "autograd-loop": autograd_loop}, extra
 
 
 @case("tag/minibatch-epoch", group="tag_partitioning", params={"n": [2000]}, repeats=3)
