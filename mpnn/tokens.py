@@ -116,7 +116,7 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int) -> Callable[[torch.Ten
 
     The matching is computed once as flat row indices (:func:`_match_order`); ``merge(x, "sum")`` then costs
     two row gathers (``index_select``) and one row scatter-add (``index_add_``, :func:`_merge_sum`); other
-    modes reduce with ``index_reduce`` (:func:`_merge_reduce`).
+    modes reduce with ``scatter_reduce_`` (:func:`_merge_reduce`).
     """
     n = metric.shape[1]
     r = min(int(r), n // 2)
@@ -163,12 +163,13 @@ def _merge_sum(x: torch.Tensor, keep: torch.Tensor, src: torch.Tensor, dst: torc
 
 def _merge_reduce(x: torch.Tensor, keep: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                   mode: str) -> torch.Tensor:
-    """ToMe's other modes: each B row reduced (``index_reduce``, self included) with the A rows merged into it."""
+    """ToMe's other modes: each B row reduced (``scatter_reduce_``, self included) with the A rows merged into it."""
     if mode not in ("prod", "mean", "amax", "amin"):
         raise ValueError(f"merge mode must be 'sum', 'prod', 'mean', 'amax' or 'amin', got {mode!r}")
     Bsz, n, c = x.shape
     flat = x.reshape(Bsz * n, c)
-    out = flat.index_select(0, keep).index_reduce_(0, dst, flat.index_select(0, src), mode)
+    out = flat.index_select(0, keep)
+    out.scatter_reduce_(0, dst.unsqueeze(-1).expand(-1, c), flat.index_select(0, src), reduce=mode)
     return out.view(Bsz, -1, c)
 
 

@@ -424,3 +424,66 @@ def test_latency_claim_reports_consistent_numbers(model, x):
     rows = ex.latency_sweep(model, x, [dict(rho=0.5), dict(r=4)], repeats=2)
     assert list(zip(rows["rho"], rows["r"])) == [(0.5, 0), (1.0, 4)]
     assert rows["predicted speed-up"].iloc[1] == pytest.approx(vit_flops(model.config) / vit_flops(model.config, r=4))
+
+
+def _reference_forward(model, x, rho=1.0, r=0):
+    """Inference forward written out with the explicit softmax attention (the training path's formula, in float64)
+    and the naive one-sample-at-a-time ToMe of ``_naive_tome``: the reference of the fused inference path."""
+    m = copy.deepcopy(model).double()
+    c = m.config
+    h = m.embed(patchify(x.double(), c.patch)) + m.pos
+    size = torch.ones_like(h[..., :1])
+    for i, block in enumerate(m.blocks):
+        if i == c.select_after and keep_count(c.n_tokens, rho) < h.shape[1]:
+            kept = m.scorer(h).squeeze(-1).topk(keep_count(c.n_tokens, rho), dim=-1).indices.sort(-1).values
+            h = h.gather(1, kept.unsqueeze(-1).expand(-1, -1, c.dim))
+            size = size.gather(1, kept.unsqueeze(-1))
+        att = block.attn
+        B, n, d = h.shape
+        q, k, v = att.qkv(block.norm1(h)).reshape(B, n, 3, c.heads, d // c.heads).permute(2, 0, 3, 1, 4)
+        a = (q @ k.transpose(-2, -1)) * att.scale + size.log().reshape(B, 1, 1, n)
+        h = h + att.proj((a.softmax(-1) @ v).transpose(1, 2).reshape(B, n, d))
+        if min(r, n // 2) > 0:
+            h, size = _naive_tome(h, k.mean(1), size, r)
+        h = h + block.mlp(block.norm2(h))
+    h = m.norm(h)
+    return m.head((h * size).sum(1) / size.sum(1))
+
+
+@pytest.mark.parametrize("rho,r", [(1.0, 0), (0.5, 0), (0.25, 0), (1.0, 4), (1.0, 8), (0.5, 3)])
+def test_fused_inference_matches_reference(model, x, rho, r):
+    with torch.no_grad():
+        got = model(x, rho=rho, r=r)
+        ref = _reference_forward(model, x, rho, r)
+    assert torch.allclose(got.double(), ref, atol=1e-4)
+
+
+def test_merge_modes_match_scatter_reduce():
+    # ToMe's merge(x, mode): B rows reduced with their merged A rows, written with scatter_reduce as in ToMe
+    g = torch.Generator().manual_seed(5)
+    metric, x = torch.randn(4, 9, 3, generator=g), torch.randn(4, 9, 6, generator=g)
+    r = 3
+    mn = metric / metric.norm(dim=-1, keepdim=True)
+    best, best_idx = (mn[:, ::2] @ mn[:, 1::2].transpose(-1, -2)).max(-1)
+    order = best.argsort(dim=-1, descending=True, stable=True).unsqueeze(-1)
+    unm, src = order[:, r:], order[:, :r]
+    dst = best_idx.unsqueeze(-1).gather(1, src)
+    a, b = x[:, ::2], x[:, 1::2]
+    merge = bipartite_soft_matching(metric, r)
+    for mode in ("sum", "mean", "amax", "amin", "prod"):
+        bb = b.scatter_reduce(1, dst.expand(-1, -1, 6), a.gather(1, src.expand(-1, -1, 6)), reduce=mode)
+        expected = torch.cat([a.gather(1, unm.expand(-1, -1, 6)), bb], dim=1)
+        assert torch.allclose(merge(x, mode), expected, atol=1e-6), mode
+    with pytest.raises(ValueError, match="merge mode"):
+        merge(x, "median")
+
+
+def test_fused_attention_matches_explicit_with_sizes():
+    torch.manual_seed(1)
+    att = Attention(8, 2).eval()
+    x, size = torch.randn(3, 5, 8), torch.rand(3, 5, 1) + 0.5
+    out, keys = att(x, size=size)
+    att.train()
+    ref, ref_keys = att(x, size=size)
+    assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(keys, ref_keys, atol=1e-7)
+    assert Attention.forward(att.eval(), x, need_keys=False)[1] is None
