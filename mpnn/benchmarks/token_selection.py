@@ -2,6 +2,11 @@
 
 ``ratio_to_fewer_tokens`` of ``all_tokens`` is the measured speed-up; ``predicted_speedup`` is the FLOP
 ratio from :func:`mpnn.tokens.vit_flops`. Weights are untrained (speed does not depend on them).
+
+FLOPs (``flops`` extra): one call of a variant is the batch times :func:`mpnn.tokens.vit_flops` of its
+setting: 2 FLOPs per multiply-add of the linear layers (embedding, qkv, projection, MLP, head, scorer), of
+the two attention products ``q k^T`` and ``A v`` and of ToMe's similarity matrix; LayerNorm, softmax, GELU,
+the size-weighted average and the gathers are not counted.
 """
 import torch
 
@@ -30,15 +35,19 @@ def _variants(model, x, **kw):
     return {"fewer_tokens": fewer, "all_tokens": full}
 
 
+def _extra(batch, **kw):
+    """Predicted speed-up, batch and the useful FLOPs of one call of each variant."""
+    return {"predicted_speedup": vit_flops(CONFIG) / vit_flops(CONFIG, **kw), "batch": batch,
+            "flops": {"fewer_tokens": batch * vit_flops(CONFIG, **kw), "all_tokens": batch * vit_flops(CONFIG)}}
+
+
 @case("tokens/selection", group="token_selection", params={"rho": [0.5, 0.25]})
 def selection(rho, quick):
     model, x = _setup(quick)
-    extra = {"predicted_speedup": vit_flops(CONFIG) / vit_flops(CONFIG, rho=rho), "batch": x.shape[0]}
-    return _variants(model, x, rho=rho), extra
+    return _variants(model, x, rho=rho), _extra(x.shape[0], rho=rho)
 
 
 @case("tokens/merging", group="token_selection", params={"r": [4, 8]})
 def merging(r, quick):
     model, x = _setup(quick)
-    extra = {"predicted_speedup": vit_flops(CONFIG) / vit_flops(CONFIG, r=r), "batch": x.shape[0]}
-    return _variants(model, x, r=r), extra
+    return _variants(model, x, r=r), _extra(x.shape[0], r=r)
