@@ -29,7 +29,7 @@ from torch import nn
 
 __all__ = [
     "EarlyExitConfig", "EarlyExitNet", "ExitResult", "normalised_entropy", "early_exit_predict",
-    "fused_stage1", "phase_weights", "exit_decisions", "exit_fractions", "count_flops", "exit_costs", "full_cost", "predicted_speedup",
+    "fused_stage1", "fused_exit1", "phase_weights", "exit_decisions", "exit_fractions", "count_flops", "exit_costs", "full_cost", "predicted_speedup",
     "exit_loss", "exit_logits", "sweep_metrics", "choose_threshold",
 ]
 
@@ -142,33 +142,80 @@ def fused_stage1(model: "EarlyExitNet", x: torch.Tensor, with_exit: bool = True,
     Same function as ``stages[0](x)`` and ``exits[0](...)`` up to float rounding, computed as
     ``relu(max_{phases}(window @ phase_weights) + bias)`` (:func:`phase_weights`; bias and ReLU commute with
     the max, so they run on the pooled values only), the exit head ``maxpool2 + linear`` on the chunk while it
-    is in the cache (flattened in the module's (C, 7, 7) order). Returns the stage-1
+    is in the cache (:func:`_exit1_logits`). Returns the stage-1
     features as a channels-last (B, C, 14, 14) view of a contiguous (B, 14, 14, C) tensor, and the (B, classes)
     exit-1 logits (None unless ``with_exit``). No autograd (inference only; training uses ``model.forward``).
     """
+    out = x.new_empty(x.shape[0], 14, 14, model.stages[0][0].out_channels)
+    head, C = model.exits[0][-1], out.shape[-1]
+    logits = x.new_empty(x.shape[0], head.out_features) if with_exit else None
+    weight, pooled = _exit1_weight(head, C), x.new_empty(max(1, min(chunk, x.shape[0])), 7, 7, C)
+    for s, feats in _stage1_chunks(model, x, chunk, out):
+        if with_exit:
+            _exit1_logits(head, weight, feats, pooled[:len(feats)], logits[s:s + len(feats)])
+    return out.permute(0, 3, 1, 2), logits
+
+
+@torch.no_grad()
+def fused_exit1(model: "EarlyExitNet", x: torch.Tensor, threshold: float,
+                chunk: int = FUSED_CHUNK) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stage 1, exit 1 and the exit decision ``H(p) < threshold`` fused chunk by chunk (:func:`fused_stage1`).
+
+    Only the rows that stay are written out (gathered once, while the chunk is in the cache). Returns the
+    exit-1 logits of all B rows, the staying rows' stage-1 features (n, C, 14, 14) channels-last, and
+    their row numbers (n,) int64 in increasing order.
+    """
+    B, C = x.shape[0], model.stages[0][0].out_channels
+    head = model.exits[0][-1]
+    logits = x.new_empty(B, head.out_features)
+    kept = x.new_empty(B, 14, 14, C)     # pages are touched only for the rows that stay
+    rows, n_kept = [], 0
+    weight, pooled = _exit1_weight(head, C), x.new_empty(max(1, min(chunk, B)), 7, 7, C)
+    for s, feats in _stage1_chunks(model, x, chunk):
+        chunk_logits = logits[s:s + len(feats)]
+        _exit1_logits(head, weight, feats, pooled[:len(feats)], chunk_logits)
+        stay = (~(normalised_entropy(chunk_logits) < threshold)).nonzero().flatten()
+        torch.index_select(feats, 0, stay, out=kept[n_kept:n_kept + len(stay)])
+        rows.append(stay + s)
+        n_kept += len(stay)
+    stay_rows = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=x.device)
+    return logits, kept[:n_kept].permute(0, 3, 1, 2), stay_rows
+
+
+def _stage1_chunks(model: "EarlyExitNet", x: torch.Tensor, chunk: int, out: torch.Tensor | None = None):
+    """Yield ``(first row, stage-1 features (n, 14, 14, C))`` chunk by chunk; into ``out`` (B, 14, 14, C) if
+    given, else into one reused chunk buffer."""
     _check_fusable(model)
     conv, B = model.stages[0][0], x.shape[0]
     C = conv.out_channels
     weights, bias = phase_weights(conv), conv.bias
-    out = x.new_empty(B, 14, 14, C)
-    logits = None
-    if with_exit:
-        head = model.exits[0][-1]
-        w_head = head.weight.t()
-        logits = x.new_empty(B, head.out_features)
     k = max(1, min(chunk, B))
-    pad = x.new_zeros(k, 32, 32)
-    window = x.new_empty(36, k * 196)
-    phases = x.new_empty(k * 196, 4 * C)
-    other = x.new_empty(k * 196, C)
+    pad, window = x.new_zeros(k, 32, 32), x.new_empty(36, k * 196)
+    phases, other = x.new_empty(k * 196, 4 * C), x.new_empty(k * 196, C)
+    scratch = x.new_empty(k, 14, 14, C) if out is None else None
     for s in range(0, B, k):
         n = min(k, B - s)
-        o = out[s:s + n].view(n * 196, C)
-        _stage1_chunk(x[s:s + n, 0], pad[:n], window[:, :n * 196], phases[:n * 196], other[:n * 196], weights, bias, o)
-        if with_exit:
-            pooled = F.max_pool2d(out[s:s + n].permute(0, 3, 1, 2), 2)          # (n, C, 7, 7) channels-last
-            torch.addmm(head.bias, pooled.reshape(n, -1), w_head, out=logits[s:s + n])
-    return out.permute(0, 3, 1, 2), logits
+        feats = out[s:s + n] if out is not None else scratch[:n]
+        _stage1_chunk(x[s:s + n, 0], pad[:n], window[:, :n * 196], phases[:n * 196], other[:n * 196], weights, bias,
+                      feats.view(n * 196, C))
+        yield s, feats
+
+
+def _exit1_weight(head: nn.Linear, channels: int) -> torch.Tensor:
+    """Exit 1's linear weight for features flattened in channels-last (7, 7, C) order, transposed. (49 C, classes)"""
+    return head.weight.view(-1, channels, 7, 7).permute(2, 3, 1, 0).reshape(-1, head.out_features)
+
+
+def _exit1_logits(head: nn.Linear, weight: torch.Tensor, feats: torch.Tensor, pooled: torch.Tensor,
+                  out: torch.Tensor) -> None:
+    """Exit 1 (maxpool2 + linear) on channels-last features (n, 14, 14, C) into ``out`` (n, classes).
+
+    The 2x2 max runs on the four strided phases of ``feats`` into ``pooled`` (n, 7, 7, C); the linear takes
+    them flattened channels-last with the weight of :func:`_exit1_weight` (same sum, another order)."""
+    f = feats.view(len(feats), 7, 2, 7, 2, feats.shape[-1])
+    torch.maximum(f[:, :, 0, :, 0], f[:, :, 0, :, 1], out=pooled)
+    pooled.copy_(torch.maximum(pooled, torch.maximum(f[:, :, 1, :, 0], f[:, :, 1, :, 1])))
+    torch.addmm(head.bias, pooled.view(len(feats), -1), weight, out=out)
 
 
 def _stage1_chunk(x, pad, window, phases, other, weights, bias, out) -> None:
@@ -213,18 +260,17 @@ def early_exit_predict(model: EarlyExitNet, x: torch.Tensor, threshold: float) -
     if not math.isfinite(threshold) or threshold < 0:
         raise ValueError(f"threshold must be a finite number >= 0 (normalised entropy), got {threshold}")
     B = x.shape[0]
-    C = model.config.classes
-    logits_out = torch.empty(B, C, device=x.device, dtype=x.dtype)
-    exit_out = torch.empty(B, dtype=torch.long, device=x.device)
+    logits_out, h, idx = fused_exit1(model, x, threshold)  # exit-1 logits of all rows; the staying rows of stage 1
+    exit_out = torch.zeros(B, dtype=torch.long, device=x.device)
     rows = [B]
-    h, logits = fused_stage1(model, x, with_exit=True)  # stage 1 + exit 1 on all B rows
-    idx = torch.arange(B, device=x.device)  # (n_i,) original row of each remaining sample
     last = model.n_exits - 1
-    for i in range(model.n_exits):
-        if i > 0:
-            rows.append(int(idx.numel()))
-            h = model.stages[i](h)
-            logits = model.exits[i](h)  # (n_i, C)
+    for i in range(1, model.n_exits):
+        rows.append(int(idx.numel()))
+        if idx.numel() == 0:
+            rows += [0] * (last - i)
+            break
+        h = model.stages[i](h)
+        logits = model.exits[i](h)  # (n_i, C)
         if i == last:
             logits_out[idx] = logits
             exit_out[idx] = i
@@ -235,9 +281,6 @@ def early_exit_predict(model: EarlyExitNet, x: torch.Tensor, threshold: float) -
         exit_out[out_rows] = i
         stay = (~leave).nonzero().flatten()
         idx, h = idx[stay], _take_rows(h, stay)
-        if idx.numel() == 0:
-            rows += [0] * (last - i)
-            break
     return ExitResult(logits_out, exit_out, rows)
 
 
