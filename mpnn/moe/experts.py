@@ -12,36 +12,43 @@ _GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)   # what torch'
 
 
 class _GroupedLinear(torch.autograd.Function):
-    """``out[s_e:s_{e+1}] = a[s_e:s_{e+1}] @ w[e] + b[e]`` for rows sorted by group (eq. of one expert
-    layer); ``offs`` (E,) int32 group ends, ``counts`` (E,) group sizes.
+    """``out[s_e:s_{e+1}] = a[s_e:s_{e+1}] @ w[e] + b[e]`` for rows sorted by group (one expert layer);
+    ``offs`` (E,) int32 group ends, ``group`` (M,) the group of each row.
 
     Forward is :func:`torch.nn.functional.grouped_mm` plus the per-row bias; backward is two grouped
-    matmuls, ``dA = dOut W_e^T`` and ``dW_e = A_e^T dOut_e``, and a segment sum ``db_e = sum_rows dOut_e``.
+    matmuls, ``dA = dOut W_e^T`` and ``dW_e = A_e^T dOut_e``, and ``db_e = sum_{rows of e} dOut``
+    (one ``index_add``).
     """
 
     @staticmethod
-    def forward(ctx, a, w, b, offs, counts):
+    def forward(ctx, a, w, b, offs, group):
         out = F.grouped_mm(a, w, offs=offs)
-        out += b.repeat_interleave(counts, 0, output_size=a.shape[0])
-        ctx.save_for_backward(a, w, offs, counts)
+        out += b.index_select(0, group)
+        ctx.save_for_backward(a, w, offs, group)
+        ctx.n_groups = b.shape[0]
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        a, w, offs, counts = ctx.saved_tensors
+        a, w, offs, group = ctx.saved_tensors
         grad = grad.contiguous()
         need_a, need_w, need_b = ctx.needs_input_grad[:3]
         grad_a = F.grouped_mm(grad, w.transpose(-2, -1), offs=offs) if need_a else None
         grad_w = F.grouped_mm(a.t(), grad, offs=offs) if need_w else None
-        grad_b = torch.segment_reduce(grad, "sum", lengths=counts, axis=0) if need_b else None
+        grad_b = grad.new_zeros(ctx.n_groups, grad.shape[1]).index_add_(0, group, grad) if need_b else None
         return grad_a, grad_w, grad_b, None, None
 
 
-def grouped_linear(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def grouped_linear(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor, counts: torch.Tensor,
+                   group: torch.Tensor | None = None) -> torch.Tensor:
     """Rows ``a`` (M, n_in) sorted by group, ``counts`` (E,) rows per group -> ``a_e @ w[e] + b[e]``
-    (M, n_out), differentiable in ``a``, ``w`` and ``b`` (see :class:`_GroupedLinear`)."""
+    (M, n_out), differentiable in ``a``, ``w`` and ``b`` (see :class:`_GroupedLinear`); ``group``
+    (M,) the group of each row, if already known."""
     offs = torch.cumsum(counts, 0).to(torch.int32)
-    return _GroupedLinear.apply(a, w, b, offs, counts)
+    if group is None:
+        group = torch.repeat_interleave(torch.arange(counts.numel(), device=a.device), counts,
+                                        output_size=a.shape[0])
+    return _GroupedLinear.apply(a, w, b, offs, group)
 
 
 def _aligned(n: int, dtype: torch.dtype) -> int:
@@ -116,7 +123,9 @@ class Experts(nn.Module):
         b1 = F.pad(self.b1, (0, ph)) if ph else self.b1
         b2 = F.pad(self.b2, (0, po)) if po else self.b2
         x = F.pad(x, (0, pd)) if pd else x.contiguous()
-        out = grouped_linear(grouped_linear(x, w1, b1, counts).relu(), w2, b2, counts)
+        expert = torch.repeat_interleave(torch.arange(self.n_experts, device=x.device), counts,
+                                         output_size=x.shape[0])           # expert of each row
+        out = grouped_linear(grouped_linear(x, w1, b1, counts, expert).relu(), w2, b2, counts, expert)
         return out[:, :o] if po else out
 
     def forward_one(self, e: int, x: torch.Tensor) -> torch.Tensor:  # (n, d_in) -> (n, d_out)
