@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from mpnn import determinism
 from mpnn.data.mnist import load_mnist, to_tensor
 from mpnn.early_exit import (EarlyExitConfig, EarlyExitNet, choose_threshold, count_flops, early_exit_predict,
-                             exit_costs, exit_fractions, exit_logits, exit_loss, full_cost, normalised_entropy,
-                             predicted_speedup, sweep_metrics)
+                             exit_costs, exit_fractions, exit_logits, exit_loss, full_cost, fused_stage1,
+                             normalised_entropy, predicted_speedup, sweep_metrics)
 from mpnn.runtime import stats
 from mpnn.runtime.timing import interleaved_samples, median_ci, paired_speedup
 from mpnn.train import History, fit, fusable
@@ -221,14 +221,17 @@ def rows_reaching_block2(speed: pd.DataFrame, batch: int) -> list[int]:
 
 def time_breakdown(model: EarlyExitNet, x: torch.Tensor, rows_left: Sequence[int], repeats: int = 5) -> dict:
     """Median wall time (s) of each part of the network on ``x`` (one thread), and of block 2 + exit-2 head
-    on the first ``n`` rows for every ``n`` in ``rows_left`` (``{"parts": {...}, "block2_rows": {n: s}}``)."""
+    on the first ``n`` rows for every ``n`` in ``rows_left`` (``{"parts": {...}, "block2_rows": {n: s}}``).
+
+    Block 1 is the fused kernel both inference paths run (:func:`mpnn.early_exit.fused_stage1`); the exit-1
+    head, the entropy and the gather are timed alone as modules (in ``early_exit_predict`` they run fused
+    with block 1, chunk by chunk, :func:`mpnn.early_exit.fused_exit1`)."""
     model.eval()
     with determinism.cpu_threads(1, x.device), torch.no_grad():
-        h1 = model.stages[0](x)
-        logits1 = model.exits[0](h1)
+        h1, logits1 = fused_stage1(model, x)  # channels-last, as the inference paths hand it to block 2
         keep = torch.rand(len(x), generator=torch.Generator().manual_seed(0)).to(x.device) < 0.5
         parts = interleaved_samples({
-            "block 1": lambda: model.stages[0](x),
+            "block 1": lambda: fused_stage1(model, x, with_exit=False),
             "exit-1 head": lambda: model.exits[0](h1),
             "entropy + gather half the rows": lambda: (normalised_entropy(logits1), h1[keep]),
             "block 2 + exit-2 head": lambda: model.exits[1](model.stages[1](h1)),
