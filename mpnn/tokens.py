@@ -179,10 +179,13 @@ def merge_wavg(merge: Callable, x: torch.Tensor, size: torch.Tensor | None) -> t
     ``x' = merge(s x) / merge(s)``, ``s' = merge(s)`` (ToMe's weighted average; ``size=None`` means all
     sizes 1). ``s x`` and ``s`` travel through one merge as the columns of one (B, n, d+1) tensor."""
     d = x.shape[-1]
+    xs = x.new_empty(*x.shape[:-1], d + 1)  # written in place: a cat along the last dim copies row by row
     if size is None:
-        xs = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
+        xs[..., :d] = x
+        xs[..., d:] = 1.0
     else:
-        xs = torch.cat([x * size, size], dim=-1)
+        xs[..., :d] = x * size
+        xs[..., d:] = size
     out = merge(xs, "sum")
     size = out[..., d:]
     return out[..., :d] / size, size
