@@ -329,7 +329,7 @@ def framework_check(x: torch.Tensor, *, n_experts: int, hidden: int) -> dict:
     switch.load_state_dict(layer.gate.switch.state_dict())
     mask_switch = switch(x)                                        # hard forward value, ST gradient
     routing = layer.gate(x)
-    y_sparse, _ = layer(x)                                         # sort-based dispatch, batched matmul
+    y_sparse, _ = layer(x)                                         # sort-based dispatch, grouped matmuls
     all_experts = layer.experts(x.expand(n_experts, t, d))         # (E, T, 10): every expert
     y_dense = torch.einsum("te,etc->tc", routing.combine(), all_experts)   # sum_i m_i(x) f_i(x)
     v = torch.randn(n_experts)
