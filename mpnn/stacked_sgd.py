@@ -19,7 +19,11 @@ one step is about 25 tensor operations whatever ``M`` is. The pieces, each chose
   a step reads its inputs with one row copy) or :class:`PixelInputs` (fully connected: the rows).
 * *steps* -- :func:`tag_steps` or :func:`gate_steps`, the step loops, run by TorchScript (no Python
   between the operations of a step; :func:`step_loop`) or eagerly, with the same operations in
-  the same order either way.
+  the same order either way; or, for tag routing on the CPU, :func:`fused_tag_steps`: the same
+  equations in one C++ loop over plain arrays (:data:`_FUSED_SOURCE`, compiled at first use with
+  g++ and cached; the windows gathered per step from the pixel rows, :class:`TapInputs`), equal to
+  the torch loop to float rounding (its sums run in another order). Without a compiler, or with
+  ``MPNN_FUSED=0`` / ``fit(fused=False)``, the torch loop runs.
 
 The output gradients ``e a^T`` are always clamped; the hidden ones ``d x^T`` only when some
 ``|d|`` exceeds the bound (as ``x`` is in [0, 1], none can otherwise), so that their update is
@@ -615,7 +619,7 @@ class StackedSGD:
         ``eager``). On the CPU the steps run on one thread: each operation is tiny, and thread
         hand-offs would cost more than they save. ``progress`` names a ``tqdm.auto`` bar (None:
         silent). ``fused``: tag-routed steps on the CPU by the compiled step loop
-        (:func:`fused_kernel`; about 10x faster, equal to float rounding); None = where it builds
+        (:func:`fused_kernel`; 2-6x faster at the chapter's sizes, equal to float rounding); None = where it builds
         (unless ``eager``), False = never (TorchScript), True = required. Returns the number of steps whose hidden-layer (or gate) gradients had to be
         clamped (also added to ``self.clipped_steps``).
         """
