@@ -9,7 +9,8 @@ import pandas as pd
 from mpnn import paths
 from mpnn.runtime import cli, notebooks
 
-EXEMPT_NOTES = ("full profile", "projection")   # not tested by design: a GPU's scale, or a stated projection
+EXEMPT_NOTES = ("full profile", "projection", "needs root")   # not tested by design: a GPU's scale, a stated
+# projection, or an experiment that needs root (network namespaces) on a machine without it
 
 
 def load_manifests() -> tuple[dict[str, dict], list[str]]:
@@ -60,7 +61,7 @@ def parameters_table(manifests: dict[str, dict]) -> pd.DataFrame:
 
 
 def undecided(claims: pd.DataFrame) -> pd.DataFrame:
-    """Claims left "not tested" whose note names neither the full profile (GPU scale) nor a projection."""
+    """Claims left "not tested" whose note names none of the exemptions (GPU scale, projection, needs root)."""
     exempt = claims["note"].str.contains("|".join(EXEMPT_NOTES), case=False)
     return claims[(claims["outcome"] == "not tested") & ~exempt]
 
