@@ -70,3 +70,85 @@ def test_controls_view_redraws_on_change_and_reports_errors():
     slider.value = 2
     slider.value = -1                      # an error is shown, not raised
     assert calls == [1, 2, -1] and isinstance(view, W.VBox)
+
+
+# ---------------------------------------------------------------- explorers without a kernel
+
+def _grid():
+    t = [0.0, 0.01, 0.05, 0.2, 1.01]
+    return pd.DataFrame({"t": t * 2, "s": ["a"] * 5 + ["b"] * 5, "mean": [float(i) for i in range(10)],
+                         "flops": [0.1, 0.2, 0.3, 0.4, 0.5] * 2})
+
+
+def _svg_at(spec, **values):
+    """The SVG Vega renders for ``spec`` with its parameters set to ``values`` (as a moved control would)."""
+    import copy
+    vlc = pytest.importorskip("vl_convert")
+    spec = copy.deepcopy(spec)
+    for p in spec["params"]:
+        if p["name"] in values:
+            p["value"] = values[p["name"]]
+    return vlc.vegalite_to_svg(spec)
+
+
+def test_bound_declares_bound_parameters_and_validates():
+    g = _grid()
+    spec = plots.bound(plots.bar_ci(g, "flops", low="mean", high="mean"), g,
+                       {"t": {"kind": "slider", "name": "threshold"}, "s": "radio"}).to_dict()
+    t, s = spec["params"]
+    assert t["bind"] == {"input": "range", "min": 0.0, "max": 1.01, "step": 0.01, "name": "threshold "}
+    assert t["value"] == 0.05 and s["bind"]["options"] == ["a", "b"] and s["value"] == "a"
+    with pytest.raises(ValueError, match="not a column"):
+        plots.bound(plots.bar_ci(g, "flops"), g, {"nope": "slider"})
+    with pytest.raises(ValueError, match="slider needs a numeric"):
+        plots.bound(plots.bar_ci(g, "flops"), g, {"s": "slider"})
+    with pytest.raises(ValueError, match="not in the grid"):
+        plots.bound(plots.bar_ci(g, "flops"), g, {"s": {"kind": "dropdown", "value": "c"}})
+
+
+def test_bound_chart_in_the_browser_equals_the_chart_of_the_filtered_rows():
+    """Moving a control redraws exactly what the builder draws from the rows it selects
+    (pandas filter as the reference); a slider between grid values snaps to the nearest one."""
+    g = _grid()
+    draw = lambda df: plots.bar_ci(df, "flops", low="mean", high="mean", title="x")   # noqa: E731
+    spec = plots.bound(draw(g), g, {"t": "slider", "s": "dropdown"}).to_dict()
+    vlc = pytest.importorskip("vl_convert")
+    ref = lambda t, s: vlc.vegalite_to_svg(draw(g[(g.t == t) & (g.s == s)]).to_dict())   # noqa: E731
+    assert _svg_at(spec, p_t=0.2, p_s="b") == ref(0.2, "b")
+    assert _svg_at(spec, p_t=0.04, p_s="a") == ref(0.05, "a")          # 0.04 is nearest 0.05
+    assert _svg_at(spec, p_t=0.02, p_s="a") == ref(0.01, "a")          # 0.02 is nearest 0.01
+    assert _svg_at(spec, p_t=0.2, p_s="b") != _svg_at(spec, p_t=0.2, p_s="a")
+
+
+def test_operating_point_moves_along_the_full_curve():
+    g = _grid()
+    spec = plots.operating_point(g, "flops", "mean", {"t": "slider"}, color="s", label="t").to_dict()
+    curve, point, text = spec["layer"]
+    assert "transform" not in curve and point["transform"] == text["transform"]   # the curve keeps every row
+    assert _svg_at(spec, p_t=0.0) != _svg_at(spec, p_t=1.0)
+    assert _svg_at(spec, p_t=0.9) == _svg_at(spec, p_t=1.01)               # both snap to 1.01
+
+
+def test_explorer_shows_the_bound_chart_in_the_site_and_the_widget_in_jupyter(tmp_path, monkeypatch):
+    from IPython.core.interactiveshell import InteractiveShell   # noqa: F401  (display needs IPython)
+    from mpnn.runtime import repro, widgets
+    monkeypatch.setenv("MPNN_BUILD_DIR", str(tmp_path))
+    monkeypatch.setenv("MPNN_SVG", "0")
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda *a, **k: shown.append(a[0]))
+    g = _grid()
+    site = plots.bound(plots.bar_ci(g, "flops", low="mean", high="mean"), g, {"s": "radio"})
+    monkeypatch.setattr(repro, "_current", repro.RunContext(chapter="demo", render="static"))
+    widgets.explorer(lambda: "widget", "<p>static</p>", name="ex", site_view=site)
+    assert (tmp_path / "figures" / "demo" / "ex-site.vl.json").exists()
+    assert not (tmp_path / "figures" / "demo" / "ex-static.vl.json").exists()
+    assert any("p_s" in str(v) for v in shown)                      # the embedded spec has the parameter
+    shown.clear()
+    widgets.explorer(lambda: "widget", "<p>static</p>", name="ex2")   # no site view: the static picture
+    assert any("static picture" in str(getattr(v, "data", v)) or "static" in str(getattr(v, "data", v)) for v in shown)
+    monkeypatch.setattr(repro, "_current", repro.RunContext(chapter="demo", render="live"))
+    shown.clear()
+    widgets.explorer(lambda: "widget", None, site_view=site)
+    assert shown == ["widget"]
+    with pytest.raises(ValueError, match="site_view"):
+        widgets.explorer(lambda: "widget")

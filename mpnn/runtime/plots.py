@@ -227,3 +227,117 @@ def show_images(images, name: str, **kwargs) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{_slug(name)}.png").write_bytes(png)
     display(Image(data=png))
+
+
+# ---------------------------------------------------------------- explorers without a kernel
+
+BIND_KINDS = ("slider", "dropdown", "radio", "checkbox")
+
+
+def _control(grid: pd.DataFrame, column: str, spec) -> dict:
+    """One control of :func:`bound`, validated: its column's values, kind, label and default."""
+    if column not in grid.columns:
+        raise ValueError(f"control {column!r} is not a column of the grid; columns: {', '.join(map(str, grid.columns))}")
+    spec = {"kind": spec} if isinstance(spec, str) else dict(spec)
+    unknown = set(spec) - {"kind", "name", "value", "step"}
+    if unknown:
+        raise ValueError(f"control {column!r}: unknown key(s) {sorted(unknown)}; use kind, name, value, step")
+    kind = spec.get("kind", "dropdown")
+    if kind not in BIND_KINDS:
+        raise ValueError(f"control {column!r}: kind {kind!r} is not one of {', '.join(BIND_KINDS)}")
+    values = sorted(pd.unique(grid[column]).tolist())
+    if grid[column].isna().any():
+        raise ValueError(f"control {column!r}: the grid has missing values in it; drop or fill them first")
+    numeric = pd.api.types.is_numeric_dtype(grid[column]) and not pd.api.types.is_bool_dtype(grid[column])
+    if kind == "slider" and not numeric:
+        raise ValueError(f"control {column!r}: a slider needs a numeric column (got {grid[column].dtype}); "
+                         f"use kind='dropdown' or 'radio'")
+    if kind == "checkbox" and set(values) - {True, False}:
+        raise ValueError(f"control {column!r}: a checkbox needs a True/False column, got values {values[:5]}")
+    values = [v.item() if hasattr(v, "item") else v for v in values]   # numpy scalars -> JSON-able
+    value = spec.get("value", values[len(values) // 2] if kind == "slider" else values[0])
+    if value not in values:
+        raise ValueError(f"control {column!r}: default {value!r} is not in the grid; values: {values}")
+    param = "p_" + re.sub(r"[^A-Za-z0-9_]", "_", str(column))
+    return {"column": column, "kind": kind, "name": spec.get("name", str(column)), "values": values,
+            "value": value, "step": spec.get("step"), "param": param}
+
+
+def _nearest(values: list, param: str) -> str:
+    """A Vega expression: the grid value nearest to the slider's ``param`` (values sorted)."""
+    expr = repr(values[-1])
+    for lo, hi in zip(reversed(values[:-1]), reversed(values[1:])):
+        expr = f"({param} < {repr((lo + hi) / 2)} ? {repr(lo)} : {expr})"
+    return expr
+
+
+def _binding(c: dict):
+    if c["kind"] == "slider":
+        gaps = [b - a for a, b in zip(c["values"], c["values"][1:])]
+        step = c["step"] or (min(gaps) if gaps else 1)
+        return alt.binding_range(min=c["values"][0], max=c["values"][-1], step=step, name=f"{c['name']} ")
+    if c["kind"] == "checkbox":
+        return alt.binding_checkbox(name=f"{c['name']} ")
+    factory = alt.binding_select if c["kind"] == "dropdown" else alt.binding_radio
+    return factory(options=c["values"], name=f"{c['name']} ")
+
+
+def bound_filter(grid: pd.DataFrame, controls: dict) -> str:
+    """The Vega expression keeping the grid rows that every control of ``controls`` selects
+    (sliders snap to the nearest value in the grid); see :func:`bound`."""
+    parts = []
+    for column, spec in controls.items():
+        c = _control(grid, column, spec)
+        field = f"datum[{json.dumps(str(column))}]"
+        target = _nearest(c["values"], c["param"]) if c["kind"] == "slider" else c["param"]
+        parts.append(f"{field} == {target}")
+    return " && ".join(parts) or "true"
+
+
+def bound(chart: alt.TopLevelMixin, grid: pd.DataFrame, controls: dict, *, filter: bool = True) -> alt.TopLevelMixin:
+    """An explorer that works on the static site: ``chart`` redrawn in the browser by bound controls.
+
+    ``grid`` is the precomputed tidy DataFrame (one row per setting and mark, < 5,000 rows) that
+    ``chart`` was built on (any builder of this module, a layer, a facet). ``controls`` maps a
+    grid column to its control: ``"slider"`` (numeric; snaps to the nearest grid value),
+    ``"dropdown"``, ``"radio"``, ``"checkbox"`` (True/False), or a dict ``{"kind":, "name": label,
+    "value": default, "step": slider step}``. Each becomes a Vega-Lite parameter bound to an HTML
+    input (``alt.param(bind=...)``) named ``p_<column>``; with ``filter=True`` the chart keeps only
+    the rows every control selects. With ``filter=False`` the parameters are only declared, for a
+    chart that filters some layers itself (``transform_filter(plots.bound_filter(grid, controls))``),
+    e.g. a highlighted operating point on a full curve (:func:`operating_point`).
+    Show it with :func:`show` (or ``widgets.explorer(..., site_view=...)``).
+    """
+    specs = [_control(grid, column, spec) for column, spec in controls.items()]
+    if not specs:
+        raise ValueError("bound() needs at least one control")
+    params = [alt.param(name=c["param"], value=c["value"], bind=_binding(c)) for c in specs]
+    out = chart.add_params(*params)
+    if filter:
+        out = out.transform_filter(bound_filter(grid, controls))
+    return out
+
+
+def operating_point(grid: pd.DataFrame, x: str, y: str, controls: dict, *, color: str | None = None,
+                    title: str = "", x_title: str | None = None, y_title: str | None = None,
+                    width: int = 420, height: int = 260, label: str | None = None,
+                    zero: bool = False) -> alt.TopLevelMixin:
+    """A trade-off curve (``y`` against ``x`` over every grid row) with the point the controls
+    select highlighted, e.g. an early-exit threshold slider moving the operating point along the
+    accuracy/FLOPs curve. ``label`` (a column) is written next to the selected point."""
+    enc = {"x": alt.X(f"{x}:Q", title=x_title or x, scale=alt.Scale(zero=zero)),
+           "y": alt.Y(f"{y}:Q", title=y_title or y, scale=alt.Scale(zero=zero))}
+    if color:
+        enc["color"] = alt.Color(f"{color}:N", title=color)
+    base = alt.Chart(grid).encode(**enc)
+    tooltip = [alt.Tooltip(c, format=".4f") if grid[c].dtype.kind == "f" else c for c in grid.columns]
+    curve = base.mark_line(point=True, opacity=0.6).encode(order=alt.Order(f"{x}:Q"), tooltip=tooltip)
+    keep = bound_filter(grid, controls)
+    point = base.mark_point(size=220, filled=True, color="crimson", opacity=0.9).encode(
+        tooltip=tooltip).transform_filter(keep)
+    layers = [curve, point]
+    if label:
+        layers.append(base.mark_text(align="left", dx=10, dy=-10, fontWeight="bold").encode(
+            text=alt.Text(f"{label}:N")).transform_filter(keep))
+    chart = alt.layer(*layers).properties(title=title, width=width, height=height)
+    return bound(chart, grid, controls, filter=False)

@@ -2,7 +2,11 @@
 
 In a live Jupyter kernel :func:`explorer` displays the interactive widget; when the notebook is
 executed for the site (render mode ``static`` in the run's context) there is no kernel behind the page,
-so it displays ``static_view`` instead: an Altair chart (through :func:`mpnn.runtime.plots.show`) or HTML.
+so it displays a view that needs no kernel instead: ``site_view``, a chart whose controls are
+Vega-Lite parameters bound to HTML inputs over a precomputed grid (:func:`mpnn.runtime.plots.bound`,
+:func:`mpnn.runtime.plots.operating_point`), which filters and redraws in the browser; or, where
+precomputation cannot serve, ``static_view``: a static chart (through :func:`mpnn.runtime.plots.show`)
+or HTML, and the page says it is a static picture.
 """
 from __future__ import annotations
 
@@ -11,11 +15,26 @@ from typing import Callable
 from . import plots
 
 
-def explorer(build_widget: Callable[[], object], static_view, *, name: str = "explorer",
-             caption: str = "") -> None:
-    """Show ``build_widget()`` live, or ``static_view`` (chart / HTML string / callable) in the site."""
+def explorer(build_widget: Callable[[], object], static_view=None, *, name: str = "explorer",
+             caption: str = "", site_view=None) -> None:
+    """Show ``build_widget()`` live; in the site ``site_view`` (a bound chart, or a callable returning
+    one), else ``static_view`` (chart / HTML string / callable).
+
+    ``site_view`` is shown as figure ``<name>-site`` with a note that it works in the browser over
+    precomputed settings; ``static_view`` as ``<name>-static`` with a note that it is a static picture.
+    """
     from IPython.display import HTML, display
+    if site_view is None and static_view is None:
+        raise ValueError(f"explorer {name!r}: give a site_view (plots.bound chart) or a static_view")
     if plots.site_mode():
+        if site_view is not None:
+            view = site_view() if callable(site_view) else site_view
+            display(HTML("<p class='mpnn-site-note'><em>Explorer: move the controls under the chart; it redraws "
+                         "in your browser from precomputed results"
+                         + (f" ({caption})" if caption else "") + ". In Jupyter (<code>make lab</code>) the "
+                         "live version recomputes.</em></p>"))
+            plots.show(view, f"{name}-site")
+            return
         note = ("<p class='mpnn-static-note'><em>Interactive explorer: open this chapter in Jupyter "
                 "(<code>make lab</code>) to use it. Static view"
                 + (f": {caption}" if caption else "") + ".</em></p>")
