@@ -36,6 +36,10 @@ from .plan import Plan
 
 __all__ = ["init_params", "reference_model", "assemble", "PeerLost", "CommStats", "ShardedMLP"]
 
+# Emulated one-way link latency (seconds; issue 13, set by mpnn.deploy.netns in its ranks): every
+# exchange holds its outgoing messages this long before handing them to torch.distributed.
+SEND_DELAY_S = 0.0
+
 
 def init_params(sizes: list[int], seed: int, dtype: torch.dtype = torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Full parameters ``[(W_l (n_l, n_{l-1}), b_l (n_l,)), ...]``, ``U(-1/sqrt(n_{l-1}), +)`` like
@@ -176,6 +180,8 @@ class ShardedMLP:
             buf = torch.empty(shape, dtype=self.dtype, device=self.device)
             out[src] = buf
             reqs.append(dist.irecv(buf, src=src, tag=tag))
+        if sends and SEND_DELAY_S > 0:      # emulated latency (see SEND_DELAY_S); 0 = off
+            time.sleep(SEND_DELAY_S)
         for dst, t in sends:
             t = t.detach().contiguous()
             reqs.append(dist.isend(t, dst=dst, tag=tag))
