@@ -233,3 +233,25 @@ def test_latency_fit_recovers_known_constants():
     fit = cost.fit_latency(t.numpy(), t1.numpy(), fc.numpy(), msgs.numpy(), nbytes.numpy())
     assert fit.c == pytest.approx(1.5, rel=1e-6) and fit.alpha_s == pytest.approx(2e-4, rel=1e-6)
     assert fit.beta_Bps == pytest.approx(5e8, rel=1e-6) and fit.rel_err.max() < 1e-9
+
+
+# ---------------------------------------------------------------------- who may connect
+
+def test_single_host_launcher_listens_on_loopback_only():
+    import os
+    res = launch({"kind": "listen"}, 3, timeout_s=60)
+    _assert_no_leftovers(res.outcomes)
+    socks = [s for r in res.results for s in r["listening"]]
+    assert {r["parent"] for r in res.results} == {os.getpid()}
+    owners = {pid for pid, _, _ in socks}
+    assert os.getpid() in owners                                    # the store, hosted by the launcher
+    assert {o.pid for o in res.outcomes} <= owners                  # every rank's gloo listener
+    assert {addr for _, addr, _ in socks} == {"127.0.0.1"}, socks   # nothing on 0.0.0.0 / ::
+
+
+def test_non_loopback_address_needs_an_explicit_yes():
+    with pytest.raises(DeployError, match="not a loopback address.*allow_remote=True"):
+        launch({"kind": "listen"}, 2, host="10.1.2.3")
+    from mpnn.deploy.launch import check_host
+    assert check_host("10.1.2.3", allow_remote=True) == "10.1.2.3"
+    assert check_host("localhost") == "127.0.0.1"

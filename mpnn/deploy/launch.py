@@ -9,10 +9,22 @@ still alive after that, or after ``timeout_s`` overall, is killed (SIGTERM, then
 The function returns only when every worker process has been reaped.
 
 :func:`torchrun` does the same through ``torch.distributed.run`` with a c10d rendezvous endpoint:
-the command that runs the job across machines.
+the command that runs the job across machines; :func:`torchrun_nodes` starts several such
+"machines" (launcher processes) on one host against one c10d rendezvous, with elastic restarts.
+
+**Who may connect.** gloo, NCCL and the c10d ``TCPStore`` authenticate nobody: any process that
+reaches the rendezvous port or a rank's port can join the group, feed it tensors or stop it. So
+every launcher here binds the store and the ranks to the one address it is given, ``host``
+(loopback, ``127.0.0.1``, by default): the store through a socket bound to ``host``
+(``TCPStore(master_listen_fd=...)``; a plain ``TCPStore`` listens on every interface), the gloo
+ranks through ``GLOO_SOCKET_IFNAME`` = the interface that holds ``host``. A non-loopback ``host`` is
+refused unless ``allow_remote=True``. **Multi-host runs belong on a trusted network** (a private
+VLAN or a firewall that admits only the job's machines): nothing in these protocols keeps a
+stranger on the same network out.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import queue
 import shutil
@@ -30,7 +42,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["DeployError", "RankOutcome", "LaunchResult", "launch", "torchrun", "torchrun_command",
-           "free_port", "choose_backend", "leftover"]
+           "torchrun_nodes", "free_port", "choose_backend", "leftover", "leftover_by_marker", "check_host",
+           "interface_of", "bound_store", "listening"]
 
 
 class DeployError(RuntimeError):
@@ -82,10 +95,104 @@ def leftover(pids) -> list[int]:
     return alive
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def check_host(host: str, allow_remote: bool = False) -> str:
+    """``host`` as an IPv4 address; a non-loopback one only with ``allow_remote`` (see module doc)."""
+    try:
+        addr = ipaddress.ip_address(socket.gethostbyname(host))
+    except (OSError, ValueError) as exc:
+        raise DeployError(f"cannot resolve the launcher address {host!r} ({exc}); give an IPv4 address "
+                          "such as 127.0.0.1", [], []) from exc
+    if not addr.is_loopback and not allow_remote:
+        raise DeployError(f"refusing to bind the rendezvous and the ranks to {host} ({addr}), which is not a "
+                          "loopback address: gloo and the c10d store authenticate nobody, so anyone who "
+                          "reaches that address can join or disrupt the job. Use host='127.0.0.1' on one "
+                          "machine, or pass allow_remote=True on a trusted network only", [], [])
+    return str(addr)
+
+
+def interface_of(addr: str) -> str:
+    """Name of the network interface that holds IPv4 address ``addr`` (``lo`` for 127.x)."""
+    import psutil
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == addr for a in addrs):
+            return name
+    if ipaddress.ip_address(addr).is_loopback:
+        return "lo"
+    raise DeployError(f"no local interface holds {addr}: give one of this machine's addresses", [], [])
+
+
+def bound_store(host: str, timeout_s: float, port: int = 0):
+    """A ``TCPStore`` server that listens on ``host`` only (a plain one listens on every interface):
+    the socket is bound here and handed over with ``master_listen_fd`` (the store then owns it)."""
+    from torch.distributed import TCPStore
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    store = TCPStore(host, sock.getsockname()[1], None, True, timeout=timedelta(seconds=timeout_s),
+                     wait_for_workers=False, multi_tenant=True, master_listen_fd=sock.fileno())
+    sock.detach()
+    return store
+
+
+def _proc_inodes(pid: int) -> set[str]:
+    out = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                out.add(link[8:-1])
+    except OSError:
+        pass
+    return out
+
+
+def listening(pids) -> list[tuple[int, str, int]]:
+    """``(pid, address, port)`` of every TCP socket in LISTEN state owned by ``pids``, read from
+    ``/proc/net/tcp`` and ``/proc/net/tcp6`` (``0.0.0.0`` / ``::`` = every interface)."""
+    owner = {ino: pid for pid in pids for ino in _proc_inodes(pid)}
+    out = []
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] != "0A" or f[9] not in owner:          # 0A = TCP_LISTEN
+                continue
+            hexaddr, hexport = f[1].split(":")
+            raw = bytes.fromhex(hexaddr)
+            if v6:
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                addr = str(ipaddress.IPv6Address(raw))
+                mapped = ipaddress.IPv6Address(raw).ipv4_mapped
+                addr = str(mapped) if mapped else addr
+            else:
+                addr = str(ipaddress.IPv4Address(raw[::-1]))
+            out.append((owner[f[9]], addr, int(hexport, 16)))
+    return out
+
+
+def leftover_by_marker(marker: str) -> list[int]:
+    """Live processes whose command line contains ``marker`` (e.g. a run's temporary directory)."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd and leftover([int(d)]):
+            found.append(int(d))
+    return found
 
 
 def choose_backend(device: str, world_size: int) -> tuple[str, str]:
@@ -115,20 +222,23 @@ def _read_error(outdir: Path, rank: int, log: Path) -> str | None:
 
 def launch(job: dict, world_size: int, *, timeout_s: float = 120.0, grace_s: float = 20.0,
            workdir: str | Path | None = None, threads: int = 1, env: dict | None = None,
-           raise_on_failure: bool = True) -> LaunchResult:
-    """Run ``job`` (see :mod:`mpnn.deploy.worker`) on ``world_size`` local ranks; see module doc."""
+           raise_on_failure: bool = True, host: str = "127.0.0.1", allow_remote: bool = False) -> LaunchResult:
+    """Run ``job`` (see :mod:`mpnn.deploy.worker`) on ``world_size`` local ranks; see module doc.
+
+    The store and the ranks listen on ``host`` only (loopback by default; a non-loopback address
+    needs ``allow_remote=True``, and a trusted network: nothing authenticates who connects)."""
     if not 1 <= int(world_size) <= 16:
         raise ValueError(f"world_size must be between 1 and 16 on one machine, got {world_size}")
-    from torch.distributed import TCPStore
+    host = check_host(host, allow_remote)
+    ifname = interface_of(host)
 
     outdir = Path(tempfile.mkdtemp(prefix="mpnn-deploy-", dir=workdir))
     job = {"op_timeout_s": min(60.0, timeout_s), "threads": threads, **job}
     job_path = outdir / "job.pt"
     torch.save(job, job_path)
-    store = TCPStore("127.0.0.1", 0, None, True, timeout=timedelta(seconds=timeout_s),
-                     wait_for_workers=False)
+    store = bound_store(host, timeout_s)
     child_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                 "PYTHONUNBUFFERED": "1", **(env or {})}
+                 "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": ifname, **(env or {})}
     procs, logs, done = [], [], queue.Queue()
     t_start = time.perf_counter()
     end_times: dict[int, float] = {}
@@ -140,7 +250,7 @@ def launch(job: dict, world_size: int, *, timeout_s: float = 120.0, grace_s: flo
             with open(log, "wb") as fh:
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "mpnn.deploy.worker", str(job_path), str(r), str(world_size),
-                     str(store.port)], stdout=fh, stderr=subprocess.STDOUT, env=child_env,
+                     str(store.port), host], stdout=fh, stderr=subprocess.STDOUT, env=child_env,
                     start_new_session=True))
         for r, p in enumerate(procs):
             threading.Thread(target=lambda r=r, p=p: done.put((r, p.wait())), daemon=True).start()
@@ -188,41 +298,97 @@ def launch(job: dict, world_size: int, *, timeout_s: float = 120.0, grace_s: flo
 
 
 def torchrun_command(job_path: str | Path, nproc: int, endpoint: str, nnodes: int = 1,
-                     run_id: str = "mpnn") -> list[str]:
+                     run_id: str = "mpnn", max_restarts: int = 0, external_store: bool = False) -> list[str]:
     """The command for one machine of an ``nnodes``-machine run (run the same line on every machine;
-    ``endpoint`` = ``host:port`` of one of them)."""
+    ``endpoint`` = ``host:port`` of one of them). With ``external_store`` the rendezvous store is
+    hosted by the caller (bound to one address) and no agent hosts one (``is_host=false``)."""
+    host = endpoint.rsplit(":", 1)[0]
+    extra = [f"--local-addr={host}", "--rdzv-conf=is_host=false"] if external_store else []
     return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}",
             f"--nproc-per-node={nproc}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
-            f"--rdzv-id={run_id}", "--max-restarts=0", "-m", "mpnn.deploy.worker", "--torchrun",
-            str(job_path)]
+            f"--rdzv-id={run_id}", *extra, f"--max-restarts={max_restarts}", "--monitor-interval=0.5",
+            "-m", "mpnn.deploy.worker", "--torchrun", str(job_path)]
 
 
-def torchrun(job: dict, nproc: int, *, timeout_s: float = 120.0, threads: int = 1) -> tuple[list, list[str], float]:
-    """Run ``job`` under torchrun on loopback; returns (per-rank results, the command, seconds)."""
-    with tempfile.TemporaryDirectory(prefix="mpnn-torchrun-") as d:
+def torchrun_nodes(job: dict, nnodes: int, nproc_per_node: int, *, max_restarts: int = 0,
+                   timeout_s: float = 120.0, threads: int = 1, host: str = "127.0.0.1",
+                   allow_remote: bool = False) -> dict:
+    """``nnodes`` torchrun launcher processes ("machines") on this host, one c10d rendezvous, each
+    starting ``nproc_per_node`` ranks of ``job``; ``max_restarts`` elastic restarts per launcher.
+
+    The rendezvous store is hosted here, bound to ``host`` (see module doc); the launchers join it
+    as clients (``is_host=false``), do not host their own shared store
+    (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``), and the ranks join it too (``MPNN_STORE``), with
+    gloo on ``host``'s interface. While the run lasts, every TCP socket in LISTEN state of its
+    processes is sampled (``listening``). At the end (or after ``timeout_s``) the launchers get
+    SIGTERM, then every process of the run (found by its job directory in ``/proc/*/cmdline``) gets
+    SIGKILL; ``leftover`` lists what still lived after that (must be empty).
+    Returns ``results`` (per rank, the last attempt's), ``commands``, ``wall_s``, ``returncodes``
+    (per launcher), ``listening`` (set of ``(address, port)``), ``leftover`` and ``logs``.
+    """
+    host = check_host(host, allow_remote)
+    world = int(nnodes) * int(nproc_per_node)
+    d = Path(tempfile.mkdtemp(prefix="mpnn-torchrun-"))
+    try:
         job = {"op_timeout_s": min(60.0, timeout_s), "threads": threads, **job}
-        job_path = Path(d) / "job.pt"
+        job_path = d / "job.pt"
         torch.save(job, job_path)
-        cmd = torchrun_command(job_path, nproc, f"127.0.0.1:{free_port()}")
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        store = bound_store(host, timeout_s)
+        endpoint = f"{host}:{store.port}"
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "GLOO_SOCKET_IFNAME": interface_of(host),
+               "MPNN_STORE": endpoint, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "PYTHONUNBUFFERED": "1"}
+        cmd = torchrun_command(job_path, nproc_per_node, endpoint, nnodes, run_id=d.name,
+                               max_restarts=max_restarts, external_store=True)
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                             start_new_session=True)
+        agents, logs, seen = [], [d / f"launcher-{i}.log" for i in range(nnodes)], set()
+        for log in logs:
+            with open(log, "wb") as fh:
+                agents.append(subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                               start_new_session=True))
         try:
-            out, _ = p.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(p, signal.SIGKILL)
-            out, _ = p.communicate()
-            raise DeployError(f"torchrun did not finish within {timeout_s} s", [], [])
+            while any(a.poll() is None for a in agents) and time.perf_counter() - t0 < timeout_s:
+                seen |= {(addr, port) for _, addr, port in listening(leftover_by_marker(str(d)))}
+                time.sleep(0.25)
         finally:
-            if p.poll() is None:
-                _kill_group(p, signal.SIGKILL)
-                p.wait()
+            for a in agents:
+                if a.poll() is None:
+                    _kill_group(a, signal.SIGTERM)
+            for a in agents:
+                try:
+                    a.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    _kill_group(a, signal.SIGKILL)
+                    a.wait()
+            for pid in leftover_by_marker(str(d)):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            deadline = time.perf_counter() + 5
+            while leftover_by_marker(str(d)) and time.perf_counter() < deadline:
+                time.sleep(0.05)
+            del store
         wall = time.perf_counter() - t0
-        results = [torch.load(Path(d) / f"result-{r}.pt", weights_only=False)
-                   if (Path(d) / f"result-{r}.pt").exists() else None for r in range(nproc)]
-        if p.returncode != 0 or any(r is None for r in results):
-            errs = [(Path(d) / f"error-{r}.txt").read_text().splitlines()[0]
-                    for r in range(nproc) if (Path(d) / f"error-{r}.txt").exists()]
-            raise DeployError(f"torchrun exited with {p.returncode}: {errs or out.decode()[-2000:]}", [], results)
-    return results, cmd, wall
+        results = [torch.load(d / f"result-{r}.pt", weights_only=False) if (d / f"result-{r}.pt").exists()
+                   else None for r in range(world)]
+        errors = [(d / f"error-{r}.txt").read_text().splitlines()[0] for r in range(world)
+                  if (d / f"error-{r}.txt").exists()]
+        out = {"results": results, "commands": [cmd] * nnodes, "wall_s": wall,
+               "returncodes": [a.returncode for a in agents], "listening": seen,
+               "leftover": leftover_by_marker(str(d)), "errors": errors,
+               "logs": [log.read_text(errors="replace") for log in logs], "dir": str(d)}
+    finally:
+        if not os.environ.get("MPNN_DEPLOY_KEEP"):
+            shutil.rmtree(d, ignore_errors=True)
+    if any(rc != 0 for rc in out["returncodes"]) or any(r is None for r in results):
+        raise DeployError(f"torchrun ({nnodes} launchers x {nproc_per_node} ranks) ended with "
+                          f"{out['returncodes']} after {wall:.1f} s: {errors or out['logs'][0][-2000:]}", [], results)
+    return out
+
+
+def torchrun(job: dict, nproc: int, *, timeout_s: float = 120.0, threads: int = 1,
+             host: str = "127.0.0.1", allow_remote: bool = False) -> tuple[list, list[str], float]:
+    """Run ``job`` under torchrun on one machine (loopback by default); returns (per-rank results,
+    the command, seconds). See :func:`torchrun_nodes`."""
+    out = torchrun_nodes(job, 1, nproc, timeout_s=timeout_s, threads=threads, host=host, allow_remote=allow_remote)
+    return out["results"], out["commands"][0], out["wall_s"]

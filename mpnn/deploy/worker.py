@@ -115,8 +115,9 @@ def job_train(job: dict, rank: int, device) -> dict:
     losses = []
     kill = job.get("kill") or {}
     for step in range(start, job["steps"]):
-        if kill.get("rank") == rank and kill.get("step") == step:
-            os.kill(os.getpid(), 9)
+        if (kill.get("rank") == rank and kill.get("step") == step
+                and int(kill.get("attempt", 0)) == int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))):
+            os.kill(os.getpid(), 9)      # under torchrun: only in attempt ``kill["attempt"]`` (default the first)
         loss = model.train_step(*batch(x, y, step, job["batch"], job["seed"]), lr=job["lr"])
         if loss is not None:
             losses.append((step, float(loss)))
@@ -208,8 +209,18 @@ def job_fail(job: dict, rank: int, device) -> dict:
     return {}
 
 
+def job_listen(job: dict, rank: int, device) -> dict:
+    """Who may connect: every TCP socket in LISTEN state of this rank and of its parent (the launcher,
+    which hosts the store), read from ``/proc/net/tcp*`` once the whole group is connected."""
+    from .launch import listening
+    dist.barrier()
+    out = listening([os.getpid(), os.getppid()])
+    dist.barrier()
+    return {"listening": out, "parent": os.getppid()}
+
+
 JOBS = {"equivalence": job_equivalence, "train": job_train, "interleaved": job_interleaved,
-        "fail": job_fail, "multi": job_multi}
+        "fail": job_fail, "multi": job_multi, "listen": job_listen}
 
 
 # ---------------------------------------------------------------------- process entry
@@ -235,6 +246,7 @@ def run_rank(job_path: str, rank: int, world_size: int, store=None) -> int:
         device = _device(job, int(os.environ.get("LOCAL_RANK", rank)))
         result = JOBS[job["kind"]](job, rank, device)
         result["rank"], result["pid"] = rank, os.getpid()
+        result["attempt"] = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
         tmp = outdir / f".result-{rank}.pt"
         torch.save(result, tmp)
         os.replace(tmp, outdir / f"result-{rank}.pt")
@@ -251,15 +263,31 @@ def run_rank(job_path: str, rank: int, world_size: int, store=None) -> int:
     return status
 
 
+def _torchrun_store(job_path: str):
+    """Under torchrun with ``MPNN_STORE=host:port`` (set by :func:`mpnn.deploy.launch.torchrun_nodes`):
+    join the launcher's loopback-bound store as a client instead of letting rank 0 host one on every
+    interface (``env://``). Keys live under this rendezvous round's ``MASTER_PORT`` (a fresh port
+    that torchrun picks and shares each round), so a restarted group never reads a dead one's keys."""
+    spec = os.environ.get("MPNN_STORE")
+    if not spec:
+        return None
+    host, port = spec.rsplit(":", 1)
+    job = torch.load(job_path, weights_only=False)
+    base = dist.TCPStore(host, int(port), world_size=None, is_master=False,
+                         timeout=timedelta(seconds=float(job.get("op_timeout_s", 60))))
+    return dist.PrefixStore(f"mpnn/{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}", base)
+
+
 def main(argv: list[str]) -> None:
     # A rank the launcher has to stop prints where it was stuck into its log.
     faulthandler.register(signal.SIGTERM, chain=True)
     if argv and argv[0] == "--torchrun":
-        status = run_rank(argv[1], int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+        status = run_rank(argv[1], int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), _torchrun_store(argv[1]))
     else:
         job_path, rank, world_size, port = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+        host = argv[4] if len(argv) > 4 else "127.0.0.1"
         job = torch.load(job_path, weights_only=False)
-        store = dist.TCPStore("127.0.0.1", port, world_size=None, is_master=False,
+        store = dist.TCPStore(host, port, world_size=None, is_master=False,
                               timeout=timedelta(seconds=float(job.get("op_timeout_s", 60))))
         status = run_rank(job_path, rank, world_size, store)
     sys.stdout.flush()
