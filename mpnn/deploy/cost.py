@@ -32,7 +32,8 @@ import numpy as np
 from .plan import Plan
 
 __all__ = ["volume", "neuron_wise_forward_bytes", "layer_wise_forward_bytes", "critical_fraction",
-           "LatencyFit", "fit_latency", "Hardware", "project"]
+           "LatencyFit", "fit_latency", "Hardware", "project", "exchange_rounds", "ConditionsFit",
+           "fit_conditions"]
 
 
 def volume(plan: Plan, batch: int, elem_bytes: int = 4) -> dict:
@@ -133,3 +134,51 @@ def project(width: int, layers: int, batch: int, P: np.ndarray, hw: Hardware = H
     return {"params": N, "single_s": compute, "neuron_wise_s": neuron, "layer_wise_s": layer,
             "neuron_comm_s": neuron - compute / P, "memory_per_server_B": N * hw.bytes_per_param / P,
             "min_servers": int(np.ceil(N * hw.bytes_per_param / hw.memory_B))}
+
+
+# ---------------------------------------------------------------------- across network conditions (issue 13)
+
+def exchange_rounds(plan: Plan) -> int:
+    """Exchanges on a step's critical path that send something: one per layer whose activations
+    go to another rank, forward and backward. An emulated one-way latency ``d`` per exchange
+    (:data:`mpnn.deploy.engine.SEND_DELAY_S`) adds ``d * exchange_rounds(plan)`` to a step."""
+    n = sum(1 for l in range(1, plan.n_layers + 1)
+            if any(c != p for p in plan.producers(l) for c in plan.consumers(l)))
+    return 2 * n
+
+
+@dataclass
+class ConditionsFit:
+    """``T = c T_1 f_crit + alpha M + V / beta_0 + kappa 8 V / rate + gamma d R`` (see :func:`fit_conditions`)."""
+
+    c: float
+    alpha_s: float
+    beta0_Bps: float
+    kappa: float       # multiplier of the shaped link's time 8 V / rate (1: the link costs its nominal rate)
+    gamma: float       # multiplier of the emulated latency d R (1: each exchange pays the delay once)
+    rel_err: np.ndarray
+
+    def predict(self, t_single, f_crit, msgs, nbytes, rate_bps, delay_s, rounds):
+        link = np.where(np.isfinite(rate_bps), 8.0 * np.asarray(nbytes) / np.asarray(rate_bps, dtype=float), 0.0)
+        inv_b0 = 0.0 if not np.isfinite(self.beta0_Bps) else 1.0 / self.beta0_Bps
+        return (self.c * np.asarray(t_single) * np.asarray(f_crit) + self.alpha_s * np.asarray(msgs)
+                + np.asarray(nbytes) * inv_b0 + self.kappa * link
+                + self.gamma * np.asarray(delay_s) * np.asarray(rounds))
+
+
+def fit_conditions(t_step, t_single, f_crit, msgs, nbytes, rate_bps, delay_s, rounds) -> ConditionsFit:
+    """Relative non-negative least squares of :class:`ConditionsFit` over every (condition, plan):
+    ``rate_bps`` = inf for an unshaped link, ``delay_s`` the emulated latency, ``rounds`` =
+    :func:`exchange_rounds`, ``msgs``/``nbytes`` the busiest rank's messages and bytes per step."""
+    from scipy.optimize import nnls
+    rate = np.asarray(rate_bps, dtype=float)
+    link = np.where(np.isfinite(rate), 8.0 * np.asarray(nbytes, dtype=float) / rate, 0.0)
+    A = np.column_stack([np.asarray(t_single) * np.asarray(f_crit), msgs, nbytes, link,
+                         np.asarray(delay_s) * np.asarray(rounds)]).astype(float)
+    t = np.asarray(t_step, dtype=float)
+    coef, _ = nnls(A / t[:, None], np.ones_like(t))
+    c, alpha, inv_b0, kappa, gamma = (float(v) for v in coef)
+    fit = ConditionsFit(c, alpha, 1 / inv_b0 if inv_b0 > 0 else float("inf"), kappa, gamma, np.empty(0))
+    fit.rel_err = np.abs(fit.predict(t_single, f_crit, msgs, nbytes, rate, delay_s, rounds) - t) / t
+    return fit
+
