@@ -448,3 +448,175 @@ def full_rank_probability(n1: int, j: int) -> float:
     omega = pats[subsets]                                                      # (C, j, n1)
     cov = omega.transpose(1, 2) @ omega / j                                    # (C, n1, n1)
     return float((torch.linalg.matrix_rank(cov) == n1).double().mean())
+
+
+# ------------------------------------------------- nonlinear hidden layer and soft modularity
+#
+# The same two-layer network with an elementwise nonlinearity ``f`` on the hidden layer,
+# ``Y_hat = W2 f(W1 X)``, trained by full-batch gradient descent on
+# ``L = 1/2 sum_p ||y_p - y_hat_p||^2 + penalties``. Every run has its own activation, mask and
+# penalty strengths, so a whole sweep (architectures x activations x strengths x seeds) is one
+# batched pass. The penalties (all zero by default):
+#
+# * ``weight_decay`` ``wd/2 (||W1||^2 + ||W2||^2)``;
+# * ``l1`` ``l1 (|W1|_1 + |W2|_1)``, applied as a proximal (soft-threshold) step after each update;
+# * ``cross_l1`` ``c |(W2 W1)[cross]|_1`` on the block ``cross = (rows, cols)`` of the product
+#   (for a linear net, the Gamma_x -> Omega_y block of the map): a soft partition that names the block;
+# * ``dropout`` inverted dropout of hidden units with probability ``p`` (a fresh mask per step and
+#   pattern; evaluation without dropout).
+
+ACTIVATIONS = ("linear", "relu", "tanh")
+
+
+def _act(h: torch.Tensor, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``f(h)`` and ``f'(h)`` for per-run activation codes (R, 1, 1): 0 linear, 1 relu, 2 tanh."""
+    th = torch.tanh(h)
+    relu = code == 1
+    tanh = code == 2
+    a = torch.where(relu, h.clamp_min(0), torch.where(tanh, th, h))
+    da = torch.where(relu, (h > 0).to(h), torch.where(tanh, 1 - th * th, torch.ones_like(h)))
+    return a, da
+
+
+def _per_run(value, R: int, name: str, dtype=torch.float64) -> torch.Tensor:
+    """A scalar or one value per run -> (R, 1, 1)."""
+    t = torch.as_tensor(value, dtype=dtype).flatten()
+    if t.numel() == 1:
+        t = t.expand(R)
+    if t.numel() != R:
+        raise ValueError(f"{name}: need one value or one per run ({R}), got {t.numel()}")
+    return t.reshape(R, 1, 1).clone()
+
+
+def activation_codes(activation, R: int) -> torch.Tensor:
+    """Names of :data:`ACTIVATIONS` (one, or one per run) -> integer codes (R, 1, 1)."""
+    names = [activation] * R if isinstance(activation, str) else list(activation)
+    bad = [a for a in names if a not in ACTIVATIONS]
+    if bad or len(names) != R:
+        raise ValueError(f"activation must be one of {ACTIVATIONS} (one, or one per run: {R}), got {activation!r}")
+    return torch.tensor([ACTIVATIONS.index(a) for a in names]).reshape(R, 1, 1)
+
+
+def stack_masks(masks: Sequence[tuple[torch.Tensor, torch.Tensor]], counts: Sequence[int]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-run masks (R, H, d_in), (R, d_out, H) from several two-layer architectures, ``counts[i]``
+    runs of ``masks[i]`` each, zero-padded to the widest hidden layer (a padded unit stays zero)."""
+    if len(masks) != len(counts) or any(m[1] is None for m in masks):
+        raise ValueError("need one count per architecture, and two-layer architectures only (not 'shallow')")
+    H = max(m[0].shape[0] for m in masks)
+    m1 = torch.cat([_pad(m[0], (H, m[0].shape[1])).expand(n, -1, -1) for m, n in zip(masks, counts)])
+    m2 = torch.cat([_pad(m[1], (m[1].shape[0], H)).expand(n, -1, -1) for m, n in zip(masks, counts)])
+    return m1.contiguous(), m2.contiguous()
+
+
+@dataclass
+class TwoLayerRun:
+    """Final weights ``W1`` (R, H, d_in), ``W2`` (R, d_out, H), activation codes (R, 1, 1), the
+    recorded epochs and per evaluation set the losses (len(epochs), R, 2) of :func:`block_losses`."""
+    W1: torch.Tensor
+    W2: torch.Tensor
+    codes: torch.Tensor
+    epochs: list[int]
+    losses: dict[str, torch.Tensor]
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        """``W2 f(W1 X)`` for every run: ``X`` (d_in, P) or (R, d_in, P) -> (R, d_out, P)."""
+        return two_layer_forward(self.W1, self.W2, self.codes, X)
+
+
+def two_layer_forward(W1, W2, codes, X) -> torch.Tensor:
+    """``W2 f(W1 X)``: ``X`` (d_in, P) or (R, d_in, P) -> (R, d_out, P)."""
+    Xb = _as_batch(X.to(W1), W1.shape[0])
+    return torch.bmm(W2, _act(torch.bmm(W1, Xb), codes)[0])
+
+
+def train_two_layer(X: torch.Tensor, Y: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor], seeds: Sequence[int],
+                    *, activation="linear", lr: float = 0.02, epochs: int = 300, init_std: float = 2e-4,
+                    weight_decay=0.0, l1=0.0, cross_l1=0.0, dropout=0.0,
+                    cross_block: tuple[slice, slice] | None = None, dropout_seed: int = 0,
+                    evals: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, n2: int = 0,
+                    record_every: int = 10, device: torch.device | str = "cpu",
+                    dtype: torch.dtype = torch.float64) -> TwoLayerRun:
+    """Full-batch gradient descent on ``W2 f(W1 X)`` for all runs in one pass (section comment above).
+
+    ``X``/``Y`` shared (d, P) or per run (R, d, P); ``masks`` 2-D (shared) or per run (R, ...)
+    (:func:`stack_masks`); ``activation`` and every penalty one value or one per run. Initial weights
+    as :func:`init_weights` draws them (so a linear run without penalties is :func:`train_linear`'s run
+    exactly). ``evals`` maps a name to ``(X, Y)``; their losses (Omega_y rows ``:n2``, Gamma_y rows)
+    are recorded at epoch 0, every ``record_every`` epochs and at the end.
+    """
+    R = len(seeds)
+    if epochs < 0 or lr <= 0 or R == 0 or record_every < 1:
+        raise ValueError(f"need seeds, epochs >= 0, lr > 0 and record_every >= 1; got {R}, {epochs}, {lr}, {record_every}")
+    if any(m is None for m in masks):
+        raise ValueError("train_two_layer needs a two-layer architecture; train 'shallow' with train_linear")
+    dev = torch.device(device)
+    codes = activation_codes(activation, R).to(dev)
+    wd, l1_, cl1, p = (_per_run(v, R, n, dtype).to(dev) for v, n in
+                       ((weight_decay, "weight_decay"), (l1, "l1"), (cross_l1, "cross_l1"), (dropout, "dropout")))
+    if (wd < 0).any() or (l1_ < 0).any() or (cl1 < 0).any() or (p < 0).any() or (p >= 1).any():
+        raise ValueError("penalties must be >= 0 and dropout in [0, 1)")
+    if (cl1 > 0).any() and cross_block is None:
+        raise ValueError("cross_l1 > 0 needs cross_block=(output rows, input columns), e.g. data.blocks()['Gamma_x->Omega_y']")
+    m1, m2 = (m.to(dev, dtype) for m in masks)
+    if m1.dim() == 2:
+        W1, W2 = (w.to(dev) for w in init_weights(seeds, (m1.cpu(), m2.cpu()), init_std))
+    else:
+        if m1.shape[0] != R or m2.shape[0] != R:
+            raise ValueError(f"per-run masks must have {R} runs, got {m1.shape[0]} and {m2.shape[0]}")
+        per = [init_weights([s], (m1[i].cpu(), m2[i].cpu()), init_std) for i, s in enumerate(seeds)]
+        W1 = torch.cat([w[0] for w in per]).to(dev)
+        W2 = torch.cat([w[1] for w in per]).to(dev)
+    m1, m2 = _as_batch(m1, R), _as_batch(m2, R)
+    Xb, Yb = _as_batch(X.to(dev, dtype), R), _as_batch(Y.to(dev, dtype), R)
+    evals = {k: (x.to(dev, dtype), y.to(dev, dtype)) for k, (x, y) in (evals or {}).items()}
+    keep = 1 - p
+    use_dropout = bool((p > 0).any())
+    gen = torch.Generator(device=dev).manual_seed(int(dropout_seed))
+    recorded, losses = [], {k: [] for k in evals}
+
+    def record(t):
+        recorded.append(t)
+        for k, (x, y) in evals.items():
+            losses[k].append(output_losses(two_layer_forward(W1, W2, codes, x), _as_batch(y, R), n2))
+
+    record(0)
+    for t in range(1, epochs + 1):
+        Hp = torch.bmm(W1, Xb)                                   # (R, H, P)
+        A, dA = _act(Hp, codes)
+        if use_dropout:
+            drop = (torch.rand(Hp.shape, generator=gen, device=dev, dtype=dtype) < keep).to(dtype) / keep
+            A, dA = A * drop, dA * drop
+        E = Yb - torch.bmm(W2, A)                                # (R, d_out, P)
+        gW2 = torch.bmm(E, A.transpose(1, 2)) - wd * W2          # minus the gradient
+        gW1 = torch.bmm(torch.bmm(W2.transpose(1, 2), E) * dA, Xb.transpose(1, 2)) - wd * W1
+        if cross_block is not None and bool((cl1 > 0).any()):
+            rows, cols = cross_block
+            S = torch.sign(torch.bmm(W2[:, rows], W1[:, :, cols]))            # sign of the cross block
+            gW2[:, rows] -= cl1 * torch.bmm(S, W1[:, :, cols].transpose(1, 2))
+            gW1[:, :, cols] -= cl1 * torch.bmm(W2[:, rows].transpose(1, 2), S)
+        W1 = W1 + lr * m1 * gW1
+        W2 = W2 + lr * m2 * gW2
+        if bool((l1_ > 0).any()):                                # proximal step: soft threshold by lr * l1
+            W1 = torch.sign(W1) * (W1.abs() - lr * l1_).clamp_min(0)
+            W2 = torch.sign(W2) * (W2.abs() - lr * l1_).clamp_min(0)
+        if t % record_every == 0 or t == epochs:
+            record(t)
+    return TwoLayerRun(W1, W2, codes, recorded, {k: torch.stack(v) for k, v in losses.items()})
+
+
+def output_losses(pred: torch.Tensor, Y: torch.Tensor, n2: int) -> torch.Tensor:
+    """:func:`block_losses` from predictions: mean over patterns of the summed squared error on the
+    Omega_y rows ``:n2`` and on the Gamma_y rows, ``pred``/``Y`` (..., d_out, P) -> (..., 2)."""
+    err = (pred - Y).pow(2)
+    return torch.stack([err[..., :n2, :].sum(-2).mean(-1), err[..., n2:, :].sum(-2).mean(-1)], -1)
+
+
+def jacobian_block_norms(run: TwoLayerRun, X: torch.Tensor, data: CompositionalData) -> torch.Tensor:
+    """Root mean square over the patterns of ``X`` of the four block norms of the input-output
+    Jacobian ``J_p = W2 diag(f'(W1 x_p)) W1``: (R, 4), :data:`BLOCKS` order. For a linear network
+    ``J_p = W2 W1`` and this is :func:`block_norms` of the map."""
+    Xb = _as_batch(X.to(run.W1), run.W1.shape[0])
+    _, dA = _act(torch.bmm(run.W1, Xb), run.codes)                        # (R, H, P)
+    J = torch.einsum("roh,rhp,rhi->rpoi", run.W2, dA, run.W1)             # (R, P, d_out, d_in)
+    return block_norms(J, data).pow(2).mean(1).sqrt()

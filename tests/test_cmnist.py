@@ -57,3 +57,13 @@ def test_load_cmnist_matches_recipe():
     assert torch.equal(cm.images[5, :, 28:56], images[3333 + 5])
     assert cm.digits[100].tolist() == [labels[100], labels[3433], labels[6766]]
     assert data_cmnist.load_cmnist("test") is cm                 # cached
+
+
+def test_noncompositional_scale_and_compositional_share():
+    d = torch.tensor([[1, 2, 3]])
+    t = data_cmnist.noncompositional_targets(d, scale=3.0)
+    assert t[0, 123] == 3.0 and t.sum() == 3.0
+    assert torch.equal(data_cmnist.noncompositional_targets(d), data_cmnist.noncompositional_targets(d, 10.0))
+    assert data_cmnist.compositional_share(0.0) == 1.0 and data_cmnist.compositional_share(10.0) == 3 / 103
+    with pytest.raises(ValueError, match="scale"):
+        data_cmnist.compositional_share(-1.0)

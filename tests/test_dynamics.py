@@ -185,3 +185,91 @@ def test_grouped_training_equals_naive_per_run_gd():
         assert torch.allclose(alone.maps, traj.maps, atol=1e-13)
     with pytest.raises(ValueError, match="same depth"):
         D.train_linear_groups([groups[0], D.LinearGroup(d1.X, d1.Y, D.architecture_masks("shallow", d1), [1], 0.01)])
+
+
+# ------------------------------------------------- nonlinear hidden layer, penalties (issue 13)
+
+def _autograd_step(W1, W2, X, Y, f, lr, wd=0.0, cross=None, cross_l1=0.0):
+    """One gradient-descent step of 1/2 ||Y - W2 f(W1 X)||^2 + penalties by autograd (one run)."""
+    W1 = W1.clone().requires_grad_(True)
+    W2 = W2.clone().requires_grad_(True)
+    loss = 0.5 * (Y - W2 @ f(W1 @ X)).pow(2).sum() + wd / 2 * (W1.pow(2).sum() + W2.pow(2).sum())
+    if cross is not None:
+        loss = loss + cross_l1 * (W2 @ W1)[cross].abs().sum()
+    loss.backward()
+    return (W1 - lr * W1.grad).detach(), (W2 - lr * W2.grad).detach()
+
+
+def test_train_two_layer_linear_equals_train_linear():
+    data = D.make_dataset(3, 1, 3, 1, 1.0, generator=torch.Generator().manual_seed(0))
+    masks = D.architecture_masks("partitioned", data, 6)
+    ref = D.train_linear(data.X, data.Y, masks, [3, 4], lr=0.02, epochs=40, init_std=0.1)
+    got = D.train_two_layer(data.X, data.Y, masks, [3, 4], lr=0.02, epochs=40, init_std=0.1,
+                            evals={"all": (data.X, data.Y)}, n2=1, record_every=40)
+    assert torch.allclose(got.W1, ref.final[0], atol=1e-12) and torch.allclose(got.W2, ref.final[1], atol=1e-12)
+    assert torch.allclose(got.losses["all"][-1], D.block_losses(ref.maps[-1:], data.X, data.Y, 1)[0], atol=1e-12)
+    assert got.epochs == [0, 40]
+
+
+@pytest.mark.parametrize("act,f", [("relu", torch.relu), ("tanh", torch.tanh)])
+def test_train_two_layer_step_equals_autograd(act, f):
+    data = D.make_dataset(2, 1, 1, 1, 1.0, generator=torch.Generator().manual_seed(0))
+    masks = D.architecture_masks("dense", data, 5)
+    w1, w2 = D.init_weights([7], masks, 0.5)
+    cross = data.blocks()["Gamma_x->Omega_y"]
+    got = D.train_two_layer(data.X, data.Y, masks, [7], activation=act, lr=0.05, epochs=1, init_std=0.5,
+                            weight_decay=0.1, cross_l1=0.2, cross_block=cross)
+    e1, e2 = _autograd_step(w1[0], w2[0], data.X, data.Y, f, 0.05, wd=0.1, cross=cross, cross_l1=0.2)
+    assert torch.allclose(got.W1[0], e1, atol=1e-12) and torch.allclose(got.W2[0], e2, atol=1e-12)
+
+
+def test_l1_is_a_soft_threshold_and_per_run_penalties_are_independent():
+    data = D.make_dataset(2, 1, 1, 1, 1.0, generator=torch.Generator().manual_seed(0))
+    masks = D.architecture_masks("dense", data, 4)
+    w1, w2 = D.init_weights([1], masks, 0.3)
+    both = D.train_two_layer(data.X, data.Y, masks, [1, 1], lr=0.05, epochs=1, init_std=0.3, l1=[0.0, 0.5])
+    plain = _autograd_step(w1[0], w2[0], data.X, data.Y, lambda h: h, 0.05)
+    assert torch.allclose(both.W1[0], plain[0], atol=1e-12)                      # run 0: no penalty
+    soft = lambda w: torch.sign(w) * (w.abs() - 0.05 * 0.5).clamp_min(0)           # run 1: prox of lr * l1 |w|
+    assert torch.allclose(both.W1[1], soft(plain[0]), atol=1e-12) and torch.allclose(both.W2[1], soft(plain[1]), atol=1e-12)
+
+
+def test_dropout_zero_is_deterministic_and_dropout_changes_the_run():
+    data = D.make_dataset(2, 1, 1, 1, 1.0, generator=torch.Generator().manual_seed(0))
+    masks = D.architecture_masks("dense", data, 8)
+    a = D.train_two_layer(data.X, data.Y, masks, [2, 2], lr=0.05, epochs=20, init_std=0.3, dropout=[0.0, 0.5])
+    b = D.train_two_layer(data.X, data.Y, masks, [2], lr=0.05, epochs=20, init_std=0.3)
+    assert torch.equal(a.W1[0], b.W1[0]) and not torch.allclose(a.W1[1], b.W1[0])
+    c = D.train_two_layer(data.X, data.Y, masks, [2, 2], lr=0.05, epochs=20, init_std=0.3, dropout=[0.0, 0.5])
+    assert torch.equal(a.W1, c.W1)                                                # same dropout seed, same run
+
+
+def test_jacobian_block_norms_equal_autograd_and_linear_block_norms():
+    data = D.make_dataset(2, 1, 2, 1, 1.0, generator=torch.Generator().manual_seed(0))
+    masks = D.architecture_masks("split", data, 3)
+    run = D.train_two_layer(data.X, data.Y, masks, [5, 6, 7], activation=["linear", "relu", "tanh"], lr=0.05,
+                            epochs=5, init_std=0.5)
+    got = D.jacobian_block_norms(run, data.X, data)
+    assert torch.allclose(got[0], D.block_norms(run.W2[0] @ run.W1[0], data), atol=1e-12)
+    for r, f in ((1, torch.relu), (2, torch.tanh)):
+        per = []
+        for p in range(data.n_patterns):
+            J = torch.autograd.functional.jacobian(lambda x: run.W2[r] @ f(run.W1[r] @ x), data.X[:, p])
+            per.append(D.block_norms(J, data))
+        assert torch.allclose(got[r], torch.stack(per).pow(2).mean(0).sqrt(), atol=1e-12)
+
+
+def test_stacked_masks_pad_and_partitioned_coupling_is_exactly_zero():
+    data = D.make_dataset(3, 1, 3, 1, 1.0, generator=torch.Generator().manual_seed(0))
+    m1, m2 = D.stack_masks([D.architecture_masks("dense", data, 4), D.architecture_masks("partitioned", data, 4)], [2, 1])
+    assert m1.shape == (3, 8, data.d_in) and m2.shape == (3, data.d_out, 8)
+    assert m1[:2, 4:].abs().sum() == 0 and m2[:2, :, 4:].abs().sum() == 0           # padded units of dense
+    run = D.train_two_layer(data.X, data.Y, (m1, m2), [1, 2, 3], activation="relu", lr=0.02, epochs=30, init_std=0.3)
+    assert run.W1[:2, 4:].abs().sum() == 0
+    assert float(D.jacobian_block_norms(run, data.X, data)[2, 1]) == 0.0
+    with pytest.raises(ValueError, match="activation must be one of"):
+        D.train_two_layer(data.X, data.Y, (m1, m2), [1, 2, 3], activation="gelu")
+    with pytest.raises(ValueError, match="cross_block"):
+        D.train_two_layer(data.X, data.Y, (m1, m2), [1, 2, 3], cross_l1=0.1)
+    with pytest.raises(ValueError, match="shallow"):
+        D.train_two_layer(data.X, data.Y, D.architecture_masks("shallow", data), [1])

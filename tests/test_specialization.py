@@ -320,3 +320,82 @@ def test_error_curves_and_figure():
     spec = E.figure_cmnist_errors(curves, "t").to_dict()
     assert "hconcat" in spec and E.COMP_CHANCE in [v["value"] for d in spec["datasets"].values() for v in d
                                                    if "label" in v]
+
+
+# ------------------------------------------------- nonlinear, regularisation, compositional share (issue 13)
+
+def test_nonlinear_block_norms_linear_rows_are_the_linear_map():
+    data = D.make_dataset(2, 1, 1, 1, 1.0, generator=torch.Generator().manual_seed(0))
+    norms = E.nonlinear_block_norms(data, [1, 2], hidden=4, lr=0.03, epochs=20, init_std=0.1)
+    assert set(norms) == {(a, b) for a in E.ACTIVATIONS for b in E.NONLINEAR_ARCHS}
+    ref = D.train_linear(data.X, data.Y, D.architecture_masks("partitioned", data, 4), [1, 2], lr=0.03, epochs=20,
+                         init_std=0.1)                     # partitioned is the widest: not padded, same draws
+    assert torch.allclose(norms["linear", "partitioned"], D.block_norms(ref.maps[-1], data), atol=1e-12)
+    assert all(float(norms[a, "partitioned"][:, 1].abs().max()) == 0.0 for a in E.ACTIVATIONS)
+    frame = E.nonlinear_norm_frame(norms)
+    assert len(frame) == 9 * 4 and np.isclose(frame.iloc[0]["mean"], float(norms[frame.iloc[0].activation,
+                                               frame.iloc[0].architecture][:, 0].mean()))
+
+
+def test_heldout_nonlinear_partitioned_linear_rows_equal_heldout_experiment():
+    data = D.make_dataset(3, 2, 1, 1, 2.0, pattern_bits=3, generator=torch.Generator().manual_seed(0))
+    seeds = [4, 5, 6]
+    rows = E.heldout_nonlinear(data, seeds, n_train=3, hidden=4, lr=0.02, epochs=30, init_std=0.1,
+                               archs=("partitioned",), acts=("linear", "tanh"))
+    ref = E.heldout_experiment(data, "partitioned", seeds, n_train=3, hidden=4, lr=0.02, epochs=30, init_std=0.1)
+    lin = rows[rows.activation == "linear"].sort_values("run")
+    assert np.allclose(lin.test_comp, ref["test"][-1, :, 0].numpy(), atol=1e-12)
+    assert lin.spanning.tolist() == E.spanning_runs(ref["train_idx"]).tolist()
+
+
+def test_regularisation_sweep_rows_equal_one_run_per_strength():
+    data = D.make_dataset(3, 2, 1, 1, 2.0, pattern_bits=3, generator=torch.Generator().manual_seed(0))
+    seeds = [1, 2]
+    rows = E.regularisation_sweep(data, seeds, {"weight_decay": [0.1], "cross_l1": [0.2]}, n_train=3, hidden=4,
+                                  lr=0.02, epochs=30, init_std=0.1)
+    assert list(dict.fromkeys(rows.penalty)) == ["none", "weight_decay", "cross_l1"] and len(rows) == 6
+    tr, te = E.heldout_split(8, seeds, 3)
+    for penalty, kw in (("none", {}), ("weight_decay", {"weight_decay": 0.1}), ("cross_l1", {"cross_l1": 0.2})):
+        one = D.train_two_layer(E._gather(data.X, tr), E._gather(data.Y, tr), D.architecture_masks("dense", data, 4),
+                                seeds, lr=0.02, epochs=30, init_std=0.1, cross_block=data.blocks()["Gamma_x->Omega_y"],
+                                evals={"test": (E._gather(data.X, te), E._gather(data.Y, te))}, n2=2, **kw)
+        got = rows[rows.penalty == penalty].sort_values("run")
+        assert np.allclose(got.test_comp, one.losses["test"][-1, :, 0].numpy(), atol=1e-12)
+        assert np.allclose(got.coupling, D.jacobian_block_norms(one, data.X, data)[:, 1].numpy(), atol=1e-12)
+    with pytest.raises(ValueError, match="unknown penalty"):
+        E.regularisation_sweep(data, seeds, {"ridge": [1.0]}, n_train=3, hidden=4, lr=0.02, epochs=1, init_std=0.1)
+
+
+def test_sweep_differences_and_share_contrast_hand_computed():
+    rows = pd.DataFrame([{"model": m, "scale": v, "run": r, "comp_error": e}
+                         for m, v, r, e in [("dense", 0.0, 0, 0.5), ("dense", 0.0, 1, 0.6), ("split", 0.0, 0, 0.4),
+                                            ("split", 0.0, 1, 0.6), ("dense", 10.0, 0, 0.8), ("dense", 10.0, 1, 1.0),
+                                            ("split", 10.0, 0, 0.4), ("split", 10.0, 1, 0.6)]])
+    diffs = E.sweep_differences(rows).set_index("scale")
+    assert np.isclose(diffs.loc[0.0, "mean"], -0.05) and np.isclose(diffs.loc[10.0, "mean"], -0.4)
+    assert np.isclose(diffs.loc[10.0, "share"], 3 / 103) and diffs.loc[0.0, "n"] == 2
+    m, lo, hi = E.share_contrast(rows, 10.0, 0.0)                 # per seed: -0.4 - (-0.1), -0.4 - 0.0
+    assert np.isclose(m, -0.35) and (m, lo, hi) == pytest.approx(stats.mean_ci([-0.3, -0.4]))
+    with pytest.raises(ValueError, match="must both be in the sweep"):
+        E.share_contrast(rows, 3.0, 0.0)
+
+
+def test_compositional_sweep_split_tower_ignores_the_scale_and_scale_10_is_the_paper_target():
+    train, test = synthetic_cmnist(60, 0), synthetic_cmnist(30, 1)
+    kw = dict(seed=3, n_seeds=2, train_size=20, test_size=10, epochs=2, lr=0.02, batch_size=8, hidden=8, pool=4,
+              out_std=0.1, device="cpu")
+    rows, seconds = E.compositional_sweep(train, test, [0.0, 10.0], **kw)
+    assert set(seconds) == {"dense", "split"} and len(rows) == 8
+    split = rows[rows.model == "split"].pivot(index="run", columns="scale", values="comp_error")
+    assert np.array_equal(split[0.0].values, split[10.0].values)
+    dense = rows[rows.model == "dense"].pivot(index="run", columns="scale", values="comp_error")
+    assert not np.allclose(dense[0.0].values, dense[10.0].values)
+    sub = [spawn_seeds(s, 3) for s in spawn_seeds(3, 2)]          # the documented seeds: scale 10 = paper's targets
+    x_tr, x_te = E.pooled_inputs(train.subset(20), test.subset(10), 4)
+    model, _ = E.train_tower_mlp("dense", x_tr, train.subset(20).digits, init_seeds=[s[1] for s in sub],
+                                 order_seeds=[s[0] for s in sub], epochs=2, lr=0.02, batch_size=8, hidden=8)
+    ref = E.evaluate_runs(model, x_te, test.subset(10).digits)["comp_error"].numpy()
+    assert np.allclose(dense[10.0].values, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="noncomp scale"):
+        E.train_tower_mlp("dense", x_tr, train.subset(20).digits, init_seeds=[1], order_seeds=[1], epochs=1,
+                          lr=0.02, noncomp_scales=[1.0, 2.0])

@@ -24,7 +24,7 @@ import torch
 
 from .mnist import load_mnist, to_tensor
 
-__all__ = ["CMNIST", "compose", "compositional_targets", "noncompositional_targets", "load_cmnist",
+__all__ = ["CMNIST", "compose", "compositional_targets", "noncompositional_targets", "compositional_share", "load_cmnist",
            "N_COMPOSITIONAL", "N_NONCOMPOSITIONAL", "NONCOMP_SCALE"]
 
 N_COMPOSITIONAL = 30
@@ -83,10 +83,20 @@ def compositional_targets(digits: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.one_hot(digits, 10).flatten(1).float()
 
 
-def noncompositional_targets(digits: torch.Tensor) -> torch.Tensor:
-    """``10 * onehot(100 d1 + 10 d2 + d3)``: (n, 3) -> (n, 1000)."""
+def noncompositional_targets(digits: torch.Tensor, scale: float = NONCOMP_SCALE) -> torch.Tensor:
+    """``scale * onehot(100 d1 + 10 d2 + d3)`` (the paper's ``scale`` is 10): (n, 3) -> (n, 1000)."""
+    if scale < 0:
+        raise ValueError(f"scale must be >= 0 (the norm of the non-compositional target), got {scale}")
     number = digits @ torch.tensor([100, 10, 1], device=digits.device)
-    return torch.nn.functional.one_hot(number, N_NONCOMPOSITIONAL).float() * NONCOMP_SCALE
+    return torch.nn.functional.one_hot(number, N_NONCOMPOSITIONAL).float() * scale
+
+
+def compositional_share(scale: float = NONCOMP_SCALE) -> float:
+    """The compositional part's share of the target's squared norm, ``3 / (3 + scale^2)``: how much
+    of the target is compositional (1 without a non-compositional target, 3/103 in the paper)."""
+    if scale < 0:
+        raise ValueError(f"scale must be >= 0, got {scale}")
+    return 3 / (3 + scale ** 2)
 
 
 @functools.lru_cache(maxsize=4)

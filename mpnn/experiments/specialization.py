@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from mpnn import dynamics as D
 from mpnn import train as T
-from mpnn.data.cmnist import (CMNIST, N_COMPOSITIONAL, N_NONCOMPOSITIONAL, NONCOMP_SCALE, compositional_targets,
+from mpnn.data.cmnist import (CMNIST, N_COMPOSITIONAL, N_NONCOMPOSITIONAL, NONCOMP_SCALE, compositional_share,
+                              compositional_targets,
                               noncompositional_targets)
 from mpnn.determinism import spawn_seeds
 from mpnn.runtime import plots, stats
@@ -509,15 +510,20 @@ def evaluate_runs(model: TowerMLP, x: torch.Tensor, digits: torch.Tensor, *, bat
 def train_tower_mlp(kind: str, x_train: torch.Tensor, digits_train: torch.Tensor, *, init_seeds: Sequence[int],
                     order_seeds: Sequence[int], epochs: int, lr: float, batch_size: int = 32, hidden: int = 128,
                     out_std: float = 0.1, evals: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-                    eval_every: int = 1, device="cpu") -> tuple[TowerMLP, list[dict]]:
+                    eval_every: int = 1, noncomp_scales: Sequence[float] | None = None, device="cpu"
+                    ) -> tuple[TowerMLP, list[dict]]:
     """Train ``len(init_seeds)`` runs of ``kind`` together by plain SGD (:meth:`TowerMLP.sgd_step`).
 
     Run ``r`` starts from ``init_seeds[r]`` and visits the training images in the order drawn from
     ``order_seeds[r]`` (:func:`mpnn.train.permutations`: a fresh permutation every epoch; pass the
     same order seeds to both kinds for paired runs). ``evals`` maps a split name to ``(x, digits)``;
     they are evaluated at epoch 0, every ``eval_every`` epochs and at the end. Returns the model and
-    rows ``{model, run, epoch, split, metrics...}``.
+    rows ``{model, run, epoch, split, metrics...}``. ``noncomp_scales`` (one per run, default the
+    paper's 10 for all) sets each run's non-compositional target ``scale * onehot(number)``
+    (:func:`mpnn.data.cmnist.compositional_share`); the metrics keep the paper's normalisation.
     """
+    if noncomp_scales is not None and (len(noncomp_scales) != len(init_seeds) or min(noncomp_scales) < 0):
+        raise ValueError(f"need one non-negative noncomp scale per run ({len(init_seeds)}), got {noncomp_scales}")
     if len(init_seeds) != len(order_seeds) or not init_seeds:
         raise ValueError(f"need one init and one order seed per run, got {len(init_seeds)} and {len(order_seeds)}")
     if epochs < 0 or lr <= 0 or batch_size < 1 or eval_every < 1:
@@ -527,6 +533,10 @@ def train_tower_mlp(kind: str, x_train: torch.Tensor, digits_train: torch.Tensor
     model = init_tower_mlp(mlp_towers(kind, hidden), x_train.shape[1], init_seeds, out_std=out_std, device=dev)
     x_train = x_train.to(dev, torch.float32)
     y_train = cmnist_targets(digits_train).to(dev)
+    weight = None                                                   # per-run factor on the targets (R, 1, 1030)
+    if noncomp_scales is not None:
+        weight = torch.ones(len(init_seeds), 1, y_train.shape[1], device=dev)
+        weight[:, 0, N_COMPOSITIONAL:] = torch.tensor([float(v) / NONCOMP_SCALE for v in noncomp_scales], device=dev)[:, None]
     evals = {k: (x.to(dev, torch.float32), d) for k, (x, d) in (evals or {}).items()}
     rows: list[dict] = []
 
@@ -541,7 +551,7 @@ def train_tower_mlp(kind: str, x_train: torch.Tensor, digits_train: torch.Tensor
     for epoch, perm in enumerate(T.permutations(n, list(order_seeds), epochs, dev), start=1):   # (R, n)
         for start in range(0, n, batch_size):
             idx = perm[:, start:start + batch_size]
-            model.sgd_step(x_train[idx], y_train[idx], lr)
+            model.sgd_step(x_train[idx], y_train[idx] if weight is None else y_train[idx] * weight, lr)
         if epoch % eval_every == 0 or epoch == epochs:
             log(epoch)
     return model, rows
@@ -654,3 +664,222 @@ def final_test_errors(rows: pd.DataFrame) -> tuple[list[float], list[float]]:
     """Compositional test error per run at the last epoch: (split, dense)."""
     last = rows[(rows.epoch == rows.epoch.max()) & (rows.split == "test")]
     return last[last.model == "split"].comp_error.tolist(), last[last.model == "dense"].comp_error.tolist()
+
+
+# ------------------------------------------------------- nonlinear hidden layers (next check 1)
+
+NONLINEAR_ARCHS = ("dense", "split", "partitioned")     # 'shallow' has no hidden layer to make nonlinear
+ACTIVATIONS = D.ACTIVATIONS
+
+
+def _stacked_runs(archs: Sequence[str], acts: Sequence[str], seeds: Sequence[int], data: D.CompositionalData,
+                  hidden: int) -> tuple[tuple[torch.Tensor, torch.Tensor], list[str], list[tuple[str, str]]]:
+    """Masks, activation names and ``(activation, architecture)`` labels of every run, in the order
+    architecture, activation, seed: all cases stacked for one :func:`D.train_two_layer` pass."""
+    masks = D.stack_masks([D.architecture_masks(a, data, hidden) for a in archs], [len(acts) * len(seeds)] * len(archs))
+    labels = [(act, arch) for arch in archs for act in acts for _ in seeds]
+    return masks, [a for a, _ in labels], labels
+
+
+def _split_by_case(values: torch.Tensor, labels: list[tuple[str, str]]) -> dict[tuple[str, str], torch.Tensor]:
+    """Group the run axis (first) of ``values`` by ``(activation, architecture)`` label."""
+    out: dict[tuple[str, str], list[int]] = {}
+    for i, lab in enumerate(labels):
+        out.setdefault(lab, []).append(i)
+    return {lab: values[idx] for lab, idx in out.items()}
+
+
+def nonlinear_block_norms(data: D.CompositionalData, seeds: Sequence[int], *, hidden: int, lr: float, epochs: int,
+                          init_std: float, acts: Sequence[str] = ACTIVATIONS, device="cpu"
+                          ) -> dict[tuple[str, str], torch.Tensor]:
+    """The three two-layer architectures with each hidden activation, all seeds, one batched pass
+    on all patterns; per ``(activation, architecture)`` the Jacobian block norms (R, 4) at the end."""
+    masks, codes, labels = _stacked_runs(NONLINEAR_ARCHS, acts, seeds, data, hidden)
+    all_seeds = list(seeds) * (len(NONLINEAR_ARCHS) * len(acts))
+    with D.single_thread(device):
+        res = D.train_two_layer(data.X, data.Y, masks, all_seeds, activation=codes, lr=lr, epochs=epochs,
+                                init_std=init_std, record_every=max(1, epochs), device=device)
+        norms = D.jacobian_block_norms(res, data.X, data).cpu()
+    return _split_by_case(norms, labels)
+
+
+def nonlinear_norm_frame(norms: dict[tuple[str, str], torch.Tensor]) -> pd.DataFrame:
+    """Mean and 95% CI over runs of every block norm per activation and architecture (long form)."""
+    rows = []
+    for (act, arch), n in norms.items():
+        for b, block in enumerate(D.BLOCKS):
+            m, lo, hi = stats.mean_ci(n[:, b].tolist())
+            rows.append({"activation": act, "architecture": arch, "block": block, "mean": m, "low": lo, "high": hi})
+    return pd.DataFrame(rows)
+
+
+def figure_nonlinear_norms(frame: pd.DataFrame):
+    """Heat map of the mean Jacobian block norm, one panel per hidden activation."""
+    return plots.heatmap(frame, "block", "architecture", "mean", facet="activation", width=260, height=120,
+                         fmt=".3f", title="Block norms of the input-output Jacobian (RMS over patterns, mean over runs)")
+
+
+def heldout_nonlinear(data: D.CompositionalData, seeds: Sequence[int], *, n_train: int, hidden: int, lr: float,
+                      epochs: int, init_std: float, archs: Sequence[str] = HELDOUT_ARCHS,
+                      acts: Sequence[str] = ACTIVATIONS, device="cpu") -> pd.DataFrame:
+    """The held-out-pattern experiment (same training patterns per seed as the linear one,
+    :func:`heldout_split`) for each architecture and activation, one batched pass. One row per run:
+    final train/test compositional loss, whether its training patterns span Omega."""
+    tr, te = heldout_split(data.n_patterns, seeds, n_train)
+    k = len(archs) * len(acts)
+    rep = lambda M, idx: _gather(M, idx).repeat(k, 1, 1)
+    masks, codes, labels = _stacked_runs(archs, acts, seeds, data, hidden)
+    Xtr, Ytr, Xte, Yte = rep(data.X, tr), rep(data.Y, tr), rep(data.X, te), rep(data.Y, te)
+    with D.single_thread(device):
+        res = D.train_two_layer(Xtr, Ytr, masks, list(seeds) * k, activation=codes, lr=lr, epochs=epochs,
+                                init_std=init_std, evals={"train": (Xtr, Ytr), "test": (Xte, Yte)}, n2=data.n2,
+                                record_every=max(1, epochs), device=device)
+    span = spanning_runs(tr).tolist() * k
+    return pd.DataFrame([{"activation": act, "architecture": arch, "run": i % len(seeds), "spanning": span[i],
+                          "train_comp": float(res.losses["train"][-1, i, 0]),
+                          "test_comp": float(res.losses["test"][-1, i, 0])} for i, (act, arch) in enumerate(labels)])
+
+
+def heldout_nonlinear_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Held-out compositional loss on the runs whose training set spans Omega: mean and 95% CI."""
+    s = stats.summarise(rows[rows.spanning], ["activation", "architecture"], "test_comp")
+    return s.assign(case=s.activation + ", " + s.architecture)
+
+
+def figure_heldout_nonlinear(summary: pd.DataFrame):
+    """Held-out compositional loss per activation and architecture (bars, 95% CI)."""
+    return plots.bar_ci(summary, "case", color="architecture", y_title="held-out compositional loss",
+                        title="Held-out patterns, setting (3,2,1,1,2), runs spanning Omega", width=380, height=220)
+
+
+# --------------------------------------------- approximate modularity by regularisation (next check 3)
+
+PENALTIES = ("weight_decay", "dropout", "l1", "cross_l1")
+
+
+def regularisation_sweep(data: D.CompositionalData, seeds: Sequence[int], strengths: dict[str, Sequence[float]], *,
+                         n_train: int, hidden: int, lr: float, epochs: int, init_std: float, activation: str = "linear",
+                         dropout_seed: int = 0, device="cpu") -> pd.DataFrame:
+    """A dense network on the held-out-pattern task for every penalty of ``strengths`` (:data:`PENALTIES`)
+    and strength, plus an unregularised baseline (``penalty = "none"``), all in one batched pass.
+
+    One row per run: penalty, strength, seed index, spanning, final train/test compositional loss
+    and the Jacobian block norms of ``Gamma_x -> Omega_y`` (coupling) and ``Omega_x -> Omega_y``.
+    """
+    bad = [p for p in strengths if p not in PENALTIES]
+    if bad:
+        raise ValueError(f"unknown penalty {bad}; choose from {PENALTIES}")
+    cases = [("none", 0.0)] + [(p, float(v)) for p in PENALTIES if p in strengths for v in strengths[p]]
+    n, k = len(seeds), len(cases)
+    kw = {p: [v if c == p else 0.0 for c, v in cases for _ in seeds] for p in PENALTIES}
+    tr, te = heldout_split(data.n_patterns, seeds, n_train)
+    rep = lambda M, idx: _gather(M, idx).repeat(k, 1, 1)
+    Xtr, Ytr, Xte, Yte = rep(data.X, tr), rep(data.Y, tr), rep(data.X, te), rep(data.Y, te)
+    with D.single_thread(device):
+        res = D.train_two_layer(Xtr, Ytr, D.architecture_masks("dense", data, hidden), list(seeds) * k,
+                                activation=activation, lr=lr, epochs=epochs, init_std=init_std,
+                                cross_block=data.blocks()["Gamma_x->Omega_y"], dropout_seed=dropout_seed,
+                                evals={"train": (Xtr, Ytr), "test": (Xte, Yte)}, n2=data.n2,
+                                record_every=max(1, epochs), device=device, **kw)
+        norms = D.jacobian_block_norms(res, data.X, data).cpu()
+    span = spanning_runs(tr).tolist()
+    return pd.DataFrame([{"penalty": c, "strength": v, "run": i % n, "spanning": span[i % n],
+                          "train_comp": float(res.losses["train"][-1, i, 0]),
+                          "test_comp": float(res.losses["test"][-1, i, 0]),
+                          "coupling": float(norms[i, 1]), "systematic": float(norms[i, 0])}
+                         for i, (c, v) in enumerate((c, v) for c, v in cases for _ in seeds)])
+
+
+def regularisation_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per penalty and strength, on the runs spanning Omega: mean and 95% CI of the held-out
+    compositional loss, the training loss and the coupling block norm (one row each, long form)."""
+    sp = rows[rows.spanning]
+    parts = [stats.summarise(sp, ["penalty", "strength"], m).assign(metric=m) for m in ("test_comp", "train_comp", "coupling")]
+    return pd.concat(parts, ignore_index=True)
+
+
+def figure_regularisation(summary: pd.DataFrame):
+    """Held-out compositional loss and coupling norm against the penalty strength, one panel per penalty."""
+    reg = summary[summary.penalty != "none"]
+    panel = lambda m, t: plots.line_ci(reg[reg.metric == m], "strength", color="penalty", facet="penalty", columns=4,
+                                       log_x=True, independent_y=False, y_title=t, width=170, height=150)
+    return panel("test_comp", "held-out compositional loss") & panel("coupling", "||Gamma_x -> Omega_y||")
+
+
+def penalty_extremes(summary: pd.DataFrame, penalty: str, metric: str) -> tuple[float, float]:
+    """``(smallest lower CI end, largest upper CI end)`` of ``metric`` over the penalty's strengths."""
+    s = summary[(summary.penalty == penalty) & (summary.metric == metric)]
+    return float(s.low.min()), float(s.high.max())
+
+
+def best_strength(summary: pd.DataFrame, penalty: str, metric: str = "test_comp") -> pd.Series:
+    """The summary row (``metric``) of the penalty's strength with the lowest mean."""
+    s = summary[(summary.penalty == penalty) & (summary.metric == metric)]
+    return s.loc[s["mean"].idxmin()]
+
+
+# ---------------------------------------------- CMNIST with varying compositional share (first experiment 1)
+
+def compositional_sweep(train: CMNIST, test: CMNIST, scales: Sequence[float], *, seed: int, n_seeds: int,
+                        train_size: int, test_size: int, epochs: int, lr: float, batch_size: int, hidden: int,
+                        pool: int, out_std: float, device) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Dense and split MLP towers for every non-compositional target scale (every scale and seed of a
+    model in one batched pass, paired by seed: same data order and initial weights across scales and
+    the same order for both models). Rows ``{model, scale, share, run, comp_error, digit_acc}`` on the
+    test images after ``epochs``, and seconds per model."""
+    if not scales or min(scales) < 0:
+        raise ValueError(f"need non-negative scales, got {scales}")
+    sub = [spawn_seeds(s, 3) for s in spawn_seeds(seed, n_seeds)]
+    cm_train, cm_test = train.subset(min(train_size, len(train))), test.subset(min(test_size, len(test)))
+    x_tr, x_te = pooled_inputs(cm_train, cm_test, pool)
+    per_run_scale = [float(v) for v in scales for _ in sub]
+    rows, seconds = [], {}
+    for j, kind in enumerate(tqdm(("dense", "split"), desc="CMNIST compositional share"), start=1):
+        t0 = time.perf_counter()
+        with D.single_thread(device):
+            model, _ = train_tower_mlp(kind, x_tr, cm_train.digits, init_seeds=[s[j] for _ in scales for s in sub],
+                                       order_seeds=[s[0] for _ in scales for s in sub], epochs=epochs, lr=lr,
+                                       batch_size=batch_size, hidden=hidden, out_std=out_std,
+                                       noncomp_scales=per_run_scale, device=device)
+            m = evaluate_runs(model, x_te.to(model.W1), cm_test.digits)
+        seconds[kind] = time.perf_counter() - t0
+        rows += [{"model": kind, "scale": v, "share": compositional_share(v), "run": r % len(sub),
+                  "comp_error": float(m["comp_error"][r]), "digit_acc": float(m["digit_acc"][r])}
+                 for r, v in enumerate(per_run_scale)]
+    return pd.DataFrame(rows), seconds
+
+
+def sweep_differences(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per scale: split minus dense compositional test error, paired by seed (mean, 95% CI, n), and
+    each model's mean error."""
+    out = []
+    for v, g in rows.groupby("scale"):
+        d, s = (g[g.model == k].set_index("run").comp_error.sort_index() for k in ("dense", "split"))
+        m, lo, hi = stats.mean_ci((s - d).tolist())
+        out.append({"scale": v, "share": compositional_share(v), "mean": m, "low": lo, "high": hi, "n": len(d),
+                    "dense": float(d.mean()), "split": float(s.mean())})
+    return pd.DataFrame(out)
+
+
+def figure_compositional_sweep(rows: pd.DataFrame, diffs: pd.DataFrame):
+    """Each model's compositional test error and the paired split-minus-dense difference against
+    the compositional share of the target (log axis)."""
+    err = stats.summarise(rows, ["model", "share"], "comp_error")
+    left = plots.line_ci(err, "share", color="model", log_x=True, zero=False, y_title="compositional test error",
+                         x_title="compositional share of the target 3 / (3 + scale^2)", width=300, height=220)
+    right = plots.with_rules(plots.line_ci(diffs, "share", log_x=True, zero=False, y_title="split minus dense (paired)",
+                                           x_title="compositional share of the target", width=300, height=220),
+                             y={"no difference": 0.0})
+    return (left | right).properties(title="CMNIST: where the split architecture's advantage appears")
+
+
+def share_contrast(rows: pd.DataFrame, scale_a: float, scale_b: float) -> tuple[float, float, float]:
+    """Per seed, (split - dense at ``scale_a``) minus (split - dense at ``scale_b``): mean and 95% CI.
+    The runs share their seeds across scales, so this difference of differences is paired too."""
+    def diff(v):
+        g = rows[rows.scale == v]
+        d, s = (g[g.model == k].set_index("run").comp_error.sort_index() for k in ("dense", "split"))
+        return s - d
+    if not {scale_a, scale_b} <= set(rows.scale):
+        raise ValueError(f"scales {scale_a}, {scale_b} must both be in the sweep ({sorted(set(rows.scale))})")
+    return stats.mean_ci((diff(scale_a) - diff(scale_b)).tolist())
