@@ -251,11 +251,13 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, c: ViTConfig):
+    def __init__(self, c: ViTConfig, mlp: nn.Module | None = None):
+        """``mlp``: a module (B, n, d) -> (B, n, d) replacing the block's MLP (e.g. an MoE layer); None: the MLP."""
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(c.dim), nn.LayerNorm(c.dim)
         self.attn = Attention(c.dim, c.heads)
-        self.mlp = nn.Sequential(nn.Linear(c.dim, c.mlp_hidden), nn.GELU(), nn.Linear(c.mlp_hidden, c.dim))
+        self.mlp = mlp if mlp is not None else nn.Sequential(nn.Linear(c.dim, c.mlp_hidden), nn.GELU(),
+                                                             nn.Linear(c.mlp_hidden, c.dim))
 
     def forward(self, x, mask=None, size=None, r=0, source=None):
         y, keys = self.attn(self.norm1(x), mask, size, need_keys=r > 0)
@@ -279,7 +281,8 @@ class TokenInfo:
 class TokenViT(nn.Module):
     """Pre-norm ViT (no class token, mean pooling) with learned token selection and ToMe merging."""
 
-    def __init__(self, config: ViTConfig | None = None):
+    def __init__(self, config: ViTConfig | None = None, mlp_factory: Callable[[int], nn.Module | None] | None = None):
+        """``mlp_factory(i)``: the MLP module of block i (None keeps the block's own MLP), e.g. an MoE layer."""
         super().__init__()
         c = config or ViTConfig()
         self.config = c
@@ -287,7 +290,8 @@ class TokenViT(nn.Module):
         # mean pooling makes the model blind to patch positions except through ``pos``: a 0.02 init (the usual
         # ViT value) leaves it a bag of patches for hundreds of steps, 0.5 lets it use positions from the start
         self.pos = nn.Parameter(c.pos_init * torch.randn(1, c.n_tokens, c.dim))
-        self.blocks = nn.ModuleList([Block(c) for _ in range(c.depth)])
+        self.blocks = nn.ModuleList([Block(c, mlp_factory(i) if mlp_factory is not None else None)
+                                     for i in range(c.depth)])
         self.scorer = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.scorer_hidden), nn.GELU(),
                                     nn.Linear(c.scorer_hidden, 1))
         self.norm = nn.LayerNorm(c.dim)

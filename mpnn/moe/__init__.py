@@ -11,7 +11,8 @@ Only experts with ``m_i(x) != 0`` are evaluated for ``x``. The package, one idea
   soft-MoE dispatch onto the experts' buffers;
 * :mod:`~mpnn.moe.layers` -- the layers (``forward`` returns ``(y, RoutingStats)``) and :func:`make_moe`;
 * :mod:`~mpnn.moe.stacked` -- R independently initialised replicas of a layer run as one module;
-* :mod:`~mpnn.moe.statistics` -- routing entropy and class/expert tables.
+* :mod:`~mpnn.moe.statistics` -- routing entropy and class/expert tables;
+* :mod:`~mpnn.moe.transformer` -- MoE layers as a transformer block's MLP, and a global (per-image) router.
 
 The names below are the package's API (``from mpnn import moe; moe.make_moe(...)``).
 """
@@ -24,6 +25,7 @@ from .layers import KINDS, DenseMLP, ExpertChoiceMoE, RoutingStats, SoftMoE, Tok
 from .losses import cv_squared, switch_aux_loss, z_loss
 from .stacked import StackedMoE
 from .statistics import class_expert_joint, class_expert_nmi, expert_digit_table, routing_entropy
+from .transformer import GlobalRouter, PathMoE, TokenMoE, aux_loss, routing_stats
 
 __all__ = [
     "Experts", "cv_squared", "switch_aux_loss", "z_loss",
@@ -31,5 +33,5 @@ __all__ = [
     "route_noisy_top_k", "capacity", "DispatchPlan", "plan_dispatch", "sorted_assignments", "dispatch_token_choice",
     "dispatch_expert_choice", "dispatch_soft", "RoutingStats", "TokenChoiceMoE", "ExpertChoiceMoE", "SoftMoE",
     "DenseMLP", "KINDS", "make_moe", "StackedMoE", "routing_entropy", "class_expert_joint",
-    "expert_digit_table", "class_expert_nmi",
+    "expert_digit_table", "class_expert_nmi", "TokenMoE", "GlobalRouter", "PathMoE", "routing_stats", "aux_loss",
 ]
