@@ -219,8 +219,21 @@ def job_listen(job: dict, rank: int, device) -> dict:
     return {"listening": out, "parent": os.getppid()}
 
 
+def job_peers_equivalence(job: dict, rank: int, device) -> dict:
+    """:func:`mpnn.deploy.peers.job_equivalence` (imported here: the PyTorch engines are slow to import)."""
+    from . import peers
+    return peers.job_equivalence(job, rank, device)
+
+
+def job_peers_interleaved(job: dict, rank: int, device) -> dict:
+    """:func:`mpnn.deploy.peers.job_interleaved`."""
+    from . import peers
+    return peers.job_interleaved(job, rank, device)
+
+
 JOBS = {"equivalence": job_equivalence, "train": job_train, "interleaved": job_interleaved,
-        "fail": job_fail, "multi": job_multi, "listen": job_listen}
+        "fail": job_fail, "multi": job_multi, "listen": job_listen,
+        "peers_equivalence": job_peers_equivalence, "peers_interleaved": job_peers_interleaved}
 
 
 # ---------------------------------------------------------------------- process entry
