@@ -110,3 +110,22 @@ def test_notebooks_leave_the_thread_count_to_the_run_context(chapter):
     setting = [i for i, source in _code_cells(chapter) if "set_num_threads" in source]
     assert not setting, (f"{chapter}: cells {setting} set torch's thread count; declare it in the notebook "
                          f"metadata instead ('mpnn': {{'threads': N}}), the run context applies it")
+
+
+# What must be folded on the site (CONTRIBUTING "Code one click away"): set-up (the parameters cell,
+# the cell calling start_run), helpers (a top-level def/class), plotting and explorers, and the claims
+# table (run.finish). Other cells are decided by their author.
+import re  # noqa: E402  (the folding rule below)
+
+FOLDED = re.compile(r"plots\.show|widgets\.explorer|show_images|run\.finish\(|start_run\(|^def |^class ", re.M)
+
+
+@pytest.mark.parametrize("chapter", notebooks.chapters())
+def test_setup_helper_and_plotting_cells_fold_their_code(chapter):
+    nb = json.loads((paths.BOOK / f"{chapter}.ipynb").read_text())
+    unfolded = [i for i, cell in enumerate(nb["cells"]) if cell["cell_type"] == "code"
+                and "hide-input" not in cell.get("metadata", {}).get("tags", [])
+                and ("parameters" in cell.get("metadata", {}).get("tags", [])
+                     or FOLDED.search("".join(cell["source"])))]
+    assert not unfolded, (f"{chapter}: code cells {unfolded} are set-up, helper, plotting or claims cells; "
+                          f"tag them 'hide-input' (CONTRIBUTING.md, 'Code one click away')")

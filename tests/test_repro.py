@@ -136,3 +136,84 @@ def test_start_run_takes_the_runner_context_without_parsing_the_notebook():
     finally:
         torch.set_num_threads(before)
         repro._current = repro.RunContext(chapter="scratch")
+
+
+# ---------------------------------------------------------------- the site's view of the claims
+
+def _claim(**kw):
+    base = {"id": "c", "document": "d", "measured": "m", "passed": True, "note": "", "needs": "smoke",
+            "outcome": "reproduced"}
+    return base | kw
+
+
+def test_outcome_badges_and_the_deciding_number():
+    from mpnn.runtime import site
+    assert site.outcome(_claim()) == "reproduced"
+    assert site.outcome(_claim(passed=False, outcome="FAILED")) == "not reproduced"
+    assert site.outcome(_claim(differs=True)) == "differs from the document"
+    assert site.badge_text(_claim(passed=None, needs="default")) == "not tested: needs the default profile"
+    assert site.badge_text(_claim(passed=None, needs="full", note="needs the full profile (GPU): big")) \
+        == "not tested: needs the full profile (GPU)"
+    assert site.badge_text(_claim(passed=None, note="a projection from assumptions")) == "projection, not tested"
+    m = "at T* ([0.2, 0.3]): 0.254 of the FLOPs (95% CI 0.226-0.283, 6 seeds); other 1.0 (95% CI 0-2)"
+    assert site.headline(_claim(measured=m)) == "at T* ([0.2, 0.3]): 0.254 of the FLOPs (95% CI 0.226-0.283)"
+    assert site.headline(_claim(measured="top-1: NMI(digit; expert) 0.409 (95% CI 0.383-0.435, n=16)")) \
+        == "top-1: NMI(digit; expert) 0.409 (95% CI 0.383-0.435)"           # "; " inside brackets is no clause
+    assert site.headline(_claim(measured="4/4 files match; all good")) == "4/4 files match"
+    assert site.headline(_claim(headline="0.25x")) == "0.25x"
+
+
+def _executed(tmp_path, cells):
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=cells)
+    path = tmp_path / "demo.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_decorate_puts_the_glance_box_after_title_and_source_once(tmp_path):
+    import nbformat
+    from mpnn.runtime import site
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    chart = code("plots.show(c)")
+    chart.outputs = [nbformat.v4.new_output("display_data", data={
+        "text/html": '<div class="mpnn-chart" id="mpnn-demo-acc-curve"></div>', "text/plain": "<chart>"})]
+    injected = code("mpnn_context = {}", metadata={"tags": ["injected-parameters"]})
+    path = _executed(tmp_path, [md("# Title\n\n*Source:* a paper.\n\n**What it claims.** much."), injected,
+                                md("## Accuracy against compute\n\nThe curve."), chart, md("## Wall time\n\nslow")])
+    manifest = {"chapter": "demo", "profile": "default", "claims": [
+        _claim(id="saves-compute", document="early exits save compute on accuracy",
+               measured="0.25 of the FLOPs (95% CI 0.2-0.3)"),
+        _claim(id="t", document="x", measured="1.6x", section="Wall time", passed=None, needs="full")]}
+    for _ in range(2):                                   # idempotent: decorating twice changes nothing more
+        site.decorate(path, manifest=manifest)
+    nb = nbformat.read(path, 4)
+    assert nb.cells[0].source == "# Title\n\n*Source:* a paper."
+    box = nb.cells[1].source
+    assert nb.cells[1].metadata[site.GLANCE_KEY] is True and box.count("<li>") == 2
+    assert 'href="#accuracy-against-compute"' in box and 'href="#wall-time"' in box
+    assert "1 reproduced, 1 not tested" in box and "needs the full profile" in box
+    assert nb.cells[2].source == "**What it claims.** much."
+    assert sum("mpnn-glance" in c.source for c in nb.cells if c.cell_type == "markdown") == 1
+    html_out = nb.cells[5].outputs[0]["data"]["text/html"]
+    assert html_out.count(site.LINKS_CLASS) == 1 and "../figures/demo/acc-curve.svg" in html_out
+    assert "hide-input" in nb.cells[3].metadata["tags"]
+    site.undecorate_cells(nb)                          # the title cell is whole again
+    assert nb.cells[0].source.endswith("**What it claims.** much.") and len(nb.cells) == 5
+
+
+def test_findings_rows_counts_and_markers(monkeypatch):
+    from mpnn.runtime import site
+    manifests = {"switch_network": {"chapter": "switch_network", "profile": "default", "claims": [
+        _claim(id="a"), _claim(id="b", passed=None, needs="full")]},
+        "early_exits": {"chapter": "early_exits", "profile": "default", "claims": [_claim(id="c", differs=True)]},
+        "datasets": {"chapter": "datasets", "profile": "default", "claims": [_claim(id="z")]}}   # no document
+    rows = site.findings_rows(manifests)
+    assert [r["claim"] for r in rows] == ["a", "b", "c"]          # book order, documents' chapters only
+    assert site.counts(rows) == {"reproduced": 1, "differs from the document": 1, "not reproduced": 0,
+                                 "not tested": 1}
+    text = site.fill_markers("x <!-- mpnn:counts --> y", manifests)
+    assert "3 claims" in text and "**1 reproduced**" in text and "[findings](findings)" in text
+    page = site.fill_markers("<!-- mpnn:findings -->", manifests)
+    assert page.count("<tr><td>") == 3 and "mpnn-findings-outcomes" in page
+    assert "\n\n" not in page                                     # one raw HTML block for MyST

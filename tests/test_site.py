@@ -2,7 +2,10 @@
 
 Needs ``_build/html`` (``python -m mpnn build``) and Chromium (``/usr/bin/chromium`` or
 ``$MPNN_CHROMIUM``); skipped otherwise unless ``MPNN_REQUIRE_SITE=1`` (set by ``make test``).
-Screenshots of every page are saved to ``_build/screenshots``.
+Screenshots of the first screen (1280x900) of every page are saved to ``_build/screenshots``.
+Every chapter page must open with its "at a glance" box (whose links land on the page), every site
+explorer (a chart ``mpnn-<chapter>-<name>-site`` with bound controls) must redraw when its control
+moves, the findings page must sort and filter, and the figure files linked under charts must be served.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import http.server
 import os
 import shutil
 import threading
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -106,8 +110,146 @@ def test_page_renders_offline(server, browser, page):
             continue
         if chart.locator("svg").count() == 0:
             problems.append(f"chart {chart_id} rendered no SVG")
+    stem = Path(page).stem
+    if stem in chapter_pages():
+        problems += glance_problems(tab)
+    problems += explorer_problems(tab)
     shots = paths.build_dir() / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
-    tab.screenshot(path=str(shots / (Path(page).stem + ".png")), full_page=True)
+    tab.evaluate("window.scrollTo(0, 0)")
+    tab.screenshot(path=str(shots / (stem + ".png")))      # the first screen: what a reader sees first
     context.close()
     assert not problems, f"{page}:\n" + "\n".join(problems)
+
+
+def chapter_pages() -> list[str]:
+    """Chapters (notebooks) that wrote a manifest with claims: their page opens with the box."""
+    import json
+    from mpnn.runtime.notebooks import chapters
+    out = []
+    for c in chapters():
+        m = paths.manifest_dir() / f"{c}.json"
+        if m.exists() and json.loads(m.read_text()).get("claims"):
+            out.append(c)
+    return out
+
+
+def glance_problems(tab) -> list[str]:
+    """The box is the first thing after the title and source, on the first screen, its links land."""
+    info = tab.evaluate("""() => {
+        const box = document.querySelector("div.mpnn-glance");
+        if (!box) return null;
+        const h1 = document.querySelector("article h1");
+        const h2 = document.querySelector("article section h2");
+        const before = h2 ? (box.compareDocumentPosition(h2) & Node.DOCUMENT_POSITION_FOLLOWING) !== 0 : true;
+        const links = Array.from(box.querySelectorAll("a")).map(a => a.getAttribute("href"));
+        const missing = links.filter(h => h.startsWith("#") && !document.getElementById(decodeURIComponent(h.slice(1))));
+        return {top: box.getBoundingClientRect().top + window.scrollY, before_h2: before,
+                after_h1: !!h1 && (h1.compareDocumentPosition(box) & Node.DOCUMENT_POSITION_FOLLOWING) !== 0,
+                lines: box.querySelectorAll("li").length, missing: missing};
+    }""")
+    if info is None:
+        return ["no 'at a glance' box (div.mpnn-glance)"]
+    out = []
+    if not (info["after_h1"] and info["before_h2"]):
+        out.append("the 'at a glance' box is not between the title and the first section")
+    if info["top"] > 900:
+        out.append(f"the 'at a glance' box starts at {info['top']:.0f} px, below the first screen")
+    if info["lines"] == 0:
+        out.append("the 'at a glance' box lists no claim")
+    if info["missing"]:
+        out.append(f"'at a glance' links to sections that do not exist: {info['missing']}")
+    return out
+
+
+MOVE_CONTROL = """(el) => {
+    const box = el.querySelector(".vega-bindings");
+    if (!box) return "no bound control";
+    const range = box.querySelector("input[type=range]");
+    const select = box.querySelector("select");
+    const radios = box.querySelectorAll("input[type=radio]");
+    const check = box.querySelector("input[type=checkbox]");
+    if (range) {
+        const lo = +range.min, hi = +range.max, v = +range.value;
+        range.value = String(Math.abs(v - lo) > Math.abs(hi - v) ? lo : hi);
+        range.dispatchEvent(new Event("input", {bubbles: true}));
+        range.dispatchEvent(new Event("change", {bubbles: true}));
+    } else if (select) {
+        select.selectedIndex = (select.selectedIndex + 1) % select.options.length;
+        select.dispatchEvent(new Event("change", {bubbles: true}));
+    } else if (radios.length > 1) {
+        const other = Array.from(radios).find(r => !r.checked);
+        other.click();
+    } else if (check) {
+        check.click();
+    } else {
+        return "no control to move";
+    }
+    return "";
+}"""
+
+
+def explorer_problems(tab) -> list[str]:
+    """Move the first control of every site explorer; its SVG must change."""
+    out = []
+    charts = tab.locator("div.mpnn-chart[id$='-site']")
+    for i in range(charts.count()):
+        chart = charts.nth(i)
+        chart_id = chart.get_attribute("id")
+        before = chart.locator("svg").first.evaluate("s => s.outerHTML") if chart.locator("svg").count() else ""
+        why = chart.evaluate(MOVE_CONTROL)
+        if why:
+            out.append(f"site explorer {chart_id}: {why}")
+            continue
+        tab.wait_for_timeout(300)
+        after = chart.locator("svg").first.evaluate("s => s.outerHTML")
+        if after == before:
+            out.append(f"site explorer {chart_id}: moving its control did not change the chart")
+    return out
+
+
+def test_findings_page_sorts_and_filters(server, browser):
+    if not (HTML / "book" / "findings.html").exists():
+        pytest.skip("no findings page in this build")
+    tab = browser.new_page(viewport={"width": 1280, "height": 900})
+    tab.goto(f"{server}/book/findings.html", wait_until="load")
+    rows = tab.locator("#mpnn-findings-table tbody tr")
+    n = rows.count()
+    import json
+    from mpnn.runtime import site
+    expected = len(site.findings_rows({p.stem: json.loads(p.read_text())
+                                       for p in paths.manifest_dir().glob("*.json")}))
+    assert n == expected > 0
+    tab.select_option(".mpnn-filter-col[data-col='4']", "reproduced")
+    shown = tab.locator("#mpnn-findings-table tbody tr:visible").count()
+    n_repro = tab.locator("#mpnn-findings-table tbody td[data-value='reproduced']").count()
+    assert shown == n_repro
+    tab.select_option(".mpnn-filter-col[data-col='4']", "")
+    tab.fill(".mpnn-filter-text", "zzzz-no-such-claim")
+    assert tab.locator("#mpnn-findings-table tbody tr:visible").count() == 0
+    tab.fill(".mpnn-filter-text", "")
+    tab.locator("#mpnn-findings-table th").nth(4).click()            # sort by outcome
+    values = tab.locator("#mpnn-findings-table tbody td:nth-child(5)").evaluate_all(
+        "tds => tds.map(t => t.dataset.value)")
+    assert values == sorted(values)
+    tab.close()
+
+
+def test_figure_files_linked_under_charts_are_served(server):
+    import re
+    import urllib.request
+    links = set()
+    for page in pages():
+        text = (HTML / page).read_text(errors="replace")
+        for block in re.findall(r'<p class="mpnn-figure-links">(.*?)</p>', text, re.S):
+            links |= {urllib.parse.urljoin(f"{server}/{page}", h) for h in re.findall(r'href="([^"]+)"', block)}
+    assert links, "no chart on the site links its figure files"
+    bad = []
+    for url in sorted(links):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10) as r:
+                if r.status != 200:
+                    bad.append(f"{url}: HTTP {r.status}")
+        except Exception as exc:
+            bad.append(f"{url}: {exc}")
+    assert not bad, "figure files not served:\n" + "\n".join(bad[:20])

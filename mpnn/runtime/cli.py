@@ -14,7 +14,9 @@ complete is left in the site source. With ``--jobs N`` up to N chapters execute 
 kernel on ``cores // N`` CPU threads; code cells tagged ``timing`` run alone (:class:`CellGate`), so
 the timing claims are measured on a machine that no other chapter is loading. When the performance page is among the chapters, the benchmark harness runs first, alone, and
 writes ``_build/bench/results.json``, which the page reads. ``build`` turns ``_build/src`` into ``_build/html`` with
-jupyter-book (no re-execution, warnings are errors) and copies in the JavaScript the site serves.
+jupyter-book (no re-execution, warnings are errors) and copies in the JavaScript the site serves; before
+that :func:`mpnn.runtime.site.stage_site` adds each chapter's "at a glance" box (from its manifest),
+links under every chart to its SVG/PNG/Vega-Lite files, the findings page and the introduction's counts.
 """
 from __future__ import annotations
 
@@ -116,6 +118,9 @@ def stage_sources() -> Path:
             shutil.copytree(origin, dest, dirs_exist_ok=True)
         else:
             shutil.copyfile(origin, dest)
+    from . import site
+    site.write_assets(vendor)
+    (src / "_figures").mkdir(exist_ok=True)   # the site's html_extra_path (figure files, see site.stage_figures)
     return src
 
 
@@ -318,6 +323,8 @@ def execute(chapter: str, params: dict[str, Any], profile: str, *, gate: CellGat
                                 progress_bar={"desc": chapter, "leave": True, "disable": not progress},
                                 request_save_on_cell_execute=False, log_output=False, **hooks)
         strip_widget_outputs(partial)
+        from . import site
+        site.decorate(partial, chapter)      # at a glance box from the manifest just written, figure links
         partial.replace(final)
         record["status"] = "ok"
     except PapermillExecutionError as exc:
@@ -491,6 +498,10 @@ def cmd_build(args) -> int:
     if missing:
         raise ChapterError(f"chapter(s) not executed yet: {', '.join(missing)}. "
                            f"Run `python -m mpnn run --profile default` (or `make book`) first.")
+    from . import site
+    staged = site.stage_site(src)
+    print(f"site: {len(staged['decorated'])} chapter page(s) with their at a glance box, "
+          f"{staged['pngs']} figure PNG(s) rendered")
     out = paths.build_dir()
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output", str(out.parent),
            "--builder", "html", "-W", "-n", "--keep-going"]

@@ -114,6 +114,9 @@ class Claim:
     passed: bool | None
     note: str = ""
     needs: str = "smoke"
+    section: str = ""      # the heading of the section that shows it (the at a glance box links there)
+    headline: str = ""     # the one number that decides it, short (default: taken from `measured`)
+    differs: bool = False  # asserted as measured, but our result goes against the document's words
 
     @property
     def outcome(self) -> str:
@@ -142,7 +145,7 @@ class Run:
         return self.context.parameters
 
     def claim(self, id: str, *, document: str, measured: str, passed, needs: str = "smoke",
-              note: str = "") -> Claim:
+              note: str = "", section: str = "", headline: str = "", differs: bool = False) -> Claim:
         """Record a claim: what the document says, what we measured, and whether it reproduced.
 
         ``needs`` is the smallest profile at which the claim is decided (its seeds or sizes are
@@ -150,6 +153,12 @@ class Run:
         so it may be a callable (``passed=lambda: lo > 0``) reading numbers only that profile
         computes. ``passed=None`` states that the claim is never decided by this code (a
         projection, or a GPU's scale); say why in ``note``.
+
+        For the site's at a glance box (:mod:`mpnn.runtime.site`): ``section`` names the heading
+        of the section that shows the result (default: the best match of the claim's words),
+        ``headline`` the one number that decides it (default: the value before the first
+        "(95% CI" of ``measured``), and ``differs=True`` marks a claim asserted as measured whose
+        result goes against the document (badge "differs from the document").
         """
         if any(c.id == id for c in self.claims):
             raise ValueError(f"claim {id!r} recorded twice")
@@ -160,7 +169,7 @@ class Run:
             passed = passed()
         if passed is not None:
             passed = bool(passed)
-        c = Claim(id, document, measured, passed, note, needs)
+        c = Claim(id, document, measured, passed, note, needs, section, headline, bool(differs))
         self.claims.append(c)
         return c
 
@@ -194,8 +203,9 @@ class Run:
         if not self.claims:
             raise RuntimeError(f"{self.chapter}: no claims were recorded; every chapter asserts its claims")
         if display:
-            from IPython.display import display as show
-            show(self.claims_frame().style.hide(axis="index"))
+            from IPython.display import HTML, display as show
+            from .site import claims_html
+            show(HTML(claims_html(asdict(c) | {"outcome": c.outcome} for c in self.claims)))
         manifest = self.manifest()
         out = paths.manifest_dir()
         out.mkdir(parents=True, exist_ok=True)
