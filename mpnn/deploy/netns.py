@@ -106,16 +106,16 @@ def available() -> tuple[bool, str]:
     """``(True, "")`` when this machine can build the emulated network, else ``(False, reason)``;
     the reason starts with "needs root" when the process is not root."""
     if not sys.platform.startswith("linux"):
-        return False, f"needs root on Linux (network namespaces); this is {sys.platform}"
+        return False, f"needs root: network namespaces exist on Linux only; this is {sys.platform}"
     if os.geteuid() != 0:
         return False, f"needs root: network namespaces, veth pairs and tc need root (euid {os.geteuid()})"
     if not (shutil.which("ip") and shutil.which("tc")):
-        return False, "needs root and iproute2: the `ip` and `tc` commands are not installed"
+        return False, "needs root: and iproute2; the `ip` and `tc` commands are not installed"
     try:
         with Network(1, tag="probe") as net:
             shape(net.rank_ns(0), 100e6)
     except (NetnsError, OSError) as err:
-        return False, f"needs root with network namespaces, veth and tc tbf; here: {err}"
+        return False, f"needs root: with network namespaces, veth pairs and tc tbf; here: {err}"
     return True, ""
 
 

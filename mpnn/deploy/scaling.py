@@ -156,7 +156,7 @@ class SimAssumptions:
     payload_bytes: float = 0.0      # bytes of one rank's slice of one layer (0: latency only)
     beta_Bps: float = 125e6         # link bandwidth per server (1 Gb/s)
     compute_s: float = 0.0          # compute of a step on one server (divided by P)
-    draws: int = 200                # Monte Carlo steps per P
+    draws: int = 64                 # Monte Carlo steps per P
 
 
 def simulate(Ps, one_way_s, assumptions: SimAssumptions = SimAssumptions(), seed: int = 0) -> list[dict]:
@@ -176,8 +176,10 @@ def simulate(Ps, one_way_s, assumptions: SimAssumptions = SimAssumptions(), seed
         barrier = slowest(rounds)
         allreduce = slowest(2 * rounds)
         # each rank sends P-1 messages one after the other; an exchange waits for the slowest rank
-        per_msg = rng.choice(samples, size=(a.draws, 2 * a.layers, P, P - 1)) + a.payload_bytes / P / a.beta_Bps
-        exchange = per_msg.sum(axis=3).max(axis=2).sum(axis=1)
+        exchange = np.zeros(a.draws)
+        for _ in range(2 * a.layers):       # one exchange at a time keeps memory at draws * P^2
+            per_msg = rng.choice(samples, size=(a.draws, P, P - 1)) + a.payload_bytes / P / a.beta_Bps
+            exchange += per_msg.sum(axis=2).max(axis=1)
         step = a.compute_s / P + exchange + barrier + allreduce
         rows.append({"servers": P, "barrier_s": float(barrier.mean()), "allreduce_s": float(allreduce.mean()),
                      "coordination_s": float((barrier + allreduce).mean()), "exchange_s": float(exchange.mean()),

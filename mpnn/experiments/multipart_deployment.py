@@ -769,19 +769,24 @@ def figure_sync(sync: pd.DataFrame) -> alt.Chart:
 def metadata_table(sizes, Ps, strategies=("count", "ids")) -> pd.DataFrame:
     """:func:`mpnn.deploy.scaling.metadata_scaling` over ``Ps`` (no processes)."""
     from mpnn.deploy.scaling import metadata_scaling
-    return pd.DataFrame(metadata_scaling(sizes, Ps, strategies))
+    df = pd.DataFrame(metadata_scaling(sizes, Ps, strategies))
+    df.attrs["max_full_split"] = min(sizes[1:-1]) if len(sizes) > 2 else sizes[-1]
+    return df
 
 
 def decide_metadata(meta: pd.DataFrame, *, low: float, high: float) -> dict:
-    """Log-log slope of the count plan's total metadata entries over all servers against P (the
-    largest half of the P grid); holds when it lies in [low, high] (quadratic growth: 2)."""
+    """Log-log slope of the count plan's total metadata entries over all servers against P, over
+    the upper half of the P that split every layer but the output (P <= the narrowest hidden
+    width, given as ``meta.attrs["max_full_split"]`` or all P); holds when it lies in [low, high]
+    (quadratic growth: 2, linear: 1)."""
     c = meta[meta.strategy == "count"].sort_values("servers")
+    c = c[c.servers <= meta.attrs.get("max_full_split", c.servers.max())]
     tail = c[c.servers >= c.servers.median()]
     slope = float(np.polyfit(np.log(tail.servers), np.log(tail.entries_total), 1)[0])
     slope_rank = float(np.polyfit(np.log(tail.servers), np.log(tail.entries_max), 1)[0])
     big = c.iloc[-1]
     passed = bool(low <= slope <= high)
-    measured = (f"count plan, P = {int(c.servers.min())}..{int(big.servers)}: metadata entries per server grow with slope "
+    measured = (f"count plan, P = {int(tail.servers.min())}..{int(big.servers)}: metadata entries per server grow with slope "
                 f"{slope_rank:.2f} (log-log), over all servers {slope:.2f} (claim in [{low:g}, {high:g}]); at P = {int(big.servers)}: "
                 f"{int(big.entries_max)} entries ({big.meta_bytes_max / 1e3:.0f} kB JSON) on the busiest server, "
                 f"{big.meta_bytes_total / 1e6:.1f} MB over all, built in {(big.plan_s + big.metadata_s) * 1e3:.0f} ms")
@@ -815,12 +820,14 @@ def coordination_claim(Ps, *, warmup: int, repeats: int, pings: int, min_ratio: 
             "one_way_s": co["one_way_s"], "median_s": {int(P): float(v) for P, v in med.items()}}
 
 
-def simulation(sim_Ps, one_way_s, *, sizes, batch_size: int, cores: int = 2, beta_Bps: float = 125e6, seed: int = 0) -> pd.DataFrame:
+def simulation(sim_Ps, one_way_s, *, sizes, batch_size: int, compute_s: float = 0.0, beta_Bps: float = 125e6,
+               seed: int = 0) -> pd.DataFrame:
     """:func:`mpnn.deploy.scaling.simulate` for the chapter's network: one-way message times
     measured here between ranks 0 and 1 (two processes on two cores stand for servers with a core
     each), a mean-width float32 slice per message, ``beta_Bps`` per link."""
     from mpnn.deploy.scaling import SimAssumptions, simulate
-    a = SimAssumptions(layers=len(sizes) - 1, payload_bytes=batch_size * 4 * float(np.mean(sizes[1:])), beta_Bps=beta_Bps)
+    a = SimAssumptions(layers=len(sizes) - 1, payload_bytes=batch_size * 4 * float(np.mean(sizes[1:])), beta_Bps=beta_Bps,
+                       compute_s=compute_s)
     return pd.DataFrame(simulate(sim_Ps, one_way_s, a, seed=seed))
 
 
@@ -843,3 +850,291 @@ def figure_scaling(meta: pd.DataFrame, coord: pd.DataFrame, sim: pd.DataFrame) -
         color=alt.Color("source:N", title=None), tooltip=["source", "P", alt.Tooltip("ms:Q", format=".2f")],
     ).properties(width=330, height=260, title="Per-step coordination")
     return alt.hconcat(left, right)
+
+
+# ---------------------------------------------------------------------- PyTorch's engines side by side
+# The same network and plans on the book's engine, PyTorch tensor parallelism and PyTorch pipeline
+# parallelism (mpnn.deploy.peers): equivalence, bytes on the wire and step times in one run.
+
+__all__ += ["PEERS", "peers_equivalence", "peers_step_times", "peers_claim", "decide_peers", "peers_table",
+            "figure_peers", "better_engine_projection", "elastic_restart", "who_listens"]
+
+PEERS = {  # configuration -> (split, engine, label)
+    "engine-count": ("neuron-wise", "book", "book engine (isend/irecv, count plan)"),
+    "tp-colwise": ("neuron-wise", "pytorch", "PyTorch TP: ColwiseParallel every layer"),
+    "tp-megatron": ("neuron-wise", "pytorch", "PyTorch TP: Colwise/Rowwise pairs"),
+    "engine-layer": ("layer", "book", "book engine (isend/irecv, layer plan)"),
+    "pp": ("layer", "pytorch", "PyTorch pipeline: GPipe, M micro-batches"),
+    "pp-m1": ("layer", "pytorch", "PyTorch pipeline: one micro-batch"),
+}
+
+
+def _peer_plans(sizes, P):
+    from mpnn.deploy.peers import tp_plan
+    return [tp_plan(sizes, P)] + ([make_plan("layer", sizes, P)] if P <= len(sizes) - 1 else [])
+
+
+def peers_equivalence(sizes, world_sizes, seed, *, data, batch_size, lr, k_steps, microbatches,
+                      timeout_s=300.0, backend="gloo") -> pd.DataFrame:
+    """One group of ``max(world_sizes)`` ranks, float64: for every P, the book's engine on the
+    tensor-parallel blocks (:func:`mpnn.deploy.peers.tp_plan`) and on the layer plan, PyTorch tensor
+    parallelism (both plans) and the pipeline; max |distributed - single process| of the logits, the
+    gradients and the parameters after ``k_steps`` SGD steps."""
+    world_sizes = [P for P in world_sizes if P <= len(sizes) - 1]
+    plans = [p for P in world_sizes for p in _peer_plans(sizes, P)]
+    job = {"kind": "multi", "sizes": list(sizes), "world_sizes": world_sizes, "seed": seed, "data": data,
+           "batch": batch_size, "lr": lr, "k_steps": k_steps, "microbatches": microbatches, "dtype": "float64",
+           "backend": backend, "plans": [p.to_dict() for p in plans],
+           "jobs": [{"kind": "equivalence"}, {"kind": "peers_equivalence"}]}
+    res = launch(job, max(world_sizes), timeout_s=timeout_s)
+    logits, grads, final = reference(sizes, seed, data, batch_size, lr, k_steps)
+    rows = []
+    for i, plan in enumerate(plans):
+        P = plan.world_size
+        per = [r["parts"][0]["plans"][i] for r in res.results[:P]]
+        rows.append({"configuration": "engine-" + plan.strategy, "ranks": P,
+                     "logits": float((per[plan.head]["logits"] - logits).abs().max()),
+                     "gradients": max_difference(assemble(plan, [p["grads"] for p in per]), grads),
+                     f"params after {k_steps} steps": max_difference(assemble(plan, [p["final"] for p in per]), final)})
+    for P in world_sizes:
+        for name in ("tp-colwise", "tp-megatron", "pp", "pp-m1"):
+            per = [r["parts"][1]["peers"][(name, P)] for r in res.results[:P]]
+            merged = {k: v for p in per for k, v in p["grads"].items()}, {k: v for p in per for k, v in p["final"].items()}
+            got = [[m.get(l, (torch.full_like(w, float("nan")), torch.full_like(b, float("nan"))))
+                    for l, (w, b) in enumerate(grads, 1)] for m in merged]
+            out = next(p["logits"] for p in per if p["logits"] is not None)
+            rows.append({"configuration": name, "ranks": P, "logits": float((out - logits).abs().max()),
+                         "gradients": max_difference(got[0], grads),
+                         f"params after {k_steps} steps": max_difference(got[1], final)})
+    df = pd.DataFrame(rows)
+    df.insert(1, "split", df.configuration.map(lambda c: PEERS[c][0]))
+    return df.sort_values(["split", "ranks", "configuration"], kind="stable").reset_index(drop=True)
+
+
+def peers_step_times(sizes, world_sizes, *, seed=0, data, batch_size, lr, warmup, repeats, microbatches,
+                     timeout_s=300.0, backend="gloo") -> tuple[pd.DataFrame, dict]:
+    """Interleaved step times (one group, :func:`mpnn.deploy.peers.job_interleaved`): one row per
+    (configuration, P, round) with ``step_s`` (barrier to the last rank's end), ``wire_bytes``
+    (socket bytes of all ranks, ``/proc/self/io``) and ``ratio_to_single``; and the message /
+    collective counts per configuration."""
+    world_sizes = [P for P in world_sizes if P <= len(sizes) - 1]
+    job = {"kind": "peers_interleaved", "sizes": list(sizes), "world_sizes": world_sizes, "seed": seed,
+           "data": data, "batch": batch_size, "lr": lr, "warmup": warmup, "repeats": repeats,
+           "microbatches": microbatches, "backend": backend}
+    res = launch(job, max(world_sizes), timeout_s=timeout_s)
+    rows = []
+    for (name, P), _ in res.results[0]["rows"].items():
+        per = [r["rows"][(name, P)] for r in res.results[:P]]
+        for rnd in range(len(per[0])):
+            steps = [p[rnd] for p in per]
+            wire = [s["wire_bytes"] for s in steps]
+            rows.append({"configuration": name, "ranks": P, "round": rnd,
+                         "step_s": max(s["t1"] for s in steps) - min(s["t0"] for s in steps),
+                         "wire_bytes": None if None in wire else sum(wire)})
+    df = pd.DataFrame(rows)
+    single = df[df.configuration == "single"].set_index("round").step_s
+    df["ratio_to_single"] = df.step_s / df["round"].map(single)
+    counts = {f"{k[0]}@{k[1]}": v for k, v in res.results[0]["counts"].items()}
+    return df, counts
+
+
+def _transfers(name: str, P: int, counts: dict, microbatches: int) -> str:
+    from mpnn.deploy.peers import pp_messages
+    c = counts.get(f"{name}@{P}", {})
+    if name.startswith("engine"):
+        return f"{c.get('messages', 0)} isend (rank 0)"
+    if name.startswith("pp"):
+        return f"{pp_messages(P, 1 if name == 'pp-m1' else microbatches)} isend (busiest stage)"
+    return ", ".join(f"{v} {k.replace('_into_tensor', '')}" for k, v in sorted(c.items()))
+
+
+def decide_peers(df: pd.DataFrame, counts: dict, *, microbatches: int, min_slower: float,
+                 min_not_faster: float) -> dict:
+    """Per round and P, ``PyTorch step / book-engine step`` of the same split; medians over rounds.
+    Holds when, at every P, (a) the pipeline (``pp``) and (b) tensor parallelism with the book's
+    own ownership (``tp-colwise``) are slower than the book's engine by more than ``min_slower``,
+    and (c) the best PyTorch tensor-parallel plan is not faster than the engine by more than
+    ``1 / min_not_faster`` (its median ratio exceeds ``min_not_faster``)."""
+    wide = df.pivot_table(index=["ranks", "round"], columns="configuration", values="step_s")
+    q = lambda p: (lambda v: v.quantile(p))
+    med = df.groupby(["configuration", "ranks"]).agg(step_s=("step_s", "median"), q25=("step_s", q(.25)),
+                                                     q75=("step_s", q(.75)), wire_bytes=("wire_bytes", "median"),
+                                                     ratio_to_single=("ratio_to_single", "median")).reset_index()
+    Ps = sorted(int(P) for P in df[df.configuration != "single"].ranks.unique())
+    tp_best = {P: min(("tp-colwise", "tp-megatron"), key=lambda c: wide.loc[P][c].median()) for P in Ps}
+    stats = {}
+    for P in Ps:
+        w = wide.loc[P]
+        for name, book in (("pp", "engine-layer"), ("pp-m1", "engine-layer"), ("tp-colwise", "engine-count"),
+                           ("tp-megatron", "engine-count")):
+            r = w[name] / w[book]
+            stats[f"{name}@{P}"] = (float(r.median()), float(r.quantile(.25)), float(r.quantile(.75)))
+    m = lambda k: stats[k][0]
+    checks = {"pipeline slower": all(m(f"pp@{P}") > min_slower for P in Ps),
+              "same-plan TP slower": all(m(f"tp-colwise@{P}") > min_slower for P in Ps),
+              "best TP not faster": all(m(f"{tp_best[P]}@{P}") > min_not_faster for P in Ps)}
+    fmt = lambda k: f"{m(k):.2f}x ({stats[k][1]:.2f}-{stats[k][2]:.2f})"
+    measured = ("median per-round ratio PyTorch step / book-engine step (quartiles), "
+                + "; ".join(f"P={P}: pipeline M={microbatches} {fmt(f'pp@{P}')}, M=1 {fmt(f'pp-m1@{P}')}, "
+                            f"TP colwise {fmt(f'tp-colwise@{P}')}, TP col/row pairs {fmt(f'tp-megatron@{P}')}"
+                            for P in Ps)
+                + f"; claim: pipeline and same-plan TP > {min_slower:g}x, best TP plan > {min_not_faster:g}x at every P, "
+                  f"over {df['round'].nunique()} interleaved rounds")
+    med["split"] = med.configuration.map(lambda c: PEERS[c][0] if c in PEERS else "single process")
+    med["transfers per step"] = [_transfers(c, int(P), counts, microbatches) if c in PEERS else "-"
+                                 for c, P in zip(med.configuration, med.ranks)]
+    return {"passed": bool(all(checks.values())), "checks": checks, "measured": measured,
+            "min_slower": float(min_slower), "min_not_faster": float(min_not_faster),
+            "rounds": int(df["round"].nunique()), "ratios": stats, "tp_best": tp_best,
+            "medians": med.to_dict("records"), "counts": counts}
+
+
+def peers_claim(sizes, world_sizes, *, data, batch_size, lr, warmup, repeats, microbatches, min_slower,
+                min_not_faster, seed=0, timeout_s=300.0, backend="gloo") -> dict:
+    """The book's engine against PyTorch's, timed interleaved in one run (:func:`peers_step_times`),
+    decided by :func:`decide_peers`."""
+    df, counts = peers_step_times(sizes, world_sizes, seed=seed, data=data, batch_size=batch_size, lr=lr,
+                                  warmup=warmup, repeats=repeats, microbatches=microbatches,
+                                  timeout_s=timeout_s, backend=backend)
+    return decide_peers(df, counts, microbatches=microbatches, min_slower=min_slower, min_not_faster=min_not_faster)
+
+
+def peers_table(result: dict, eq: pd.DataFrame) -> pd.DataFrame:
+    """One row per (split, P, configuration): max difference to one process, socket kB per step,
+    transfers per step, step ms (median, quartiles), ratio to one process and to the book's engine."""
+    med = pd.DataFrame(result["medians"])
+    book = {(r.split, r.ranks): r.step_s for r in med.itertuples() if r.configuration.startswith("engine")}
+    eqmax = eq.set_index(["configuration", "ranks"]).drop(columns="split").max(axis=1)
+    med = med[med.configuration != "single"]
+    return pd.DataFrame({
+        "split": med.split, "ranks": med.ranks, "engine": med.configuration.map(lambda c: PEERS[c][2]),
+        "max |diff| to one process": [float(eqmax.get((c, P), float("nan"))) for c, P in zip(med.configuration, med.ranks)],
+        "socket kB per step": med.wire_bytes / 1e3, "transfers per step": med["transfers per step"],
+        "ms per step": med.step_s * 1e3, "quartiles (ms)": [f"{a * 1e3:.1f}-{b * 1e3:.1f}" for a, b in zip(med.q25, med.q75)],
+        "x one process": med.ratio_to_single,
+        "x book engine": [s / book[(sp, P)] for s, sp, P in zip(med.step_s, med.split, med.ranks)],
+    }).sort_values(["split", "ranks"], kind="stable").reset_index(drop=True)
+
+
+def figure_peers(table: pd.DataFrame) -> alt.HConcatChart:
+    """Left: ms per step against P per engine (quartile bars). Right: socket kB per step."""
+    t = table.assign(lo=lambda d: d["quartiles (ms)"].str.split("-").str[0].astype(float),
+                     hi=lambda d: d["quartiles (ms)"].str.split("-").str[1].astype(float))
+    base = alt.Chart(t).encode(x=alt.X("ranks:O", title="ranks P"), color=alt.Color("engine:N", legend=alt.Legend(orient="bottom", columns=2)),
+                               xOffset="engine:N")
+    times = (base.mark_bar().encode(y=alt.Y("ms per step:Q", title="ms per step (median over rounds)"),
+                                    tooltip=["engine", "ranks", alt.Tooltip("ms per step:Q", format=".1f"),
+                                             "quartiles (ms)", alt.Tooltip("x book engine:Q", format=".2f")])
+             + base.mark_rule(color="black").encode(y="lo:Q", y2="hi:Q"))
+    kb = base.mark_bar().encode(y=alt.Y("socket kB per step:Q", title="bytes written to sockets per step (kB, all ranks)"),
+                                tooltip=["engine", "ranks", alt.Tooltip("socket kB per step:Q", format=".0f"), "transfers per step"])
+    return alt.hconcat(
+        times.properties(width=260, height=240).facet(column=alt.Column("split:N", title=None)).properties(
+            title="Step time: the book's engine against PyTorch's"),
+        kb.properties(width=260, height=240).facet(column=alt.Column("split:N", title=None)).properties(
+            title="Bytes on the wire per training step"))
+
+
+def network_available() -> tuple[bool, str]:
+    """:func:`mpnn.deploy.netns.available`: ``(True, "")`` or ``(False, "needs root: ...")``."""
+    from mpnn.deploy import netns
+    return netns.available()
+
+
+def network_skipped(why: str) -> dict:
+    """What :func:`network_claim` stands for without root: every decision undecided, with the reason."""
+    part = {"passed": None, "measured": why}
+    return {"passed": None, "measured": why, "skipped": why, "network": part, "latency": part, "sync": part}
+
+
+def single_step_s(overhead: dict) -> float:
+    """The median single-process step of :func:`overhead_claim`'s run (seconds)."""
+    steps = pd.DataFrame(overhead["steps"])
+    return float(steps[steps.strategy == "single process"]["median"].iloc[0])
+
+
+def simulation_summary(sim: pd.DataFrame, coord: dict, at: int) -> str:
+    """The projection at ``at`` servers, and the simulation against the measurement at the largest measured P."""
+    row = sim.set_index("servers").loc[at]
+    Pm = max(coord["median_s"])
+    sm = sim.set_index("servers").coordination_s
+    near = sm.loc[sm.index[sm.index <= Pm].max()]
+    return (f"projection (one-way message time bootstrapped from {len(coord['one_way_s'])} measured pings, one core per "
+            f"server, no payload contention): at P = {at} a step's barrier + all-reduce takes {row.coordination_s * 1e3:.1f} ms, "
+            f"{row.coordination_share:.0%} of a {row.step_s * 1e3:.0f} ms step whose exchanges take {row.exchange_s * 1e3:.0f} ms; "
+            f"at P = {Pm} the simulation gives {near * 1e3:.2f} ms against {coord['median_s'][Pm] * 1e3:.2f} ms measured on "
+            f"2 shared cores")
+
+
+
+def sync_table(sync: dict):
+    """:func:`decide_sync`'s medians per (uplink, interval) as a styled table (ms)."""
+    t = pd.DataFrame(sync["table"])
+    t = t.assign(**{"ms per step": t.per_step_s * 1e3, "ms per sync": t.sync_s * 1e3, "time synchronising": t.share,
+                    "interval": np.where(t.k == 0, "never", "every " + t.k.astype(str) + " steps")})
+    return (t[["rate_mbps", "interval", "ms per step", "ms per sync", "time synchronising", "shard_bytes"]]
+            .rename(columns={"rate_mbps": "uplink (Mb/s)", "shard_bytes": "bytes per rank"})
+            .style.format({"ms per step": "{:.1f}", "ms per sync": "{:.1f}", "time synchronising": "{:.0%}"})
+            .hide(axis="index"))
+
+
+def better_engine_projection(result: dict, proj: dict) -> pd.DataFrame:
+    """The many-server projection (:func:`projection`, at the fewest servers that hold the model)
+    with, per split, the measured traffic of whichever engine was faster at the largest P here:
+    its communication term is the model's (the book's engine pattern) times the measured ratio of
+    socket bytes, faster engine / book engine (1 when the book's engine is the faster one)."""
+    med = pd.DataFrame(result["medians"])
+    P = int(med[med.configuration != "single"].ranks.max())
+    at = med[med.ranks == P].set_index("configuration")
+    at_need, need = proj["at_need"], proj["need"]
+    comm = {"neuron-wise": float(at_need["neuron_comm_s"][0]),
+            "layer": float(at_need["layer_wise_s"][0] - at_need["single_s"])}
+    compute = {"neuron-wise": float(at_need["neuron_wise_s"][0]) - comm["neuron-wise"], "layer": float(at_need["single_s"])}
+    rows = []
+    for split, book in (("neuron-wise", "engine-count"), ("layer", "engine-layer")):
+        cands = [c for c in at.index if c in PEERS and PEERS[c][0] == split]
+        best = min(cands, key=lambda c: at.loc[c, "step_s"])
+        factor = float(at.loc[best, "wire_bytes"] / at.loc[book, "wire_bytes"])
+        rows.append({"split": split, "faster here (P = %d)" % P: PEERS[best][2],
+                     "its socket bytes / book engine's": factor, "servers": need,
+                     "projected s per step (model)": compute[split] + comm[split],
+                     "projected s per step (faster engine's bytes)": compute[split] + comm[split] * factor,
+                     "communication share": comm[split] * factor / (compute[split] + comm[split] * factor)})
+    return pd.DataFrame(rows)
+
+
+def elastic_restart(sizes, *, nnodes, nproc_per_node, seed, data, batch_size, lr, steps, kill_rank, kill_step,
+                    shared_dir, timeout_s=180.0) -> dict:
+    """``nnodes`` torchrun launchers on 127.0.0.1 (one c10d rendezvous, ``nproc_per_node`` ranks each,
+    ``--max-restarts 1``) train the count plan with a checkpoint after every step; ``kill_rank`` dies
+    by SIGKILL before step ``kill_step`` of the first attempt; torchrun restarts every rank, which
+    resumes from the last distributed checkpoint. Returns the attempts and resume steps of the
+    final group, max |final - uninterrupted single process|, the addresses the run listened on,
+    the processes left behind and the wall time."""
+    from mpnn.deploy.launch import torchrun_nodes
+    world = nnodes * nproc_per_node
+    plan = make_plan("count", sizes, world)
+    job = {"kind": "train", "plan": plan.to_dict(), "seed": seed, "data": data, "batch": batch_size, "lr": lr,
+           "steps": steps, "ckpt_every": 1, "ckpt_dir": str(shared_dir), "dtype": "float64",
+           "kill": {"rank": kill_rank, "step": kill_step, "attempt": 0}, "op_timeout_s": 30}
+    out = torchrun_nodes(job, nnodes, nproc_per_node, max_restarts=1, timeout_s=timeout_s)
+    _, _, ref_final = reference(sizes, seed, data, batch_size, lr, steps)
+    got = assemble(plan, [r["final"] for r in out["results"]])
+    _, stored, last = ckpt.consolidate(shared_dir)
+    return {"attempts": sorted({r["attempt"] for r in out["results"]}),
+            "resumed_at": sorted({r["start"] for r in out["results"]}), "last_step": last,
+            "max_diff": max(max_difference(got, ref_final), max_difference(stored, ref_final)),
+            "listening": sorted({a for a, _ in out["listening"]}), "n_listening": len(out["listening"]),
+            "leftover": out["leftover"], "wall_s": out["wall_s"],
+            "command": " ".join(out["commands"][0][1:]).replace(tempfile.gettempdir(), "$TMP")}
+
+
+def who_listens(world_size: int, timeout_s: float = 60.0) -> dict:
+    """The single-host launcher's group, once connected: every listening TCP socket of the launcher
+    (which hosts the store) and of each rank, from ``/proc/net/tcp*``."""
+    import os
+    res = launch({"kind": "listen"}, world_size, timeout_s=timeout_s)
+    socks = {(pid, addr, port) for r in res.results for pid, addr, port in r["listening"]}
+    return {"sockets": sorted(socks), "addresses": sorted({a for _, a, _ in socks}),
+            "launcher_listens": any(pid == os.getpid() for pid, _, _ in socks),
+            "leftover": leftover([o.pid for o in res.outcomes])}
