@@ -129,3 +129,31 @@ def test_traffic_summary_and_wire_ratio():
     assert summary["layer"].to_dict() == {2: 100}
     assert E.wire_ratio(traffic).tolist() == pytest.approx([1.1])
     assert E.wire_ratio(traffic.assign(wire_bytes=None)) is None
+
+
+# ---------------------------------------------------------------------- PyTorch's engines (issue 15)
+
+def test_projection_with_the_faster_engines_bytes_and_the_peers_table():
+    med = []
+    for name, ms, kb in (("engine-count", 10, 100), ("tp-colwise", 20, 150), ("tp-megatron", 8, 80),
+                         ("engine-layer", 5, 40), ("pp", 9, 40), ("pp-m1", 6, 30), ("single", 1, 0)):
+        med.append({"configuration": name, "ranks": 1 if name == "single" else 4, "step_s": ms / 1e3, "q25": ms / 1e3,
+                    "q75": ms / 1e3, "wire_bytes": kb * 1e3, "ratio_to_single": ms,
+                    "split": E.PEERS[name][0] if name in E.PEERS else "single process", "transfers per step": "-"})
+    proj = E.projection(1024, 8, 64)
+    out = E.better_engine_projection({"medians": med}, proj).set_index("split")
+    at = proj["at_need"]
+    # neuron-wise: the col/row pairs were faster and sent 0.8x the bytes: the comm term scales by 0.8
+    assert out.loc["neuron-wise", "its socket bytes / book engine's"] == pytest.approx(0.8)
+    comm = at["neuron_comm_s"][0]
+    assert out.loc["neuron-wise", "projected s per step (faster engine's bytes)"] == pytest.approx(
+        at["neuron_wise_s"][0] - comm + 0.8 * comm)
+    # layer: the book's engine was faster: the projection is the model's, unchanged
+    assert out.loc["layer", "its socket bytes / book engine's"] == 1.0
+    assert out.loc["layer", "projected s per step (faster engine's bytes)"] == pytest.approx(at["layer_wise_s"][0])
+    eq = pd.DataFrame([{"configuration": c, "split": E.PEERS[c][0], "ranks": 4, "logits": 1e-17, "gradients": 2e-17,
+                        "params": 3e-17} for c in E.PEERS])
+    table = E.peers_table({"medians": med}, eq)
+    assert len(table) == 6 and (table["max |diff| to one process"] == 3e-17).all()
+    row = table.set_index("engine").loc[E.PEERS["tp-megatron"][2]]
+    assert row["x book engine"] == pytest.approx(0.8) and row["socket kB per step"] == pytest.approx(80)

@@ -4,7 +4,9 @@
 * :mod:`.engine`     -- forward and backward of the partitioned MLP over ``torch.distributed``;
 * :mod:`.checkpoint` -- the shared store: sharded ``torch.distributed.checkpoint`` files;
 * :mod:`.worker`     -- what every rank runs (importable by spawned processes and torchrun);
-* :mod:`.launch`     -- start ranks on 127.0.0.1, bounded waits, guaranteed teardown; torchrun;
+* :mod:`.launch`     -- start ranks on 127.0.0.1, bounded waits, guaranteed teardown; torchrun
+  (several launchers, elastic restarts); store and ranks bound to one address (loopback by default);
+* :mod:`.peers`      -- PyTorch's own engines on the same plans (tensor and pipeline parallelism);
 * :mod:`.cost`       -- the communication-volume and latency model, and its projection.
 
 The chapter's experiments on them live in :mod:`mpnn.experiments.multipart_deployment`; nothing a
