@@ -191,6 +191,19 @@ def merge_wavg(merge: Callable, x: torch.Tensor, size: torch.Tensor | None) -> t
     return out[..., :d] / size, size
 
 
+def _gather_st(h: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training-time gather: tokens (B, n, d) and a straight-through top-k mask (B, n) -> the ``k`` kept tokens
+    (B, k, d), the mask's values on them (B, k; forward 1, gradient of the soft mask) and their sorted indices.
+
+    The later blocks run on ``k`` tokens with the gathered mask as attention key mask and pooling weights, so
+    the forward is the inference gather's and ``d L / d m_j`` of every kept token is the masked path's; the
+    dropped tokens get no ``d L / d m_j`` (they are not computed), their scores learn only through the
+    softmax normaliser of the kept tokens' soft mask."""
+    B, _, d = h.shape
+    kept = mask.detach().topk(k, dim=-1).indices.sort(dim=-1).values  # (B, k): the ones of the hard mask
+    return h.gather(1, kept.unsqueeze(-1).expand(B, k, d)), mask.gather(1, kept), kept
+
+
 # ---------------------------------------------------------------- model
 
 class Attention(nn.Module):
@@ -305,7 +318,9 @@ class TokenViT(nn.Module):
         rho: keep ratio of the selection after ``select_after`` blocks (1 = no selection); r: tokens merged
         per block (0 = no merging); selector: "learned" scorer or "random" scores (a control, drawn from
         ``generator`` when given); how: "mask" (straight-through Gumbel mask, the training path), "gather"
-        (drop tokens, the inference path) or "auto" (mask while training, gather otherwise); tau, noise:
+        (drop tokens, the inference path), "gather_st" (gather the kept tokens of the straight-through mask and
+        carry its values on them: the training path that saves compute, :func:`_gather_st`) or "auto" (mask
+        while training, gather otherwise); tau, noise:
         temperature and Gumbel noise scale of the training mask (:func:`select_mask`).
         """
         h = self.embed(patchify(x, self.config.patch)) + self.pos  # (B, N, d)
@@ -333,8 +348,8 @@ class TokenViT(nn.Module):
         c = self.config
         if selector not in ("learned", "random"):
             raise ValueError(f"selector must be 'learned' or 'random', got {selector!r}")
-        if how not in ("auto", "mask", "gather"):
-            raise ValueError(f"how must be 'auto', 'mask' or 'gather', got {how!r}")
+        if how not in ("auto", "mask", "gather", "gather_st"):
+            raise ValueError(f"how must be 'auto', 'mask', 'gather' or 'gather_st', got {how!r}")
         if r < 0:
             raise ValueError(f"r (tokens merged per block) must be >= 0, got {r}")
         if how == "auto":
@@ -348,8 +363,8 @@ class TokenViT(nn.Module):
             if i < start:
                 continue
             if i == c.select_after and k < h.shape[1]:
-                if how == "mask" and r > 0:
-                    raise ValueError("masked selection (training path) cannot be combined with merging (r > 0); "
+                if how in ("mask", "gather_st") and r > 0:
+                    raise ValueError(f"how={how!r} (a training path) cannot be combined with merging (r > 0); "
                                      "use how='gather' or r=0")
                 if selector == "learned":
                     scores = self.scorer(h).squeeze(-1)  # (B, n)
@@ -359,6 +374,8 @@ class TokenViT(nn.Module):
                     mask = select_mask(scores, k, tau=tau, gumbel=self.training, noise=noise)  # (B, n)
                     if return_info:
                         kept = mask.detach().nonzero()[:, 1].reshape(B, k)
+                elif how == "gather_st":
+                    h, mask, kept = _gather_st(h, select_mask(scores, k, tau=tau, gumbel=self.training, noise=noise), k)
                 else:
                     kept = scores.topk(k, dim=-1).indices.sort(dim=-1).values  # (B, k)
                     h = h.gather(1, kept.unsqueeze(-1).expand(B, k, h.shape[-1]))  # (B, k, d)
