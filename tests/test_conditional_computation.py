@@ -225,3 +225,56 @@ def test_framework_and_gumbel_checks_hold():
     assert z < 4.5 and len(table) == 8
     freq = table[table.source != "softmax(s)"]["probability"]
     assert freq.sum() == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- the transformer part
+
+def _vit_setup():
+    return cc.ViTSetup(patch=7, dim=8, depth=2, heads=2, n_experts=4, moe_block=1, routed_blocks=(0, 1))
+
+
+def test_vit_variants_put_moe_layers_where_asked_and_count_their_flops():
+    setup = _vit_setup()
+    n, d, h, E = 16, 8, 16, 4
+    expert = 2 * (d * h + h * d)
+    expected = {"dense": n * expert, "top-1": n * (expert + 2 * d * E),
+                "expert choice": E * (n // E) * expert + n * 2 * d * E,
+                "soft MoE": E * (n // E) * expert + 2 * E * (n // E) * (2 * d + d) * n,
+                "layer-wise top-1": 2 * n * (expert + 2 * d * E), "global path": 2 * n * expert + 2 * d * E}
+    for v, flops in expected.items():
+        m = cc.build_vit(v, setup)
+        layers = cc.moe_layers(m)
+        assert len(layers) == (2 if v in cc.ROUTING_VARIANTS else 1), v
+        assert cc.mlp_mflops(m) == pytest.approx(flops / 1e6), v
+    with pytest.raises(ValueError, match="n_experts"):
+        cc.ViTSetup(n_experts=3)
+
+
+def test_global_path_sends_every_token_of_an_image_to_one_expert():
+    torch.manual_seed(0)
+    m = cc.build_vit("global path", _vit_setup()).eval()
+    x = torch.randn(6, 1, 28, 28)
+    preds, layers = cc.vit_routing(m, x, batch_size=4)
+    assert preds.shape == (6,) and len(layers) == 2
+    for a in layers:
+        assert a.shape == (6, 16, 4)
+        assert torch.equal((a.sum(1) > 0).sum(-1), torch.ones(6, dtype=torch.long))
+    assert torch.equal(layers[0], layers[1])
+    # agreement of the two layers' experts: identical paths -> 1, independent (a balanced 2x2 design) -> 0
+    e0 = torch.nn.functional.one_hot(torch.tensor([[0, 1, 0, 1]]), 4).float()
+    e1 = torch.nn.functional.one_hot(torch.tensor([[2, 3, 2, 3]]), 4).float()
+    e2 = torch.nn.functional.one_hot(torch.tensor([[0, 0, 1, 1]]), 4).float()
+    assert cc.layer_agreement(cc.ViTResult(0.0, torch.zeros(0), [e0, e1], preds, 0.0)) == pytest.approx(1.0)
+    assert cc.layer_agreement(cc.ViTResult(0.0, torch.zeros(0), [e0, e2], preds, 0.0)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_position_and_digit_frames_are_shares():
+    # 2 images of 4 tokens, 2 experts: token j of image 0 on expert j % 2, image 1 all on expert 1
+    a0 = torch.tensor([[[1., 0.], [0., 1.], [1., 0.], [0., 1.]], [[0., 1.]] * 4])
+    study = cc.ViTStudy(None, (None, torch.tensor([3, 5])), [0], _vit_setup(), 1, 1, 0.0)
+    study.results[("top-1", 0)] = cc.ViTResult(1.0, torch.zeros(0), [a0], torch.zeros(2), 0.0)
+    pos = cc.position_frame(study, ["top-1"])
+    share = pos.pivot_table(index=["row", "column"], columns="expert", values="share")
+    assert share.values.tolist() == [[0.5, 0.5], [0.0, 1.0], [0.5, 0.5], [0.0, 1.0]]
+    dig = cc.digit_frame(study, ["top-1"]).set_index(["digit", "expert"])["share"]
+    assert dig[(3, 0)] == pytest.approx(0.5) and dig[(5, 1)] == pytest.approx(1.0) and dig[(5, 0)] == 0.0

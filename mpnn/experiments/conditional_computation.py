@@ -785,8 +785,8 @@ def layer_agreement(result: ViTResult) -> float:
     """NMI between the experts of a test token in the first and the second MoE layer (hard argmax experts):
     1 = the second layer's expert is a function of the first's (as on a global path), 0 = independent."""
     a0, a1 = (a.reshape(-1, a.shape[-1]).argmax(-1) for a in result.assignment[:2])
-    E = result.assignment[0].shape[-1]
-    return moe.class_expert_nmi(F.one_hot(a1, E).double(), a0, E)
+    used, first = torch.unique(a0, return_inverse=True)      # the first layer's experts in use, as classes
+    return moe.class_expert_nmi(F.one_hot(a1, result.assignment[1].shape[-1]).double(), first, len(used))
 
 
 def routing_comparison(study: ViTStudy, variants: list[str]) -> pd.DataFrame:
@@ -836,3 +836,11 @@ def layer_digit_frame(study: ViTStudy, variants: list[str], seed: int = 0) -> pd
     layers = len(study.results[(variants[0], seed)].assignment)
     frame = pd.concat([digit_frame(study, variants, seed, l).assign(layer=f"MoE layer {l}") for l in range(layers)])
     return frame.assign(panel=frame["variant"] + ", " + frame["layer"])
+
+
+def figure_routing_bars(grid: pd.DataFrame) -> alt.Chart:
+    """Bars of :func:`routing_overview`'s share per expert (the site explorer filters one digit and k)."""
+    return alt.Chart(grid).mark_bar().encode(
+        x="expert:O", y=alt.Y("share:Q", scale=alt.Scale(domain=[0, 1]), title="share of the digit's images"),
+        tooltip=["digit", "k", "expert", alt.Tooltip("share:Q", format=".2f")]).properties(
+        width=320, height=200, title="experts reached by a digit's test images with top-k routing")
