@@ -51,3 +51,28 @@ def selection(rho, quick):
 def merging(r, quick):
     model, x = _setup(quick)
     return _variants(model, x, r=r), _extra(x.shape[0], r=r)
+
+
+@case("tokens/training-step", group="token_selection", params={"rho": [0.5, 0.25]})
+def training_step(rho, quick):
+    """One training step (forward, backward, fused AdamW) on the gathered kept tokens (``how="gather_st"``)
+    against one on all tokens, batch 64; ``flops``: 3 x the forward FLOPs per image."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1))
+
+    def variant(**kw):
+        model = TokenViT(CONFIG).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+        def step():
+            loss = F.cross_entropy(model(x, **kw), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+    extra = _extra(64, rho=rho)
+    extra["flops"] = {k: 3 * v for k, v in extra["flops"].items()}
+    return {"fewer_tokens": variant(rho=rho, how="gather_st"), "all_tokens": variant()}, extra
