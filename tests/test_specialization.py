@@ -162,7 +162,7 @@ def test_cmnist_targets_and_paper_models():
         E.make_model("conv")
 
 
-def naive_train_cmnist(kind, train, seeds, epochs, lr, batch_size, init_std):
+def naive_train_cmnist(kind, train, seeds, epochs, lr, batch_size, init_std, noncomp_scale=10.0):
     """The paper's training written out: one generator orders every epoch's mini-batches."""
     model = E.make_model(kind)
     init_normal(model, seeds[1:], init_std)
@@ -172,7 +172,9 @@ def naive_train_cmnist(kind, train, seeds, epochs, lr, batch_size, init_std):
         perm = torch.randperm(len(train), generator=order)
         for start in range(0, len(train), batch_size):
             idx = perm[start:start + batch_size]
-            loss = (model(train.inputs(idx)) - E.cmnist_targets(train.digits[idx])).pow(2).sum(1).mean()
+            y = torch.cat([data_cmnist.compositional_targets(train.digits[idx]),
+                           data_cmnist.noncompositional_targets(train.digits[idx]) * noncomp_scale / 10], 1)
+            loss = (model(train.inputs(idx)) - y).pow(2).sum(1).mean()
             opt.zero_grad(); loss.backward(); opt.step()
     return model
 
@@ -399,3 +401,13 @@ def test_compositional_sweep_split_tower_ignores_the_scale_and_scale_10_is_the_p
     with pytest.raises(ValueError, match="noncomp scale"):
         E.train_tower_mlp("dense", x_tr, train.subset(20).digits, init_seeds=[1], order_seeds=[1], epochs=1,
                           lr=0.02, noncomp_scales=[1.0, 2.0])
+
+
+def test_train_cmnist_with_a_scaled_noncompositional_target_and_paper_share_rows():
+    cm = synthetic_cmnist(15)
+    model, rows, _ = E.train_cmnist("dense", cm, cm, seeds=[0, 1], epochs=1, lr=2e-3, batch_size=3, noncomp_scale=2.0)
+    ref = naive_train_cmnist("dense", cm, [0, 1], 1, 2e-3, 3, 0.01, noncomp_scale=2.0)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), ref.parameters()))
+    pr = E.PaperRun(pd.DataFrame([r | {"run": 0} for r in rows]), {}, 5, 5)
+    share = E.paper_share_rows({2.0: pr})
+    assert len(share) == 1 and share.iloc[0].share == 3 / 7 and share.iloc[0].comp_error == rows[-1]["comp_error"]

@@ -293,9 +293,10 @@ def figure_closed_form(n1: int, n2: int, k1: int, k2: int, r: float, *, lr: floa
 
 # ---------------------------------------------------------------- CMNIST: metrics (paper's and ours)
 
-def cmnist_targets(digits: torch.Tensor) -> torch.Tensor:
-    """The 1030 regression targets: compositional (30) then non-compositional (1000), (n, 1030)."""
-    return torch.cat([compositional_targets(digits), noncompositional_targets(digits)], 1)
+def cmnist_targets(digits: torch.Tensor, noncomp_scale: float = NONCOMP_SCALE) -> torch.Tensor:
+    """The 1030 regression targets: compositional (30) then non-compositional (1000, ``noncomp_scale``
+    times a one-hot; the paper's 10), (n, 1030)."""
+    return torch.cat([compositional_targets(digits), noncompositional_targets(digits, noncomp_scale)], 1)
 
 
 def squared_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -351,12 +352,14 @@ def evaluate(model: torch.nn.Module, data: CMNIST, *, batch_size: int = 500, dev
 
 def train_cmnist(kind: str, train: CMNIST, test: CMNIST, *, seeds: Sequence[int], epochs: int, lr: float = 2e-3,
                  batch_size: int = 16, init_std: float = 0.01, eval_train: CMNIST | None = None, device="cpu",
-                 progress: str | None = None) -> tuple[ConvTowers, list[dict], T.History]:
+                 progress: str | None = None, noncomp_scale: float = NONCOMP_SCALE
+                 ) -> tuple[ConvTowers, list[dict], T.History]:
     """Train one paper model by plain SGD (:func:`mpnn.train.fit`); ``seeds[0]`` orders the mini-batches,
     ``seeds[1:]`` initialise the towers (N(0, init_std^2) weights and biases).
 
     Evaluates at epoch 0 and after every epoch on ``eval_train`` (default: ``train``) and ``test``;
     returns the model, rows ``{model, epoch, split, metrics...}`` and the training history.
+    ``noncomp_scale`` scales the non-compositional training target (the metrics keep the paper's).
     """
     if lr <= 0:
         raise ValueError(f"need lr > 0, got {lr}")
@@ -368,7 +371,7 @@ def train_cmnist(kind: str, train: CMNIST, test: CMNIST, *, seeds: Sequence[int]
     splits = {"train": train if eval_train is None else eval_train, "test": test}
     log = lambda epoch: {split: evaluate(model, data, device=device) for split, data in splits.items()}
     start = {"epoch": 0} | log(0)
-    x, y = train.inputs().to(device), cmnist_targets(train.digits).to(device)
+    x, y = train.inputs().to(device), cmnist_targets(train.digits, noncomp_scale).to(device)
     history = T.fit(model, lambda batch, step: squared_error(model(batch[0]), batch[1]), (x, y),
                     torch.optim.SGD(model.parameters(), lr=lr), epochs=epochs, batch_size=batch_size,
                     seed=int(seeds[0]), evaluate=log, progress=progress)
@@ -389,7 +392,7 @@ class PaperRun:
 
 def train_paper_scale(train: CMNIST, test: CMNIST, *, seed: int, n_seeds: int, epochs: int, train_size: int,
                       test_size: int, eval_train_size: int, lr: float, batch_size: int, init_std: float,
-                      device) -> PaperRun:
+                      device, noncomp_scale: float = NONCOMP_SCALE) -> PaperRun:
     """Dense and split conv towers for ``n_seeds`` seeds on the first ``train_size`` / ``test_size`` images.
 
     Per seed one child seed each for the data order and for every tower; the dense model shares the
@@ -404,7 +407,8 @@ def train_paper_scale(train: CMNIST, test: CMNIST, *, seed: int, n_seeds: int, e
         for kind, seeds_k in (("dense", sub[:2]), ("split", sub)):
             _, r, history = train_cmnist(kind, cm_train, cm_test, seeds=seeds_k, epochs=epochs, lr=lr,
                                          batch_size=batch_size, init_std=init_std, eval_train=cm_eval,
-                                         device=device, progress=f"CMNIST {kind}, seed {i + 1} of {n_seeds}")
+                                         device=device, progress=f"CMNIST {kind}, seed {i + 1} of {n_seeds}",
+                                         noncomp_scale=noncomp_scale)
             rows += [row | {"run": i} for row in r]
             seconds[kind].append(history.seconds / epochs)
     return PaperRun(pd.DataFrame(rows), seconds, len(cm_train), len(cm_test))
@@ -883,3 +887,14 @@ def share_contrast(rows: pd.DataFrame, scale_a: float, scale_b: float) -> tuple[
     if not {scale_a, scale_b} <= set(rows.scale):
         raise ValueError(f"scales {scale_a}, {scale_b} must both be in the sweep ({sorted(set(rows.scale))})")
     return stats.mean_ci((diff(scale_a) - diff(scale_b)).tolist())
+
+
+def paper_share_rows(runs: dict[float, PaperRun]) -> pd.DataFrame:
+    """Rows ``{model, scale, share, run, comp_error, digit_acc}`` at the last epoch on the test images
+    of paper-scale runs per non-compositional scale (for :func:`sweep_differences`)."""
+    rows = []
+    for v, pr in runs.items():
+        last = pr.rows[(pr.rows.split == "test") & (pr.rows.epoch == pr.rows.epoch.max())]
+        rows += [{"model": r.model, "scale": float(v), "share": compositional_share(v), "run": int(r.run),
+                  "comp_error": float(r.comp_error), "digit_acc": float(r.digit_acc)} for r in last.itertuples()]
+    return pd.DataFrame(rows)
