@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import stage1_kernel
+
 __all__ = [
     "EarlyExitConfig", "EarlyExitNet", "ExitResult", "normalised_entropy", "early_exit_predict",
     "fused_stage1", "fused_exit1", "phase_weights", "exit_decisions", "exit_fractions", "count_flops", "exit_costs", "full_cost", "predicted_speedup",
@@ -145,9 +147,17 @@ def fused_stage1(model: "EarlyExitNet", x: torch.Tensor, with_exit: bool = True,
     is in the cache (:func:`_exit1_logits`). Returns the stage-1
     features as a channels-last (B, C, 14, 14) view of a contiguous (B, 14, 14, C) tensor, and the (B, classes)
     exit-1 logits (None unless ``with_exit``). No autograd (inference only; training uses ``model.forward``).
+    Where it can (float32 on the CPU, a C++ compiler) the compiled per-image loop of
+    :mod:`mpnn.stage1_kernel` computes the same equations (direct convolution, no zero taps); else this
+    torch path.
     """
-    out = x.new_empty(x.shape[0], 14, 14, model.stages[0][0].out_channels)
-    head, C = model.exits[0][-1], out.shape[-1]
+    _check_fusable(model)
+    conv, head = model.stages[0][0], model.exits[0][-1]
+    if stage1_kernel.usable(x, conv, head):
+        feats, logits = stage1_kernel.stage1(x, conv, head if with_exit else None)
+        return feats.permute(0, 3, 1, 2), logits
+    out = x.new_empty(x.shape[0], 14, 14, conv.out_channels)
+    C = out.shape[-1]
     logits = x.new_empty(x.shape[0], head.out_features) if with_exit else None
     weight, pooled = _exit1_weight(head, C), x.new_empty(max(1, min(chunk, x.shape[0])), 7, 7, C)
     for s, feats in _stage1_chunks(model, x, chunk, out):
@@ -163,10 +173,15 @@ def fused_exit1(model: "EarlyExitNet", x: torch.Tensor, threshold: float,
 
     Only the rows that stay are written out (gathered once, while the chunk is in the cache). Returns the
     exit-1 logits of all B rows, the staying rows' stage-1 features (n, C, 14, 14) channels-last, and
-    their row numbers (n,) int64 in increasing order.
+    their row numbers (n,) int64 in increasing order. Block 1, exit 1, the entropy and the gather run in
+    one compiled loop per image where :mod:`mpnn.stage1_kernel` can serve, else chunk by chunk in torch.
     """
-    B, C = x.shape[0], model.stages[0][0].out_channels
-    head = model.exits[0][-1]
+    _check_fusable(model)
+    conv, head = model.stages[0][0], model.exits[0][-1]
+    if stage1_kernel.usable(x, conv, head):
+        logits, kept, stay_rows = stage1_kernel.stage1(x, conv, head, threshold)
+        return logits, kept.permute(0, 3, 1, 2), stay_rows
+    B, C = x.shape[0], conv.out_channels
     logits = x.new_empty(B, head.out_features)
     kept = x.new_empty(B, 14, 14, C)     # pages are touched only for the rows that stay
     rows, n_kept = [], 0

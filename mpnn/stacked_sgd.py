@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import determinism
+from . import determinism, native
 from .stacked_nets import StackedNets
 from .tagnet import PARITY
 
@@ -354,62 +354,15 @@ extern "C" int64_t mpnn_tag_steps(int64_t T, const int64_t* code, const int64_t*
 }
 """
 
-_FUSED_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17"]
-_FUSED: dict = {}
-
-
-def _build_fused(compiler: str) -> str:
-    """Compile :data:`_FUSED_SOURCE` once per (source, flags, machine) into ``$MPNN_CACHE_DIR`` (default
-    ``~/.cache/mpnn``); returns the shared library's path. Written to a temporary name, then renamed."""
-    import hashlib
-    import os
-    import platform
-    import subprocess
-    import tempfile
-    from pathlib import Path
-    key = hashlib.sha256("\0".join([_FUSED_SOURCE, compiler, *_FUSED_FLAGS, platform.node(),
-                                    platform.machine()]).encode()).hexdigest()[:16]
-    folder = Path(os.environ.get("MPNN_CACHE_DIR", Path.home() / ".cache" / "mpnn")) / "fused"
-    lib = folder / f"tag_steps_{key}.so"
-    if not lib.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            src, out = Path(tmp) / "tag_steps.cpp", Path(tmp) / "tag_steps.so"
-            src.write_text(_FUSED_SOURCE)
-            subprocess.run([compiler, *_FUSED_FLAGS, str(src), "-o", str(out)], check=True,
-                           capture_output=True, timeout=300)
-            os.replace(out, lib)
-    return str(lib)
-
-
-def _load_fused():
-    """The compiled step loop as a ctypes function, or None (no C++ compiler, or the build failed)."""
-    import ctypes
-    import os
-    import shutil
-    compiler = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
-    if compiler is None:
-        return None
-    try:
-        fn = ctypes.CDLL(_build_fused(compiler)).mpnn_tag_steps
-    except Exception:                                          # compiler present but unusable
-        return None
-    P, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-    fn.argtypes = [i64, P, P, P, P, i32, i32, P, i64, P, P, P, f32, P, P, P, P, P, P, P, i32, i32, i32, i32, i32,
-                   f32, f32, f32]
-    fn.restype = i64
-    return fn
-
-
 def fused_kernel():
-    """The fused tag step loop (C++, :data:`_FUSED_SOURCE`), built on first use and cached, or None
-    where there is no C++ compiler or ``MPNN_FUSED=0`` (forces the pure-torch :func:`tag_steps`)."""
-    import os
-    if os.environ.get("MPNN_FUSED", "1") == "0":
-        return None
-    if "tag" not in _FUSED:
-        _FUSED["tag"] = _load_fused()
-    return _FUSED["tag"]
+    """The fused tag step loop (C++, :data:`_FUSED_SOURCE`), built on first use and cached by
+    :func:`mpnn.native.load`, or None where there is no C++ compiler or ``MPNN_FUSED=0`` (forces the
+    pure-torch :func:`tag_steps`)."""
+    import ctypes
+    P, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    argtypes = [i64, P, P, P, P, i32, i32, P, i64, P, P, P, f32, P, P, P, P, P, P, P, i32, i32, i32, i32, i32,
+                f32, f32, f32]
+    return native.load("tag_steps", _FUSED_SOURCE, "mpnn_tag_steps", argtypes, i64)
 
 
 def fused_tag_steps(fn, code: List[int], lo_of: List[int], hi_of: List[int], masked: List[bool],

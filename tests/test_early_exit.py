@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from mpnn.early_exit import (EarlyExitConfig, EarlyExitNet, choose_threshold, count_flops, early_exit_predict,
                              exit_costs, exit_decisions, exit_fractions, exit_logits, exit_loss, full_cost,
-                             fused_stage1, normalised_entropy, predicted_speedup, sweep_metrics)
+                             fused_exit1, fused_stage1, normalised_entropy, predicted_speedup, sweep_metrics)
 from mpnn.experiments import early_exits as ex
 
 
@@ -158,10 +158,15 @@ def test_timing_claims_report_consistent_numbers(model, x):
     q0 = (early_exit_predict(model, x, T).exit_index == 0).double().mean()
     assert res["predicted"] == pytest.approx(float(predicted_speedup(model, torch.stack([q0, 1 - q0]))))
     assert res["exit1_fraction"] == pytest.approx(float(q0))
-    assert res["efficiency"] == pytest.approx(res["speedup"] / res["predicted"])
-    assert res["speedup_low"] <= res["speedup"] <= res["speedup_high"]
-    assert isinstance(res["passed"], bool) and isinstance(res["measured"], str) and len(res["ratios"]) == 3
-    assert res["passed"] == (res["speedup_low"] > res["min_speedup"] and res["efficiency_high"] < res["max_efficiency"])
+    assert isinstance(res["passed"], bool) and isinstance(res["measured"], str)
+    for r in res["paths"].values():
+        assert r["efficiency"] == pytest.approx(r["speedup"] / res["predicted"])
+        assert r["speedup_low"] <= r["speedup"] <= r["speedup_high"] and len(r["ratios"]) == 3
+    tp = res["paths"]["torch"]
+    expected = tp["speedup_low"] > res["min_speedup"] and tp["efficiency_high"] < res["max_efficiency"]
+    if "compiled" in res["paths"]:
+        expected = expected and res["paths"]["compiled"]["speedup_low"] > tp["speedup_high"]
+    assert res["passed"] == expected
     rows = ex.speedup_sweep(model, x, [0.0, T, 1.01], repeats=2)
     assert rows["threshold"].tolist() == [0.0, T, 1.01]
     assert rows["exit 1 fraction"].tolist() == pytest.approx([0.0, float(q0), 1.0])
@@ -371,3 +376,75 @@ def test_fused_stage1_rejects_other_layouts(model, x):
     other.stages[0][0] = torch.nn.Conv2d(1, 4, 3, padding=1)
     with pytest.raises(ValueError, match="conv5x5"):
         fused_stage1(other, x[:2])
+
+
+# ---------------------------------------------------------------- the compiled stage-1 kernel
+
+from mpnn import native, stage1_kernel  # noqa: E402
+
+needs_kernel = pytest.mark.skipif(stage1_kernel.kernel() is None, reason="no C++ compiler (torch path only)")
+
+
+def _kernel_model(c1, seed=5):
+    torch.manual_seed(seed)
+    m = EarlyExitNet(EarlyExitConfig(c1=c1, c2=8, hidden=16)).eval()
+    with torch.no_grad():
+        m.exits[0][-1].weight.mul_(20.0)
+    return m
+
+
+@needs_kernel
+@pytest.mark.parametrize("c1", [8, 16, 32])
+def test_stage1_kernel_matches_modules_and_torch_path(c1, x):
+    m = _kernel_model(c1)
+    assert stage1_kernel.usable(x, m.stages[0][0], m.exits[0][-1])
+    with torch.no_grad():
+        h_ref, logits_ref = _reference_stage1(m, x)
+        h, logits = fused_stage1(m, x)
+        with native.disabled():
+            h_torch, logits_torch = fused_stage1(m, x)
+    assert h.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(h, h_ref, atol=1e-5) and torch.allclose(h, h_torch, atol=1e-5)
+    assert torch.allclose(logits, logits_ref, atol=1e-4) and torch.allclose(logits, logits_torch, atol=1e-4)
+
+
+@needs_kernel
+def test_stage1_kernel_exit_decisions_and_gather_match_the_torch_path(x):
+    m = _kernel_model(16)
+    with torch.no_grad():
+        H = normalised_entropy(_reference_stage1(m, x)[1])
+        hs = H.sort().values
+        mid = (hs[1:] + hs[:-1]) / 2
+        wide = mid[(hs[1:] - hs[:-1]) > 1e-4]          # thresholds no entropy is within float rounding of
+        for t in (float(wide[len(wide) // 4]), float(wide[3 * len(wide) // 4]), 1.01):
+            logits, kept, rows = fused_exit1(m, x, t)
+            with native.disabled():
+                logits_t, kept_t, rows_t = fused_exit1(m, x, t)
+            assert torch.equal(rows, rows_t) and torch.equal(rows, (~(H < t)).nonzero().flatten())
+            assert torch.allclose(kept, kept_t, atol=1e-5) and torch.allclose(logits, logits_t, atol=1e-4)
+            assert kept.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_kernel
+def test_stage1_kernel_results_do_not_depend_on_the_batch(x):
+    m = _kernel_model(16)
+    t = 0.5
+    with torch.no_grad():
+        logits, kept, rows = fused_exit1(m, x, t)
+        for b in (0, 13, 39):
+            lb, kb, rb = fused_exit1(m, x[b:b + 1], t)
+            assert torch.equal(lb[0], logits[b])                     # bitwise: each image is computed alone
+            assert (len(rb) == 1) == bool((rows == b).any())
+            if len(rb):
+                assert torch.equal(kb[0], kept[(rows == b).nonzero()[0, 0]])
+        res, alone = early_exit_predict(m, x, t), [early_exit_predict(m, x[b:b + 1], t) for b in range(len(x))]
+        assert torch.equal(res.exit_index, torch.cat([a.exit_index for a in alone]))
+
+
+def test_stage1_kernel_declines_what_it_cannot_compute(model, x):
+    assert not stage1_kernel.usable(x, model.stages[0][0], model.exits[0][-1])      # 4 channels: torch path
+    m = _kernel_model(8)
+    assert not stage1_kernel.usable(x.double(), m.stages[0][0], m.exits[0][-1])     # float64: torch path
+    with native.disabled():
+        assert stage1_kernel.kernel() is None
+        assert not stage1_kernel.usable(x, m.stages[0][0], m.exits[0][-1])

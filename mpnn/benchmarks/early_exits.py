@@ -2,6 +2,10 @@
 
 ``ratio_to_early_exit`` of the ``full`` variant is the measured speed-up; ``predicted_speedup`` (FLOPs)
 is stored with it, so measured / predicted is the fraction of the FLOP saving that turns into time.
+Block 1 and exit 1 run as the compiled per-image kernel (:mod:`mpnn.stage1_kernel`) where it can
+serve; the ``-torch-block1`` variants run the same two calls on the torch path
+(:func:`mpnn.native.disabled`), so the ratio of ``full-torch-block1`` to ``early_exit-torch-block1``
+is the speed-up without the kernel, in the same run.
 The threshold is set to the entropy quantile that makes exactly ``exit_fraction`` of the batch leave
 at the first exit, so the case does not need a trained model.
 
@@ -13,6 +17,7 @@ kernel's zero taps (its 6x6 phase windows, :func:`mpnn.early_exit.phase_weights`
 """
 import torch
 
+from mpnn import native
 from mpnn.runtime.bench import case
 from mpnn.early_exit import (EarlyExitNet, early_exit_predict, exit_costs, full_cost, normalised_entropy,
                              predicted_speedup)
@@ -29,12 +34,21 @@ def batched_inference(exit_fraction, quick):
     threshold = float(torch.quantile(h.double(), exit_fraction)) + 1e-12
     frac = torch.tensor([exit_fraction, 1 - exit_fraction])
     n_exit = torch.bincount(early_exit_predict(model, x, threshold).exit_index, minlength=model.n_exits)
-    flops = {"early_exit": float((n_exit.double() * exit_costs(model)).sum()),
-             "full": float(len(x) * full_cost(model))}
+    skipping, full_flops = float((n_exit.double() * exit_costs(model)).sum()), float(len(x) * full_cost(model))
+    flops = {"early_exit": skipping, "full": full_flops,
+             "early_exit-torch-block1": skipping, "full-torch-block1": full_flops}
     extra = {"predicted_speedup": float(predicted_speedup(model, frac)), "batch": x.shape[0], "flops": flops}
 
     def full():
         with torch.no_grad():
             model.forward_full(x)
 
-    return {"early_exit": lambda: early_exit_predict(model, x, threshold), "full": full}, extra
+    def torch_path(fn):
+        def call():
+            with native.disabled():
+                fn()
+        return call
+
+    skip = lambda: early_exit_predict(model, x, threshold)  # noqa: E731
+    return {"early_exit": skip, "full": full, "early_exit-torch-block1": torch_path(skip),
+            "full-torch-block1": torch_path(full)}, extra

@@ -1,0 +1,199 @@
+"""The early-exit network's always-run part as one C++ loop per image: block 1, exit 1, its entropy,
+the exit decision and the gather of the rows that stay (:func:`mpnn.early_exit.fused_exit1`).
+
+Per image, in registers and the L1 cache (C channels, K classes, GCC vector extensions, 8 floats per
+vector, built by :mod:`mpnn.native`):
+
+* block 1, ``conv5x5(1 -> C, pad 2) + ReLU + maxpool2`` channels last: pooled ``(h, w)`` is
+  ``relu(b + max_{di, dj in {0,1}} sum_{r, c < 5} x_pad[2h + di + r][2w + dj + c] W[r][c])`` (bias and
+  ReLU commute with the max), the four phases accumulated together over the 25 taps;
+* exit 1, ``maxpool2 + linear`` on the (14, 14, C) features: ``z_k = b_k + <V_k, pool(F)>`` with the
+  head's weight in channels-last (7, 7, C) order;
+* its normalised entropy ``H = -sum_k p_k log p_k / log K`` (``p = softmax(z)``, in double), and the
+  decision: the image stays when ``not H < threshold`` (as :func:`mpnn.early_exit.normalised_entropy`
+  decides it); only staying images' features are written, packed in order.
+
+Each image is computed alone in a fixed order, so a result does not depend on the batch it came in.
+:func:`stage1` returns None where the kernel cannot serve (no compiler, ``MPNN_FUSED=0``, a channel
+count other than 8, 16 or 32, more than 64 classes, not float32 on the CPU); callers then run the
+torch path.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from . import native
+
+SOURCE = r"""
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+typedef float v8 __attribute__((vector_size(32)));
+
+static inline v8 load8(const float* p) { v8 v; std::memcpy(&v, p, sizeof v); return v; }
+static inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+static inline v8 vmax(v8 a, v8 b) { return a > b ? a : b; }
+
+// Block 1 of one image into feats (196, C): see the module docstring.
+template <int NV>
+static void block1(const float* x, const float* w, const float* b, float* feats) {
+  constexpr int C = 8 * NV;
+  float pad[32 * 32];
+  std::memset(pad, 0, sizeof pad);
+  for (int r = 0; r < 28; ++r) std::memcpy(pad + (r + 2) * 32 + 2, x + r * 28, 28 * sizeof(float));
+  const v8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
+  v8 bias[NV];
+  for (int j = 0; j < NV; ++j) bias[j] = load8(b + 8 * j);
+  for (int ph = 0; ph < 14; ++ph) {
+    for (int pw = 0; pw < 14; ++pw) {
+      v8 a[4][NV];
+      for (int p = 0; p < 4; ++p)
+        for (int j = 0; j < NV; ++j) a[p][j] = zero;
+      const float* top = pad + (2 * ph) * 32 + 2 * pw;
+      for (int r = 0; r < 5; ++r) {
+        const float* r0 = top + r * 32;
+        const float* r1 = r0 + 32;
+#pragma GCC unroll 5
+        for (int c = 0; c < 5; ++c) {
+          const float* wk = w + (r * 5 + c) * C;
+          const float v0 = r0[c], v1 = r0[c + 1], v2 = r1[c], v3 = r1[c + 1];
+#pragma GCC unroll 4
+          for (int j = 0; j < NV; ++j) {
+            const v8 wv = load8(wk + 8 * j);
+            a[0][j] += v0 * wv;
+            a[1][j] += v1 * wv;
+            a[2][j] += v2 * wv;
+            a[3][j] += v3 * wv;
+          }
+        }
+      }
+      float* o = feats + (ph * 14 + pw) * C;
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j)
+        store8(o + 8 * j, vmax(vmax(vmax(a[0][j], a[1][j]), vmax(a[2][j], a[3][j])) + bias[j], zero));
+    }
+  }
+}
+
+// Exit 1 of one image's features: logits (K,) = hb + hw (K, 49 C) . maxpool2(feats); returns H.
+template <int NV>
+static double exit1(const float* feats, int K, const float* hw, const float* hb, float* logits) {
+  constexpr int C = 8 * NV;
+  float pooled[49 * C];
+  for (int i = 0; i < 7; ++i)
+    for (int j = 0; j < 7; ++j)
+      for (int v = 0; v < NV; ++v) {
+        const float* f = feats + ((2 * i) * 14 + 2 * j) * C + 8 * v;
+        store8(pooled + (i * 7 + j) * C + 8 * v,
+               vmax(vmax(load8(f), load8(f + C)), vmax(load8(f + 14 * C), load8(f + 15 * C))));
+      }
+  double zmax = -INFINITY;
+  for (int k = 0; k < K; ++k) {
+    const float* wk = hw + (int64_t)k * 49 * C;
+    v8 s = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int i = 0; i < 49 * C; i += 8) s += load8(wk + i) * load8(pooled + i);
+    float z = hb[k];
+    for (int l = 0; l < 8; ++l) z += s[l];
+    logits[k] = z;
+    zmax = z > zmax ? z : zmax;
+  }
+  double sum = 0.0, dot = 0.0;
+  for (int k = 0; k < K; ++k) {
+    const double e = std::exp((double)logits[k] - zmax);
+    sum += e;
+    dot += e * ((double)logits[k] - zmax);
+  }
+  return (std::log(sum) - dot / sum) / std::log((double)K);   // -sum p log p / log K
+}
+
+template <int NV>
+static int64_t run(int64_t n, const float* x, const float* w, const float* b, int K, const float* hw,
+                   const float* hb, float threshold, int write_all, float* feats_out, float* logits,
+                   int64_t* stay_rows) {
+  constexpr int C = 8 * NV;
+  float scratch[196 * C];
+  int64_t kept = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    float* feats = write_all ? feats_out + i * 196 * C : scratch;
+    block1<NV>(x + i * 784, w, b, feats);
+    if (hw == nullptr) continue;
+    const double H = exit1<NV>(feats, K, hw, hb, logits + i * K);
+    if (!write_all && !(H < (double)threshold)) {
+      std::memcpy(feats_out + kept * 196 * C, scratch, sizeof scratch);
+      stay_rows[kept++] = i;
+    }
+  }
+  return write_all ? n : kept;
+}
+
+// x (n, 28, 28); w (25, C) tap-major; b (C,); hw (K, 49 C) or null (no exit); hb (K,).
+// write_all: every image's features into feats_out (n, 196, C); else only the staying ones, packed,
+// with their row numbers in stay_rows. Returns the rows written, or -1 for an unsupported C or K.
+extern "C" int64_t mpnn_stage1(int64_t n, int C, const float* x, const float* w, const float* b, int K,
+                               const float* hw, const float* hb, float threshold, int write_all,
+                               float* feats_out, float* logits, int64_t* stay_rows) {
+  if (hw != nullptr && (K < 1 || K > 64)) return -1;
+  switch (C) {
+    case 8: return run<1>(n, x, w, b, K, hw, hb, threshold, write_all, feats_out, logits, stay_rows);
+    case 16: return run<2>(n, x, w, b, K, hw, hb, threshold, write_all, feats_out, logits, stay_rows);
+    case 32: return run<4>(n, x, w, b, K, hw, hb, threshold, write_all, feats_out, logits, stay_rows);
+    default: return -1;
+  }
+}
+"""
+
+CHANNELS = (8, 16, 32)
+MAX_CLASSES = 64
+
+
+def kernel():
+    """The compiled ``mpnn_stage1`` (see :data:`SOURCE`), or None (no compiler, ``MPNN_FUSED=0``)."""
+    P, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    return native.load("stage1", SOURCE, "mpnn_stage1", [i64, i32, P, P, P, i32, P, P, f32, i32, P, P, P], i64)
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def usable(x: torch.Tensor, conv: torch.nn.Conv2d, head: torch.nn.Linear) -> bool:
+    """Can the kernel compute this model on ``x`` (float32 on the CPU, supported sizes, a compiler)?"""
+    params = (x, conv.weight, conv.bias, head.weight, head.bias)
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in params)
+            and conv.out_channels in CHANNELS and head.out_features <= MAX_CLASSES and kernel() is not None)
+
+
+@torch.no_grad()
+def stage1(x: torch.Tensor, conv: torch.nn.Conv2d, head: torch.nn.Linear | None, threshold: float | None = None):
+    """Block 1 (and exit 1's logits unless ``head`` is None) of images ``x`` (B, 1, 28, 28).
+
+    ``threshold`` None: returns ``(features (B, 14, 14, C), logits (B, K) or None)``. A threshold:
+    ``(logits (B, K), features of the n staying rows (n, 14, 14, C), their row numbers (n,))``.
+    Callers check :func:`usable` first.
+    """
+    B, C = x.shape[0], conv.out_channels
+    x = x.reshape(B, 784).contiguous()
+    w = conv.weight.reshape(C, 25).t().contiguous()                      # (25, C) tap-major
+    hw = None if head is None else _channels_last_head(head, C)
+    K = 0 if head is None else head.out_features
+    logits = None if head is None else x.new_empty(B, K)
+    feats = x.new_empty(B, 14, 14, C)                                     # pages touched only where written
+    rows = torch.empty(B if threshold is not None else 0, dtype=torch.long)
+    n = kernel()(B, C, x.data_ptr(), w.data_ptr(), conv.bias.contiguous().data_ptr(), K, _ptr(hw),
+                 None if head is None else head.bias.contiguous().data_ptr(),
+                 0.0 if threshold is None else float(threshold), int(threshold is None),
+                 feats.data_ptr(), _ptr(logits), rows.data_ptr())
+    if n < 0:
+        raise ValueError(f"the stage-1 kernel supports {CHANNELS} channels and up to {MAX_CLASSES} classes")
+    if threshold is None:
+        return feats, logits
+    return logits, feats[:n], rows[:n]
+
+
+def _channels_last_head(head: torch.nn.Linear, channels: int) -> torch.Tensor:
+    """Exit 1's weight (K, C*7*7) reordered to the kernel's channels-last (K, 7*7*C)."""
+    K = head.out_features
+    return head.weight.view(K, channels, 7, 7).permute(0, 2, 3, 1).reshape(K, -1).contiguous()
