@@ -411,3 +411,17 @@ def test_train_cmnist_with_a_scaled_noncompositional_target_and_paper_share_rows
     pr = E.PaperRun(pd.DataFrame([r | {"run": 0} for r in rows]), {}, 5, 5)
     share = E.paper_share_rows({2.0: pr})
     assert len(share) == 1 and share.iloc[0].share == 3 / 7 and share.iloc[0].comp_error == rows[-1]["comp_error"]
+
+
+def test_regularisation_grid_and_explorer():
+    summary = pd.DataFrame([{"penalty": p, "strength": s, "metric": m, "mean": v, "low": v, "high": v, "n": 2}
+                            for p, s, base in [("none", 0.0, 0.9), ("dropout", 0.1, 0.95), ("dropout", 0.5, 1.0),
+                                               ("cross_l1", 0.3, 0.01)]
+                            for m, v in (("test_comp", base), ("train_comp", 0.0), ("coupling", base / 2))])
+    grid = E.regularisation_grid(summary)
+    assert grid.penalty.tolist() == ["dropout"] * 3 + ["cross_l1"] * 2 and grid.level.tolist() == [0, 1, 2, 0, 1]
+    assert grid.strength.tolist() == [0.0, 0.1, 0.5, 0.0, 0.3] and grid.test_comp.tolist() == [0.9, 0.95, 1.0, 0.9, 0.01]
+    site = E.figure_regularisation_explorer(grid).to_dict()
+    assert {p["name"] for p in site["params"]} == {"p_penalty", "p_level"}
+    live = E.figure_regularisation_explorer(grid, "dropout", 2).to_dict()
+    assert [p["name"] for p in live["params"]] == ["p_selected"]

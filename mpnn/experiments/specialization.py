@@ -898,3 +898,34 @@ def paper_share_rows(runs: dict[float, PaperRun]) -> pd.DataFrame:
         rows += [{"model": r.model, "scale": float(v), "share": compositional_share(v), "run": int(r.run),
                   "comp_error": float(r.comp_error), "digit_acc": float(r.digit_acc)} for r in last.itertuples()]
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------- explorer: the regularisation sweep
+
+def regularisation_grid(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per penalty and strength level (level 0: the unregularised baseline, shared by all
+    penalties): mean held-out compositional loss, training loss and coupling, and a label."""
+    wide = summary.pivot_table(index=["penalty", "strength"], columns="metric", values="mean").reset_index()
+    base = wide[wide.penalty == "none"]
+    rows = []
+    for p in [p for p in PENALTIES if p in set(wide.penalty)]:
+        part = pd.concat([base.assign(penalty=p), wide[wide.penalty == p].sort_values("strength")], ignore_index=True)
+        rows.append(part.assign(level=range(len(part))))
+    grid = pd.concat(rows, ignore_index=True)
+    return grid.assign(setting=[f"{p} {s:g}: held-out {t:.3g}, coupling {c:.3f}" for p, s, t, c in
+                                zip(grid.penalty, grid.strength, grid.test_comp, grid.coupling)])
+
+
+def figure_regularisation_explorer(grid: pd.DataFrame, penalty: str | None = None, level: int | None = None):
+    """Held-out compositional loss against the coupling, one curve per penalty (strength rising along
+    it), the selected setting highlighted: bound controls (site) or the given ``penalty``/``level``."""
+    g = grid[["penalty", "level", "strength", "coupling", "test_comp", "train_comp", "setting"]]
+    controls = {"penalty": {"kind": "dropdown", "value": penalty or "cross_l1"},
+                "level": {"kind": "slider", "name": "strength level (0 = none)",
+                          "value": int(g.level.max()) // 2 if level is None else int(level)}}
+    if penalty is not None:                                    # live view: one setting, no bound controls needed
+        g = g.assign(selected=(g.penalty == penalty) & (g.level == level))
+        controls = {"selected": {"kind": "checkbox", "value": True}}
+    return plots.operating_point(g, "coupling", "test_comp", controls, color="penalty", label="setting",
+                                 x_title="||Gamma_x -> Omega_y|| (coupling)", y_title="held-out compositional loss",
+                                 title="Regularisation: coupling against held-out compositional loss", zero=True)
