@@ -55,10 +55,11 @@ site-test: setup browser
 
 # CI: the book exactly as `make book` publishes it (default profile), then the site and its browser check.
 test: setup browser
-	$(PY) -m pytest tests --ignore=tests/test_site.py -q
+	$(PY) -m pytest tests --ignore=tests/test_site.py --ignore=tests/test_jupyterlab.py -q
 	$(PY) -m mpnn run --profile default --keep-going $(JOBS_FLAG)
 	$(PY) -m mpnn build
 	MPNN_REQUIRE_SITE=1 $(PY) -m pytest tests/test_site.py -q
+	MPNN_REQUIRE_LAB=1 $(PY) -m pytest tests/test_jupyterlab.py -q
 
 # Fast iteration: the same steps on the smoke profile.
 smoke: setup browser

@@ -693,6 +693,40 @@ def explorer_renderer(sample_seed: int, test: Stacked, recipe: Recipe):
     return render
 
 
+EXPLORER_TABLES = {"the document's": [0, 1, 2, 3, 4], "shifted by one": [1, 2, 3, 4, 0],
+                   "neurons 1 and 2 swapped": [1, 0, 2, 3, 4], "reversed": [4, 3, 2, 1, 0]}
+EXPLORER_SCALES = [0.25, 0.5, 1.0, 2.0, 4.0]
+
+
+def explorer_grid(sample_seed: int, test: Stacked, recipe: Recipe, tables: dict = EXPLORER_TABLES,
+                  scales: Sequence[float] = EXPLORER_SCALES) -> pd.DataFrame:
+    """Every setting of the site explorer, precomputed: for each switch table and each factor on
+    the document's subset sizes, one :func:`explorer_update` as a :func:`heat_frame` (with the
+    setting's columns and a ``summary`` in words)."""
+    frames = []
+    for name, table in tables.items():
+        for scale in scales:
+            sizes = [max(1, round(n * scale)) for n in SIZES]
+            res = explorer_update(table, sizes, sample_seed, test, recipe)
+            frame = heat_frame(res["accuracy"], "accuracy", table)
+            frames.append(frame.assign(**{"switch table": name, "subset sizes x": float(scale),
+                                          "summary": f"{name} table, subset sizes {sizes}: accuracy "
+                                                     f"{res['accuracy_in_distribution']:.3f}, SI {res['si']:.2f}"}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def figure_explorer_site(grid: pd.DataFrame) -> alt.TopLevelMixin:
+    """The site explorer: a dropdown picks the switch table, a slider the subset sizes; the
+    precomputed heatmap of that setting is drawn (:func:`mpnn.runtime.plots.bound`)."""
+    chart = heat_chart(grid, "accuracy", "", scheme="redyellowgreen", domain=(0.3, 0.9))
+    first = f"datum.neuron == {NEURON_NAMES[0]!r} && datum.group == {GROUP_ORDER[0]!r}"
+    summary = alt.Chart(grid).transform_filter(first).mark_text(
+        align="left", baseline="bottom", fontWeight="bold").encode(x=alt.value(0), y=alt.value(-8), text="summary:N")
+    layered = alt.layer(chart, summary).properties(title=alt.TitleParams("Accuracy per neuron and group", offset=24))
+    return plots.bound(layered, grid, {"switch table": {"kind": "dropdown", "value": "the document's"},
+                                       "subset sizes x": {"kind": "slider", "name": "subset sizes x", "value": 1.0}})
+
+
 def explorer_retrain_claim(*, sample_seed: int, test_seed: int, steps: int, lr: float, l2: float,
                            heterogeneity: float, test_per_group: int, repeats: int = 5,
                            limit_s: float = 1.0, device: str = "cpu") -> dict:
@@ -727,11 +761,16 @@ def figure_heatmap(M: torch.Tensor, value: str, title: str, *, scheme: str = "vi
                    domain: tuple[float, float] | None = None,
                    neuron_of_group: Sequence[int] = range(N_UNITS)) -> alt.LayerChart:
     """Neurons x groups heatmap of ``M`` (neurons, cells), annotated, the neuron's own subset boxed red."""
-    df = heat_frame(M, value, neuron_of_group)
+    return heat_chart(heat_frame(M, value, neuron_of_group), value, title, scheme=scheme, domain=domain)
+
+
+def heat_chart(df: pd.DataFrame, value: str, title: str, *, scheme: str = "viridis",
+               domain: tuple[float, float] | None = None) -> alt.LayerChart:
+    """The chart of :func:`figure_heatmap` from a :func:`heat_frame` (or several of them, stacked)."""
     base = alt.Chart(df).encode(
         x=alt.X("group:N", sort=GROUP_ORDER, title=None, axis=alt.Axis(labelAngle=-40, labelLimit=220)),
         y=alt.Y("neuron:N", sort=NEURON_NAMES, title=None))
-    scale = alt.Scale(scheme=scheme, domain=list(domain)) if domain else alt.Scale(scheme=scheme)
+    scale = alt.Scale(scheme=scheme, domain=list(domain), clamp=True) if domain else alt.Scale(scheme=scheme)
     rect = base.mark_rect().encode(color=alt.Color(f"{value}:Q", scale=scale),
                                    tooltip=["neuron", "group", alt.Tooltip(f"{value}:Q", format=".2f"), "trained on"])
     text = base.mark_text(fontSize=10).encode(text=alt.Text(f"{value}:Q", format=".2f"))

@@ -449,6 +449,38 @@ class DigitExplorer:
         table = pd.DataFrame([info]).T.rename(columns={0: "value"}).to_html()
         return f"<img src='data:image/png;base64,{png.decode()}'/>{table}{svg}"
 
+    @torch.no_grad()
+    def site_grid(self) -> pd.DataFrame:
+        """Every setting of the site explorer, precomputed: the first test image of each digit, its
+        hidden activation map (16x16 grid) under the true label's tag and under the router's tag,
+        and (in the first cell of each map) a summary of how it was routed and predicted."""
+        frames = []
+        for d in range(10):
+            i = self.image_of(0, d)
+            info = self.describe(i)
+            hidden = self.net.activations(self.XT[i:i + 1])[0]
+            for name, tag in (("true tag", info["true tag"]), ("router", info["router tag"])):
+                a = (hidden * self.net.switch.table[tag]).cpu().numpy().round(3)
+                h = np.arange(len(a))
+                grid = int(round(len(a) ** 0.5))
+                summary = (f"digit {d} (test image {i}): tag {tag} ({name}); prediction {info['prediction (true tag)']} "
+                           f"with the true tag, {info['prediction (router)']} with the router's, MoE expert "
+                           f"{info['MoE expert']} predicts {info['prediction (MoE)']}")
+                frames.append(pd.DataFrame({"digit": d, "hidden map": name, "x": h % grid, "y": h // grid,
+                                            "activation": a, "summary": np.where(h == 0, summary, "")}))
+        return pd.concat(frames, ignore_index=True)
+
+    def site_view(self) -> alt.TopLevelMixin:
+        """The site explorer: a dropdown picks the digit, radio buttons the tag whose half is active."""
+        grid = self.site_grid()
+        heat = plots.heatmap(grid, "x", "y", "activation", scheme="inferno", annotate=False, width=260, height=260,
+                             domain=(0.0, float(grid["activation"].max()) or 1.0))
+        summary = alt.Chart(grid).transform_filter("datum.summary != ''").mark_text(
+            align="left", baseline="bottom", fontWeight="bold").encode(x=alt.value(0), y=alt.value(-8), text="summary:N")
+        chart = alt.layer(heat, summary).properties(title=alt.TitleParams("Hidden activations of the routed image",
+                                                                          offset=24))
+        return plots.bound(chart, grid, {"digit": "dropdown", "hidden map": "radio"})
+
     def first_of_each_digit(self) -> str:
         """Static view: the routing table of the first test image of each digit."""
         rows = [self.describe(self.image_of(0, d)) for d in range(10)]

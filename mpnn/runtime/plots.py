@@ -336,8 +336,9 @@ def operating_point(grid: pd.DataFrame, x: str, y: str, controls: dict, *, color
     point = base.mark_point(size=220, filled=True, color="crimson", opacity=0.9).encode(
         tooltip=tooltip).transform_filter(keep)
     layers = [curve, point]
-    if label:
-        layers.append(base.mark_text(align="left", dx=10, dy=-10, fontWeight="bold").encode(
-            text=alt.Text(f"{label}:N")).transform_filter(keep))
-    chart = alt.layer(*layers).properties(title=title, width=width, height=height)
+    if label:   # the selected setting in words, above the plot
+        layers.append(alt.Chart(grid).mark_text(align="left", baseline="bottom", fontWeight="bold").encode(
+            x=alt.value(0), y=alt.value(-6), text=alt.Text(f"{label}:N")).transform_filter(keep))
+    chart = alt.layer(*layers).properties(title=alt.TitleParams(title, offset=22 if label else 4),
+                                          width=width, height=height)
     return bound(chart, grid, controls, filter=False)
