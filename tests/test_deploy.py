@@ -255,3 +255,7 @@ def test_non_loopback_address_needs_an_explicit_yes():
     from mpnn.deploy.launch import check_host
     assert check_host("10.1.2.3", allow_remote=True) == "10.1.2.3"
     assert check_host("localhost") == "127.0.0.1"
+    from mpnn.deploy.launch import DeployError as E, interface_of
+    assert interface_of("127.0.0.1") == "lo"
+    with pytest.raises(E, match="no local interface holds 203.0.113.77"):
+        interface_of("203.0.113.77")

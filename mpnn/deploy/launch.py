@@ -118,9 +118,15 @@ def check_host(host: str, allow_remote: bool = False) -> str:
 
 def interface_of(addr: str) -> str:
     """Name of the network interface that holds IPv4 address ``addr`` (``lo`` for 127.x)."""
-    import psutil
-    for name, addrs in psutil.net_if_addrs().items():
-        if any(a.family == socket.AF_INET and a.address == addr for a in addrs):
+    import fcntl
+    import struct
+    for _, name in socket.if_nameindex():        # SIOCGIFADDR: the interface's IPv4 address
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+        if socket.inet_ntoa(raw[20:24]) == addr:
             return name
     if ipaddress.ip_address(addr).is_loopback:
         return "lo"
