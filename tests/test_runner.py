@@ -210,3 +210,41 @@ def test_unknown_notebook_settings_are_rejected(tmp_path, monkeypatch):
     _book_with(tmp_path, monkeypatch, {"threads": "one"})
     with pytest.raises(ChapterError, match="mpnn.threads='one'"):
         notebooks.chapter_settings("demo")
+
+
+def test_site_staging_decorates_chapters_fills_pages_and_serves_figures(tmp_path, monkeypatch):
+    """`python -m mpnn build`'s staging step, on a tiny build tree (no jupyter-book)."""
+    import json
+
+    import altair as alt
+    import nbformat
+    import pandas as pd
+
+    from mpnn.runtime import site
+    build = tmp_path / "_build"
+    monkeypatch.setenv("MPNN_BUILD_DIR", str(build))
+    src = build / "src"
+    (src / "book").mkdir(parents=True)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T\n\nSource: x.\n\nrest"),
+                                         nbformat.v4.new_markdown_cell("## Results\n\nthe one")])
+    nbformat.write(nb, src / "book" / "switch_network.ipynb")
+    (src / "book" / "intro.md").write_text("# Intro\n\n<!-- mpnn:counts -->\n")
+    (src / "book" / "findings.md").write_text("# Findings\n\n<!-- mpnn:findings -->\n")
+    (build / "manifests").mkdir()
+    (build / "manifests" / "switch_network.json").write_text(json.dumps({
+        "chapter": "switch_network", "profile": "default", "claims": [
+            {"id": "results", "document": "results hold", "measured": "0.9 (95% CI 0.8-1.0)", "passed": True,
+             "note": "", "needs": "smoke", "outcome": "reproduced"}]}))
+    figures = build / "figures" / "switch_network"
+    figures.mkdir(parents=True)
+    spec = alt.Chart(pd.DataFrame({"a": [1, 2]})).mark_bar().encode(x="a:Q").to_dict()
+    (figures / "bars.vl.json").write_text(json.dumps(spec))
+    staged = site.stage_site(src)
+    assert staged == {"decorated": ["switch_network"], "pngs": 1}
+    cells = nbformat.read(src / "book" / "switch_network.ipynb", 4).cells
+    assert "mpnn-glance" in cells[1].source and 'href="#results"' in cells[1].source
+    assert "1 claims of the five documents" in (src / "book" / "intro.md").read_text()
+    assert "<tr><td>" in (src / "book" / "findings.md").read_text()
+    served = src / "_figures" / "figures" / "switch_network"
+    assert (served / "bars.png").read_bytes()[:4] == b"\x89PNG" and (served / "bars.svg").exists()
+    assert (src / "_vendor" / "mpnn-site.css").exists() and (src / "_vendor" / "mpnn-site.js").exists()

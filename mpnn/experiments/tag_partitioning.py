@@ -460,26 +460,33 @@ class DigitExplorer:
             info = self.describe(i)
             hidden = self.net.activations(self.XT[i:i + 1])[0]
             for name, tag in (("true tag", info["true tag"]), ("router", info["router tag"])):
-                a = (hidden * self.net.switch.table[tag]).cpu().numpy().round(3)
+                mask = self.net.switch.table[tag].cpu().numpy() > 0
+                a = (hidden.cpu().numpy() * mask).round(3)
                 h = np.arange(len(a))
                 grid = int(round(len(a) ** 0.5))
+                keep = mask | (h == 0)      # the inactive half is left blank (and keeps the rows < 5,000)
                 summary = (f"digit {d} (test image {i}): tag {tag} ({name}); prediction {info['prediction (true tag)']} "
                            f"with the true tag, {info['prediction (router)']} with the router's, MoE expert "
                            f"{info['MoE expert']} predicts {info['prediction (MoE)']}")
                 frames.append(pd.DataFrame({"digit": d, "hidden map": name, "x": h % grid, "y": h // grid,
-                                            "activation": a, "summary": np.where(h == 0, summary, "")}))
+                                            "activation": a, "summary": np.where(h == 0, summary, "")})[keep])
         return pd.concat(frames, ignore_index=True)
 
     def site_view(self) -> alt.TopLevelMixin:
         """The site explorer: a dropdown picks the digit, radio buttons the tag whose half is active."""
         grid = self.site_grid()
-        heat = plots.heatmap(grid, "x", "y", "activation", scheme="inferno", annotate=False, width=260, height=260,
-                             domain=(0.0, float(grid["activation"].max()) or 1.0))
+        side = list(range(int(grid["x"].max()) + 1))
+        heat = alt.Chart(grid).mark_rect().encode(
+            x=alt.X("x:O", scale=alt.Scale(domain=side), title="hidden unit (column)"),
+            y=alt.Y("y:O", scale=alt.Scale(domain=side), title="hidden unit (row)"),
+            color=alt.Color("activation:Q", scale=alt.Scale(scheme="inferno",
+                                                            domain=[0.0, float(grid["activation"].max()) or 1.0])),
+            tooltip=["x", "y", alt.Tooltip("activation:Q", format=".3f")]).properties(width=260, height=260)
         summary = alt.Chart(grid).transform_filter("datum.summary != ''").mark_text(
             align="left", baseline="bottom", fontWeight="bold").encode(x=alt.value(0), y=alt.value(-8), text="summary:N")
         chart = alt.layer(heat, summary).properties(title=alt.TitleParams("Hidden activations of the routed image",
                                                                           offset=24))
-        return plots.bound(chart, grid, {"digit": "dropdown", "hidden map": "radio"})
+        return plots.bound(chart, grid, {"digit": "dropdown", "hidden map": {"kind": "radio", "value": "true tag"}})
 
     def first_of_each_digit(self) -> str:
         """Static view: the routing table of the first test image of each digit."""

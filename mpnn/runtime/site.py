@@ -170,13 +170,28 @@ def _badge(claim: dict) -> str:
     return f'<span class="mpnn-badge mpnn-{kind}">{html.escape(badge_text(claim))}</span>'
 
 
-def glance_html(manifest: dict, secs: list[dict], rows: set[str] | frozenset = frozenset()) -> str:
+def verdict_section(nb) -> dict | None:
+    """The section holding the claims table: the last heading before the cell calling ``run.finish``."""
+    last = None
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and not cell.metadata.get(GLANCE_KEY):
+            for line in cell.source.splitlines():
+                m = re.match(r"^(#{2,3})\s+(.*?)\s*#*\s*$", line)
+                if m:
+                    last = {"title": m.group(2), "id": heading_id(m.group(2)), "text": ""}
+        elif cell.cell_type == "code" and "run.finish(" in cell.source:
+            return last
+    return last
+
+
+def glance_html(manifest: dict, secs: list[dict], rows: set[str] | frozenset = frozenset(),
+                verdict: dict | None = None) -> str:
     """The at a glance box: one line per claim (badge, document's words, deciding number, link).
 
     Each number links to the section that shows the claim (:func:`section_for`); failing that, to
     the claim's row of the full table when the page has it (``rows``: claim ids with a row), or to
     the table's section."""
-    verdict = next((s for s in secs if re.search(r"document says|claims", s["title"], re.I)), None)
+    verdict = verdict or next((s for s in secs if re.search(r"document says|claims", s["title"], re.I)), None)
     claims = manifest.get("claims", [])
     counts = {k: sum(outcome(c) == k for c in claims) for k in OUTCOMES}
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
@@ -280,7 +295,7 @@ def decorate(notebook: Path, chapter: str | None = None, manifest: dict | None =
         shown = "".join("".join(o.get("data", {}).get("text/html", "")) for c in nb.cells
                         if c.cell_type == "code" for o in c.get("outputs", []))
         rows = set(re.findall(r'<tr id="claim-([^"]+)"', shown))
-        box = nbformat.v4.new_markdown_cell(glance_html(manifest, sections(nb), rows))
+        box = nbformat.v4.new_markdown_cell(glance_html(manifest, sections(nb), rows, verdict_section(nb)))
         box.metadata[GLANCE_KEY] = True
         cells = [box]
         if rest:
