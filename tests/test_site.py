@@ -253,3 +253,19 @@ def test_figure_files_linked_under_charts_are_served(server):
         except Exception as exc:
             bad.append(f"{url}: {exc}")
     assert not bad, "figure files not served:\n" + "\n".join(bad[:20])
+
+
+SITE_EXPLORERS = ("early_exits", "switch_network", "tag_partitioning")   # chapters whose explorer has a site version
+
+
+def test_site_explorers_are_on_their_pages():
+    """The explorers moved by test_page_renders_offline exist (the check is not vacuous)."""
+    import re
+    found = {}
+    for page in pages():
+        ids = re.findall(r'class="mpnn-chart" id="mpnn-([A-Za-z0-9_.-]+)-site"', (HTML / page).read_text(errors="replace"))
+        if ids:
+            found[Path(page).stem] = ids
+    assert found, "no site explorer (plots.bound chart shown by widgets.explorer(site_view=...)) on the site"
+    missing = [c for c in SITE_EXPLORERS if (HTML / "book" / f"{c}.html").exists() and c not in found]
+    assert not missing, f"chapters whose explorer lost its site version: {missing}"
