@@ -35,8 +35,8 @@ def explorer(build_widget: Callable[[], object], static_view=None, *, name: str 
                          "live version recomputes.</em></p>"))
             plots.show(view, f"{name}-site")
             return
-        note = ("<p class='mpnn-static-note'><em>Interactive explorer: open this chapter in Jupyter "
-                "(<code>make lab</code>) to use it. Static view"
+        note = ("<p class='mpnn-static-note'><em>Interactive explorer: it recomputes, so it needs a kernel; "
+                "open this chapter in Jupyter (<code>make lab</code>) to use it. Here, a static picture"
                 + (f": {caption}" if caption else "") + ".</em></p>")
         display(HTML(note))
         view = static_view() if callable(static_view) else static_view
