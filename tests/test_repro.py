@@ -151,9 +151,9 @@ def test_outcome_badges_and_the_deciding_number():
     assert site.outcome(_claim()) == "reproduced"
     assert site.outcome(_claim(passed=False, outcome="FAILED")) == "not reproduced"
     assert site.outcome(_claim(differs=True)) == "differs from the document"
-    assert site.badge_text(_claim(passed=None, needs="default")) == "not tested: needs the default profile"
+    assert site.badge_text(_claim(passed=None, needs="default")) == "not tested: default profile"
     assert site.badge_text(_claim(passed=None, needs="full", note="needs the full profile (GPU): big")) \
-        == "not tested: needs the full profile (GPU)"
+        == "not tested: full profile (GPU)"
     assert site.badge_text(_claim(passed=None, note="a projection from assumptions")) == "projection, not tested"
     m = "at T* ([0.2, 0.3]): 0.254 of the FLOPs (95% CI 0.226-0.283, 6 seeds); other 1.0 (95% CI 0-2)"
     assert site.headline(_claim(measured=m)) == "at T* ([0.2, 0.3]): 0.254 of the FLOPs (95% CI 0.226-0.283)"
@@ -192,7 +192,7 @@ def test_decorate_puts_the_glance_box_after_title_and_source_once(tmp_path):
     box = nb.cells[1].source
     assert nb.cells[1].metadata[site.GLANCE_KEY] is True and box.count("<li>") == 2
     assert 'href="#accuracy-against-compute"' in box and 'href="#wall-time"' in box
-    assert "1 reproduced, 1 not tested" in box and "needs the full profile" in box
+    assert "1 reproduced, 1 not tested" in box and "not tested: full profile" in box
     assert nb.cells[2].source == "**What it claims.** much."
     assert sum("mpnn-glance" in c.source for c in nb.cells if c.cell_type == "markdown") == 1
     html_out = nb.cells[5].outputs[0]["data"]["text/html"]

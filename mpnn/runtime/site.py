@@ -65,8 +65,8 @@ def badge_text(claim: dict) -> str:
     if "needs root" in note:
         return "not tested: needs root"
     if "gpu" in note:
-        return f"not tested: needs the {claim.get('needs', 'full')} profile (GPU)"
-    return f"not tested: needs the {claim.get('needs', 'default')} profile"
+        return f"not tested: {claim.get('needs', 'full')} profile (GPU)"
+    return f"not tested: {claim.get('needs', 'default')} profile"
 
 
 _CI = re.compile(r"\(95% CI [^),]*")
