@@ -157,3 +157,17 @@ def test_projection_with_the_faster_engines_bytes_and_the_peers_table():
     assert len(table) == 6 and (table["max |diff| to one process"] == 3e-17).all()
     row = table.set_index("engine").loc[E.PEERS["tp-megatron"][2]]
     assert row["x book engine"] == pytest.approx(0.8) and row["socket kB per step"] == pytest.approx(80)
+
+
+def test_traffic_grid_holds_every_plan_of_the_explorer():
+    from mpnn.experiments import multipart_deployment as E
+    sizes = [20, 12, 8, 4]
+    grid = E.traffic_grid(sizes, ["count", "layer"], batch_size=5, P_max=4)
+    for (strategy, P), part in grid.groupby(["strategy", "ranks"]):
+        t = E.rank_traffic(strategy, P, sizes=sizes, batch_size=5).data
+        fwd = part[part["direction"] == "forward"].sort_values("rank")["kB sent"].to_numpy()
+        assert fwd.tolist() == pytest.approx(t["kB sent forward"].tolist())
+    assert sorted(grid[grid["strategy"] == "layer"]["ranks"].unique()) == [2, 3]   # 3 layers: at most 3 ranks
+    assert sorted(grid[grid["strategy"] == "count"]["ranks"].unique()) == [2, 3, 4]
+    chart = E.figure_traffic_site(grid).to_dict()
+    assert {p["name"] for p in chart["params"]} == {"p_strategy", "p_ranks"}

@@ -255,7 +255,8 @@ def test_figure_files_linked_under_charts_are_served(server):
     assert not bad, "figure files not served:\n" + "\n".join(bad[:20])
 
 
-SITE_EXPLORERS = ("early_exits", "switch_network", "tag_partitioning")   # chapters whose explorer has a site version
+SITE_EXPLORERS = ("conditional_computation", "early_exits", "multipart_deployment", "specialization", "switch_network",
+                  "tag_partitioning")   # chapters whose explorer has a site version
 
 
 def test_site_explorers_are_on_their_pages():

@@ -561,6 +561,35 @@ def rank_traffic(strategy: str, ranks: int, *, sizes, batch_size: int):
                          "messages": np.array(v["fwd_msgs"]) + np.array(v["bwd_msgs"])}).style.hide(axis="index")
 
 
+def traffic_grid(sizes, strategies, batch_size: int, P_max: int = 8) -> pd.DataFrame:
+    """:func:`rank_traffic` of every strategy and P = 2..P_max as one tidy table (the site explorer's grid):
+    one row per (strategy, ranks, rank, direction) with the kB that rank sends per training step."""
+    rows = []
+    for strategy in strategies:
+        for P in range(2, P_max + 1):
+            try:
+                t = rank_traffic(strategy, P, sizes=sizes, batch_size=batch_size).data
+            except PlanError:
+                continue
+            for _, r in t.iterrows():
+                for direction in ("forward", "backward"):
+                    rows.append({"strategy": strategy, "ranks": P, "rank": int(r["rank"]), "direction": direction,
+                                 "kB sent": float(r[f"kB sent {direction}"]), "messages": int(r["messages"])})
+    return pd.DataFrame(rows)
+
+
+def figure_traffic_site(grid: pd.DataFrame) -> alt.TopLevelMixin:
+    """The traffic explorer for the static site: a strategy dropdown and a rank-count slider choose the
+    plan; bars show the kB each rank sends per step, forward and backward stacked."""
+    chart = alt.Chart(grid).mark_bar().encode(
+        x=alt.X("rank:O", title="rank"), y=alt.Y("kB sent:Q", title="kB sent per training step", stack=True),
+        color=alt.Color("direction:N", title="direction"),
+        tooltip=["strategy", "ranks", "rank", "direction", alt.Tooltip("kB sent:Q", format=".1f"), "messages"],
+    ).properties(title="Bytes each rank sends per training step", width=420, height=260)
+    return plots.bound(chart, grid, {"strategy": {"kind": "dropdown", "name": "strategy", "value": "count"},
+                                     "ranks": {"kind": "slider", "name": "ranks", "value": 3}})
+
+
 # ---------------------------------------------------------------------- network conditions (issue 13)
 # Ranks in their own network namespaces, uplinks shaped by tc tbf, latency emulated in the engine's
 # transport (mpnn.deploy.netns); the shared store reached over the same links. Needs root.
