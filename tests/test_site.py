@@ -256,7 +256,7 @@ def test_figure_files_linked_under_charts_are_served(server):
 
 
 SITE_EXPLORERS = ("conditional_computation", "early_exits", "multipart_deployment", "specialization", "switch_network",
-                  "tag_partitioning")   # chapters whose explorer has a site version
+                  "tag_partitioning", "token_selection")   # chapters whose explorer has a site version
 
 
 def test_site_explorers_are_on_their_pages():

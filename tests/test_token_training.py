@@ -106,3 +106,21 @@ def test_step_seconds_axis():
     curve = pd.DataFrame({"arm": [ex.ALL_TOKENS, ex.SAME_FLOPS], "step": [10, 10]})
     out = ex.with_step_seconds(curve, {"all": 0.02, "kept": 0.015})
     assert out["step seconds"].tolist() == pytest.approx([0.2, 0.15])
+
+
+def test_setting_grid_labels_every_setting_and_the_site_explorer_selects_one():
+    import pandas as pd
+    from mpnn.experiments import token_selection as ex
+    table = pd.DataFrame([
+        {"method": ex.SELECTION, "rho": 0.5, "r": 0, "accuracy": 0.89, "relative FLOPs": 0.65,
+         "predicted speed-up": 1.54, "measured speed-up": 1.1},
+        {"method": ex.RANDOM, "rho": 0.5, "r": 0, "accuracy": 0.7, "relative FLOPs": 0.65,
+         "predicted speed-up": 1.54, "measured speed-up": float("nan")},
+        {"method": ex.MERGING, "rho": 1.0, "r": 2, "accuracy": 0.88, "relative FLOPs": 0.76,
+         "predicted speed-up": 1.3, "measured speed-up": 0.7}])
+    grid = ex.setting_grid(table)
+    assert sorted(grid["setting"]) == sorted(["ToMe, r=2", f"{ex.SELECTION}, rho=0.5", f"{ex.RANDOM}, rho=0.5"])
+    merged = grid[grid["setting"] == "ToMe, r=2"].iloc[0]
+    assert merged["summary"] == "ToMe, r=2: accuracy 0.8800, FLOPs 0.760 (predicted 1.30x), measured speed-up 0.70x"
+    spec = ex.figure_setting_site(table).to_dict()
+    assert spec["params"][0]["name"] == "p_setting" and spec["params"][0]["value"] == f"{ex.SELECTION}, rho=0.5"

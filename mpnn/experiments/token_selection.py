@@ -353,6 +353,30 @@ def setting_means(table: pd.DataFrame) -> pd.DataFrame:
     return table.groupby(["method", "relative FLOPs"]).mean(numeric_only=True).reset_index()
 
 
+def setting_grid(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`setting_table` with one label per setting (``setting``) and its summary line (``summary``),
+    sorted by method and FLOPs: the site explorer's grid."""
+    grid = table.sort_values(["method", "relative FLOPs"]).reset_index(drop=True)
+    grid["setting"] = [f"ToMe, r={int(r.r)}" if r.method == MERGING else f"{r.method}, rho={r.rho:g}"
+                       for r in grid.itertuples()]
+    grid["summary"] = [_setting_line(row, row["setting"]) for _, row in grid.iterrows()]
+    return grid[["setting", "method", "rho", "r", "accuracy", "relative FLOPs", "summary"]]
+
+
+def figure_setting_site(table: pd.DataFrame):
+    """The token explorer for the static site: a setting dropdown moves the highlighted point along the
+    accuracy/FLOPs curves of learned selection, random selection and ToMe."""
+    from mpnn.runtime import plots
+    grid = setting_grid(table)
+    default = grid[(grid.method == SELECTION) & (grid.rho == 0.5)]
+    first = default["setting"].iloc[0] if len(default) else grid["setting"].iloc[0]
+    return plots.operating_point(grid, "relative FLOPs", "accuracy",
+                                 {"setting": {"kind": "dropdown", "name": "setting", "value": first}},
+                                 color="method", label="summary", x_title="FLOPs relative to all tokens",
+                                 y_title="test accuracy (mean over seeds)", width=440, height=260,
+                                 title="Accuracy against FLOPs: the chosen setting")
+
+
 # ---------------------------------------------------------------- training on the kept tokens at a fixed budget
 
 ALL_TOKENS, SAME_FLOPS, SAME_STEPS = "all tokens", "kept tokens, same FLOPs", "kept tokens, same steps"
