@@ -10,6 +10,7 @@ the size-weighted average and the gathers are not counted.
 """
 import torch
 
+from mpnn.experiments.token_selection import training_step_fn
 from mpnn.runtime.bench import case
 from mpnn.tokens import TokenViT, ViTConfig, vit_flops
 
@@ -57,22 +58,13 @@ def merging(r, quick):
 def training_step(rho, quick):
     """One training step (forward, backward, fused AdamW) on the gathered kept tokens (``how="gather_st"``)
     against one on all tokens, batch 64; ``flops``: 3 x the forward FLOPs per image."""
-    import torch.nn.functional as F
-
     torch.manual_seed(0)
     x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1))
 
     def variant(**kw):
         model = TokenViT(CONFIG).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-
-        def step():
-            loss = F.cross_entropy(model(x, **kw), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return step
+        return training_step_fn(model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True), x, y, kw)
     extra = _extra(64, rho=rho)
     extra["flops"] = {k: 3 * v for k, v in extra["flops"].items()}
     return {"fewer_tokens": variant(rho=rho, how="gather_st"), "all_tokens": variant()}, extra

@@ -333,16 +333,10 @@ def job_conditions(job: dict, rank: int, device) -> dict:
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from .engine import ShardedMLP, init_params, reference_model
-    from .plan import Plan
-    from .worker import DTYPES, _timed_step, batch, make_data
-    dtype = DTYPES[job.get("dtype", "float32")]
-    plans = [Plan.from_dict(pd) for pd in job["plans"]]
-    sizes, seed, lr = plans[0].sizes, job["seed"], job["lr"]
-    x, y = make_data(job["data"], sizes[0], sizes[-1])
-    params = init_params(sizes, seed, dtype)
-    models = [ShardedMLP(p, rank, params=params, device=device, dtype=dtype, timeout_s=job["op_timeout_s"])
-              if rank < p.world_size else None for p in plans]
+    from .engine import reference_model
+    from .worker import DTYPES, _timed_step, batch, plan_models
+    plans, x, y, params, models = plan_models(job, rank, device)
+    seed, lr, dtype = job["seed"], job["lr"], DTYPES[job.get("dtype", "float32")]
     ref = reference_model(params) if rank == 0 else None
     opt = torch.optim.SGD(ref.parameters(), lr=lr) if ref is not None else None
     conds, n_cfg = job["conditions"], len(plans) + 1

@@ -144,6 +144,20 @@ def _timed_step(model: ShardedMLP, xb, yb, lr: float, device) -> dict:
             "wire_bytes": None if io0 is None else io1 - io0, **model.stats.as_dict()}
 
 
+def plan_models(job: dict, rank: int, device) -> tuple:
+    """The set-up every interleaved timing job shares: ``job["plans"]``, the data, the initial parameters
+    and this rank's :class:`ShardedMLP` of each plan (None where the plan has fewer ranks).
+    Returns ``(plans, x, y, params, models)``."""
+    dtype = DTYPES[job.get("dtype", "float32")]
+    plans = [Plan.from_dict(pd) for pd in job["plans"]]
+    sizes = plans[0].sizes
+    x, y = make_data(job["data"], sizes[0], sizes[-1])
+    params = init_params(sizes, job["seed"], dtype)
+    models = [ShardedMLP(p, rank, params=params, device=device, dtype=dtype, timeout_s=job["op_timeout_s"])
+              if rank < p.world_size else None for p in plans]
+    return plans, x, y, params, models
+
+
 def job_interleaved(job: dict, rank: int, device) -> dict:
     """Interleaved timing of several plans (and the single-process step) in one group.
 
@@ -155,13 +169,8 @@ def job_interleaved(job: dict, rank: int, device) -> dict:
     as the last configuration (the other ranks wait). Returns, per configuration, one row per timed
     round (this rank's start and end times and traffic; an empty list where the rank takes no part).
     """
-    dtype = DTYPES[job.get("dtype", "float32")]
-    plans = [Plan.from_dict(pd) for pd in job["plans"]]
-    sizes, seed, lr = plans[0].sizes, job["seed"], job["lr"]
-    x, y = make_data(job["data"], sizes[0], sizes[-1])
-    params = init_params(sizes, seed, dtype)
-    models = [ShardedMLP(p, rank, params=params, device=device, dtype=dtype, timeout_s=job["op_timeout_s"])
-              if rank < p.world_size else None for p in plans]
+    plans, x, y, params, models = plan_models(job, rank, device)
+    seed, lr, dtype = job["seed"], job["lr"], DTYPES[job.get("dtype", "float32")]
     ref = opt = None
     if job.get("reference") and rank == 0:
         ref = reference_model([(w.to(device), b.to(device)) for w, b in params])

@@ -529,7 +529,7 @@ def train_step_claim(model: TokenViT, x: torch.Tensor, y: torch.Tensor, rho: flo
     for name, kw in (("all", {}), ("kept", dict(rho=rho, how="gather_st"))):
         m = copy.deepcopy(model).train()
         opt = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.05, fused=fusable(m))
-        fns[name] = _step_fn(m, opt, x, y, kw)
+        fns[name] = training_step_fn(m, opt, x, y, kw)
     with determinism.cpu_threads(1, x.device):
         t = interleaved_samples(fns, repeats=repeats)
     sp, lo, hi = paired_speedup(t["all"], t["kept"])
@@ -546,7 +546,8 @@ def train_step_claim(model: TokenViT, x: torch.Tensor, y: torch.Tensor, rho: flo
             "all_s": _median(t["all"]), "kept_s": _median(t["kept"]), "repeats": repeats}
 
 
-def _step_fn(model, opt, x, y, kw):
+def training_step_fn(model, opt, x, y, kw):
+    """One training step of ``model`` on ``(x, y)``: cross-entropy of ``model(x, **kw)``, backward, ``opt`` step."""
     def step():
         loss = F.cross_entropy(model(x, **kw), y)
         opt.zero_grad(set_to_none=True)
