@@ -206,6 +206,20 @@ def _gather_st(h: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tenso
 
 # ---------------------------------------------------------------- model
 
+# Rows shorter than one SIMD vector of floats take a scalar path in torch's CPU softmax: measured on AVX512
+# (torch 2.14, one thread), softmax over (1000, n, n) costs 1.74 ms at n = 12 and 0.21 ms at n = 16, five
+# times the max/exp/sum written out below; from n = 16 on torch's kernel is 1.3-2x faster than that.
+_SHORT_ROWS = {"AVX512": 16, "AVX2": 8}.get(torch.backends.cpu.get_cpu_capability(), 0)
+
+
+def _softmax_(a: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim of a temporary ``a`` (overwritten when its rows are short, see ``_SHORT_ROWS``)."""
+    if a.shape[-1] >= _SHORT_ROWS:
+        return torch.softmax(a, dim=-1)
+    a.sub_(a.amax(dim=-1, keepdim=True)).exp_()
+    return a.div_(a.sum(dim=-1, keepdim=True))
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -244,7 +258,7 @@ class Attention(nn.Module):
                 a = torch.bmm(q, k.transpose(1, 2)).mul_(self.scale)
             else:
                 a = torch.baddbmm(bias.reshape(B, 1, n), q, k.transpose(1, 2), alpha=self.scale)
-            outs.append(torch.bmm(torch.softmax(a, dim=-1), v))
+            outs.append(torch.bmm(_softmax_(a), v))
             if need_keys:
                 keys = k if keys is None else keys + k
         out = self.proj(torch.cat(outs, dim=-1) if h > 1 else outs[0])

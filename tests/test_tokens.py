@@ -487,3 +487,17 @@ def test_fused_attention_matches_explicit_with_sizes():
     ref, ref_keys = att(x, size=size)
     assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(keys, ref_keys, atol=1e-7)
     assert Attention.forward(att.eval(), x, need_keys=False)[1] is None
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 12, 15, 16, 17, 49])
+def test_short_row_softmax_matches_torch(n):
+    from mpnn.tokens import _softmax_
+    a = 10 * torch.randn(7, n, n, generator=torch.Generator().manual_seed(n))
+    expected = torch.softmax(a, dim=-1)
+    assert torch.allclose(_softmax_(a.clone()), expected, atol=1e-6)
+    with torch.no_grad():  # the attention's fused path on few tokens equals its explicit softmax
+        att = Attention(8, 2).eval()
+        x, size = torch.randn(3, n, 8), torch.rand(3, n, 1) + 0.5
+        out, keys = att(x, size=size)
+        ref, ref_keys = att.train()(x, size=size)
+    assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(keys, ref_keys, atol=1e-7)
