@@ -3,8 +3,11 @@
 All variants do the same useful work per token (k experts of ``d -> h -> d``, or one dense MLP
 ``d -> k*h -> d``), so ``ratio_to_moe-vectorised`` of ``dense-equal-active`` is the dense layer's time
 per active FLOP relative to the MoE's (the aim is that the MoE is within 1.15x of it:
-``dense ratio >= 1/1.15 = 0.87``). The vectorised dispatch sorts the kept assignments by expert and
-runs two grouped matmuls over them (no padding to the largest expert load).
+``dense ratio >= 1/1.15 = 0.87``). The vectorised dispatch routes, plans and sorts the kept
+assignments by expert in compiled passes and runs the experts on their own rows
+(:mod:`mpnn.moe.fused`: no padding to the largest expert load). Its GEMM kernel is faster than
+torch's on this CPU, so ``dense-same-kernel`` (one expert of width ``k*h`` on that kernel) is
+reported too: against it the ratio is the cost of routing and dispatch alone.
 
 FLOPs (the ``flops`` extra, one call): forward ``T * k * 2 * 2 d h`` (two matmuls of ``d x h``, a
 multiply-add counted as 2), backward twice that (input and weight gradients), so
@@ -20,6 +23,7 @@ import torch
 
 from mpnn import moe
 from mpnn.experiments import conditional_computation as cc
+from mpnn.moe import fused
 from mpnn.runtime.bench import case
 
 
@@ -57,6 +61,13 @@ def forward_backward(k, n_experts, quick):
         "moe-loop-over-experts": step(lambda: _loop_over_experts(layer, x)),
         "dense-equal-active": step(lambda: dense(x)),
     }
+    if fused.usable(x):
+        # the same dense MLP on the MoE's own GEMM kernel: one expert of width k*h that every token uses
+        one = moe.Experts(1, d, k * h, d)
+        plan = fused.plan(torch.zeros(tokens, 1, dtype=torch.long), 1, 1, None)
+        ones = torch.ones(tokens, 1)
+        variants["dense-same-kernel"] = step(lambda: fused.sorted_expert_mlp(x, ones, plan, one.w1, one.b1,
+                                                                             one.w2, one.b2))
     load = torch.bincount(layer.gate(x).experts.flatten(), minlength=n_experts)
     return variants, {"tokens": tokens, "d": d, "hidden": h, "active_gflop_fwd": active / 1e9,
                       "max_load_over_mean": float(load.max() / load.float().mean()),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import fused
 from .experts import Experts
 
 
@@ -98,10 +99,15 @@ def dispatch_token_choice(x: torch.Tensor, chosen: torch.Tensor, weights: torch.
     R, T, d = x.shape
     k = chosen.shape[-1]
     E = experts.n_experts // R
-    routes = (chosen + E * torch.arange(R, device=x.device).view(R, 1, 1)).reshape(R * T, k)
-    plan = plan_dispatch(routes, R * E, None,
-                         buffer=None if capacity_factor is None else capacity(T, E, k, capacity_factor))
+    cap = None if capacity_factor is None else capacity(T, E, k, capacity_factor)
     n_tok = R * T
+    if fused.usable(x, weights, experts.w1, experts.b1, experts.w2, experts.b2):
+        p = fused.plan(chosen.reshape(n_tok, k), R, E, cap)                # one compiled pass, same plan
+        y = fused.sorted_expert_mlp(x.reshape(n_tok, d), weights.reshape(n_tok, k), p,
+                                    experts.w1, experts.b1, experts.w2, experts.b2)
+        return y.view(R, T, -1), p.assignment.view(R, T, E), p.dropped
+    routes = (chosen + E * torch.arange(R, device=x.device).view(R, 1, 1)).reshape(n_tok, k)
+    plan = plan_dispatch(routes, R * E, None, buffer=cap)
     order, token, counts = sorted_assignments(routes, plan)
     per = experts.forward_sorted(x.reshape(n_tok, d).index_select(0, token), counts)   # (M, d_out)
     w = weights.reshape(n_tok, k).t().reshape(-1).index_select(0, order)

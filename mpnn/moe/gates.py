@@ -24,6 +24,7 @@ from torch import nn
 
 from mpnn.switch import LearnedSwitch, topk_mask
 
+from . import fused
 from .losses import cv_squared, switch_aux_loss, z_loss
 
 
@@ -73,7 +74,23 @@ def select_top_k(logits: torch.Tensor, k: int, *, gumbel: bool = False) -> torch
 
 def route_top_k(logits: torch.Tensor, k: int, *, normalize: bool = True, gumbel: bool = False,
                 alpha: float = 0.0, z_coef: float = 0.0) -> Routing:
-    """Top-k softmax routing of scores ``logits`` (..., T, E), with the Switch and z losses."""
+    """Top-k softmax routing of scores ``logits`` (..., T, E), with the Switch and z losses.
+
+    float32 scores on the CPU are routed in one compiled pass (:func:`mpnn.moe.fused.route_top_k`,
+    same experts and weights); the softmax and the mask are then computed only for the losses.
+    """
+    if logits.dim() >= 2 and fused.routing_usable(logits):
+        flat = logits.reshape(-1, logits.shape[-1])                      # rows route independently
+        experts, weights = fused.route_top_k(
+            flat, k, flat.detach() + gumbel_noise(flat) if gumbel else None, normalize=normalize)
+        experts, weights = experts.view(*logits.shape[:-1], k), weights.view(*logits.shape[:-1], k)
+        aux = logits.new_zeros(logits.shape[:-2])
+        if alpha:
+            sel = torch.zeros_like(logits).scatter_(-1, experts, 1.0)
+            aux = aux + alpha * switch_aux_loss(torch.softmax(logits, dim=-1), sel)
+        if z_coef:
+            aux = aux + z_coef * z_loss(logits)
+        return Routing(logits, experts, weights, aux)
     probs = torch.softmax(logits, dim=-1)
     sel = select_top_k(logits, k, gumbel=gumbel)
     experts = _ranked(sel, logits, k)                                    # (..., T, k)
