@@ -2,7 +2,9 @@
 import json
 import time
 
+import pandas as pd
 import pytest
+import torch
 
 from mpnn.runtime import bench
 
@@ -82,3 +84,22 @@ def test_machine_limit_table_divides_by_the_same_runs_reference():
     assert list(table["sizes"]) == ["default sizes", "quick sizes"]          # w states no FLOPs: left out
     assert list(table["fraction of torch.mm"]) == [0.25, 0.5] and list(table["setting"]) == ["n=4", "n=4"]
     assert E.figure_machine_limit(table).to_dict()["layer"][1]["mark"]["type"] == "rule"
+
+
+def test_native_reference_counts_two_n_cubed_flops_and_is_a_correct_product(monkeypatch):
+    from mpnn.moe import fused
+    if not fused.usable(torch.zeros(1)):
+        pytest.skip("no C++ compiler")
+    a, b = torch.randn(70, 70), torch.randn(1, 70, 70)
+    c = fused._grouped_nn(a, b, torch.tensor([0, 70]), torch.tensor([70], dtype=torch.int32), "native")
+    assert torch.allclose(c, a @ b[0], atol=1e-4)                             # the timed product is a real GEMM
+    monkeypatch.setattr(bench, "time_callable", lambda fn, repeats, warmup, min_time: {"median_s": 0.5})
+    assert bench.native_mm_gflops(100)["gflops"] == 2 * 100 ** 3 / 0.5 / 1e9
+    from mpnn.experiments import performance as E
+    results = {"reference": {"gflops": 4.0}, "reference_native": {"gflops": 10.0}}
+    assert E.native_over_torch(results) == 2.5 and E.native_over_torch({"reference": {"gflops": 1.0}}) is None
+    table = pd.DataFrame({"case": ["c"], "setting": ["n=4"], "variant": ["v"], "sizes": ["default sizes"],
+                          "gflops": [2.0], "fraction of torch.mm": [0.5]})
+    spec = E.figure_machine_limit(table, results).to_dict()
+    rules = spec["datasets"][spec["layer"][1]["data"]["name"]]
+    assert [r["x"] for r in rules] == [1.0, 2.5]                              # torch.mm and the book's GEMM
