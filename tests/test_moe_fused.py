@@ -145,3 +145,25 @@ def test_bad_plan_shape_is_named():
         fused.sorted_expert_mlp(x[:, :4], w, p, w1, b1, w2, b2)
     with pytest.raises(ValueError, match="how must be"):
         fused.sorted_expert_mlp(x, w, p, w1, b1, w2, b2, how="blas")
+
+
+@pytest.mark.parametrize("mode", ["nn", "nt", "tn"])
+def test_native_gemm_tiles_large_products(mode):
+    """Reductions and widths past one 256 x 256 panel (and an empty group) against torch.mm per group."""
+    torch.manual_seed(7)
+    counts = torch.tensor([19, 0, 13])
+    ends = torch.cumsum(counts, 0)
+    starts = torch.cat([ends.new_zeros(1), ends])
+    K, N = 300, 270
+    groups = [(int(s), int(e)) for s, e in zip(starts[:-1], starts[1:])]
+    if mode == "tn":
+        a, b = torch.randn(32, K), torch.randn(32, N)
+        c = fused._grouped_tn(a, b, starts, ends.int(), 3, "native")
+        ref = torch.stack([a[s:e].double().t() @ b[s:e].double() for s, e in groups])
+    else:
+        a = torch.randn(32, K)
+        w = torch.randn(3, K, N) if mode == "nn" else torch.randn(3, N, K)
+        c = (fused._grouped_nn if mode == "nn" else fused._grouped_nt)(a, w, starts, ends.int(), "native")
+        ref = torch.cat([a[s:e].double() @ (w[g].double() if mode == "nn" else w[g].double().t())
+                         for g, (s, e) in enumerate(groups)])
+    assert torch.allclose(c.double(), ref, atol=1e-3, rtol=1e-4)
