@@ -130,6 +130,7 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int) -> Callable[[torch.Ten
             return _merge_sum(x, keep, src, dst)
         return _merge_reduce(x, keep, src, dst, mode)
 
+    merge.rows = (keep, src, dst)  # read by merge_wavg's direct path
     return merge
 
 
@@ -143,13 +144,28 @@ def _match_order(metric: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tens
     nA, nB = (n + 1) // 2, n // 2
     m = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     sim = m[:, ::2] @ m[:, 1::2].transpose(-1, -2)  # (B, nA, nB)
-    best, best_idx = sim.max(dim=-1)  # (B, nA)
+    best = _row_max(sim)  # (B, nA)
     order = best.argsort(dim=-1, descending=True, stable=True)  # (B, nA)
+    # the best match's index is needed for the r merged A rows only: argmax over their rows of ``sim``
+    best_idx = sim.gather(1, order[:, :r].unsqueeze(-1).expand(B, r, nB)).argmax(dim=-1)  # (B, r)
     base = torch.arange(B, device=metric.device).unsqueeze(1)  # (B, 1)
     odd = torch.arange(1, n, 2, device=metric.device).expand(B, nB)
     keep = torch.cat([2 * order[:, r:], odd], dim=1) + n * base  # (B, n-r)
-    dst = best_idx.gather(1, order[:, :r]) + (nA - r) + (n - r) * base  # (B, r)
+    dst = best_idx + (nA - r) + (n - r) * base  # (B, r)
     return keep.reshape(-1), (2 * order[:, :r] + n * base).reshape(-1), dst.reshape(-1)
+
+
+def _row_max(s: torch.Tensor) -> torch.Tensor:
+    """``s.amax(dim=-1)`` as a halving tree of elementwise maxima (exact, NaN propagating like ``amax``): on
+    ToMe's (1000, 25, 24) similarities 0.22 ms against 0.70 ms for ``amax`` and 0.96 ms for ``max`` with indices
+    (torch's CPU reductions over short contiguous rows, one thread)."""
+    while s.shape[-1] > 1:
+        h = s.shape[-1] // 2
+        t = torch.maximum(s[..., :h], s[..., h:2 * h])
+        if s.shape[-1] % 2:
+            t[..., :1] = torch.maximum(t[..., :1], s[..., 2 * h:])
+        s = t
+    return s[..., 0]
 
 
 def _merge_sum(x: torch.Tensor, keep: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
@@ -177,7 +193,12 @@ def merge_wavg(merge: Callable, x: torch.Tensor, size: torch.Tensor | None) -> t
     """Size-weighted average merge: x (B, n, d), size (B, n, 1) -> (B, n-r, d), (B, n-r, 1).
 
     ``x' = merge(s x) / merge(s)``, ``s' = merge(s)`` (ToMe's weighted average; ``size=None`` means all
-    sizes 1). ``s x`` and ``s`` travel through one merge as the columns of one (B, n, d+1) tensor."""
+    sizes 1). For a merge of :func:`bipartite_soft_matching` this runs :func:`_wavg_rows` on its row indices
+    (no packing copy, no ``s x`` when all sizes are 1); for any other ``merge`` callable ``s x`` and ``s``
+    travel through one merge as the columns of one (B, n, d+1) tensor."""
+    rows = getattr(merge, "rows", None)
+    if rows is not None:
+        return _wavg_rows(x, size, *rows)
     d = x.shape[-1]
     xs = x.new_empty(*x.shape[:-1], d + 1)  # written in place: a cat along the last dim copies row by row
     if size is None:
@@ -189,6 +210,24 @@ def merge_wavg(merge: Callable, x: torch.Tensor, size: torch.Tensor | None) -> t
     out = merge(xs, "sum")
     size = out[..., d:]
     return out[..., :d] / size, size
+
+
+def _wavg_rows(x: torch.Tensor, size: torch.Tensor | None, keep: torch.Tensor, src: torch.Tensor,
+               dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`merge_wavg` from :func:`_match_order`'s rows: ``s x`` (skipped when all sizes are 1) merged with
+    two row gathers and a row scatter-add, the sizes likewise as a (B n,) vector, then one in-place division.
+    Same sums in the same order as merging the packed (B, n, d+1) tensor."""
+    Bsz, n, d = x.shape
+    flat = (x if size is None else x * size).reshape(Bsz * n, d)
+    out = flat.index_select(0, keep)
+    out.index_add_(0, dst, flat.index_select(0, src))
+    if size is None:
+        s = x.new_ones(keep.shape[0]).index_add_(0, dst, x.new_ones(src.shape[0]))
+    else:
+        sflat = size.reshape(Bsz * n)
+        s = sflat.index_select(0, keep).index_add_(0, dst, sflat.index_select(0, src))
+    s = s.view(Bsz, -1, 1)
+    return out.view(Bsz, -1, d).div_(s), s
 
 
 def _gather_st(h: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

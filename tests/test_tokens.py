@@ -501,3 +501,26 @@ def test_short_row_softmax_matches_torch(n):
         out, keys = att(x, size=size)
         ref, ref_keys = att.train()(x, size=size)
     assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(keys, ref_keys, atol=1e-7)
+
+
+@pytest.mark.parametrize("n,r", [(49, 8), (41, 4), (7, 2), (9, 4), (6, 10)])
+def test_wavg_direct_path_equals_packed_merge(n, r):
+    # merge_wavg on bipartite_soft_matching's row indices against the generic path (one merge of [s x, s])
+    g = torch.Generator().manual_seed(n + r)
+    metric, x = torch.randn(5, n, 4, generator=g), torch.randn(5, n, 6, generator=g)
+    size = torch.randint(1, 5, (5, n, 1), generator=g).float()
+    merge = bipartite_soft_matching(metric, r)
+    assert hasattr(merge, "rows")
+    for s in (None, size):
+        got, got_s = merge_wavg(merge, x, s)
+        ref, ref_s = merge_wavg(lambda t, mode="sum": merge(t, mode), x, s)
+        assert torch.equal(got, ref) and torch.equal(got_s, ref_s)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 1), (3, 5, 2), (4, 7, 3), (2, 25, 24), (2, 13, 17)])
+def test_row_max_equals_amax(shape):
+    from mpnn.tokens import _row_max
+    s = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+    assert torch.equal(_row_max(s), s.amax(-1))
+    s[0, 1, shape[-1] // 2] = float("nan")
+    assert torch.equal(_row_max(s).isnan(), s.amax(-1).isnan())
