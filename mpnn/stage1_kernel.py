@@ -1,7 +1,7 @@
 """The early-exit network's always-run part as one C++ loop per image: block 1, exit 1, its entropy,
 the exit decision and the gather of the rows that stay (:func:`mpnn.early_exit.fused_exit1`).
 
-Per image, in registers and the L1 cache (C channels, K classes, GCC vector extensions, 8 floats per
+Per image, in registers and the L1 cache (C channels, K classes, GCC vector extensions, 8 or 16 floats per
 vector, built by :mod:`mpnn.native`):
 
 * block 1, ``conv5x5(1 -> C, pad 2) + ReLU + maxpool2`` channels last: pooled ``(h, w)`` is
@@ -32,24 +32,27 @@ SOURCE = r"""
 #include <cstring>
 
 typedef float v8 __attribute__((vector_size(32)));
+typedef float v16 __attribute__((vector_size(64)));
 
-static inline v8 load8(const float* p) { v8 v; std::memcpy(&v, p, sizeof v); return v; }
-static inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
-static inline v8 vmax(v8 a, v8 b) { return a > b ? a : b; }
+// V: the vector type (8 or 16 floats, L lanes), NV vectors per pixel: C = L * NV channels
+template <typename V> static inline V vload(const float* p) { V v; std::memcpy(&v, p, sizeof v); return v; }
+template <typename V> static inline void vstore(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+template <typename V> static inline V vmax(V a, V b) { return a > b ? a : b; }
+template <typename V> constexpr int lanes() { return sizeof(V) / sizeof(float); }
 
 // Block 1 of one image into feats (196, C): see the module docstring.
-template <int NV>
+template <typename V, int NV>
 static void block1(const float* x, const float* w, const float* b, float* feats) {
-  constexpr int C = 8 * NV;
+  constexpr int L = lanes<V>(), C = L * NV;
   float pad[32 * 32];
   std::memset(pad, 0, sizeof pad);
   for (int r = 0; r < 28; ++r) std::memcpy(pad + (r + 2) * 32 + 2, x + r * 28, 28 * sizeof(float));
-  const v8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
-  v8 bias[NV];
-  for (int j = 0; j < NV; ++j) bias[j] = load8(b + 8 * j);
+  const V zero = {};
+  V bias[NV];
+  for (int j = 0; j < NV; ++j) bias[j] = vload<V>(b + L * j);
   for (int ph = 0; ph < 14; ++ph) {
     for (int pw = 0; pw < 14; ++pw) {
-      v8 a[4][NV];
+      V a[4][NV];
       for (int p = 0; p < 4; ++p)
         for (int j = 0; j < NV; ++j) a[p][j] = zero;
       const float* top = pad + (2 * ph) * 32 + 2 * pw;
@@ -62,7 +65,7 @@ static void block1(const float* x, const float* w, const float* b, float* feats)
           const float v0 = r0[c], v1 = r0[c + 1], v2 = r1[c], v3 = r1[c + 1];
 #pragma GCC unroll 4
           for (int j = 0; j < NV; ++j) {
-            const v8 wv = load8(wk + 8 * j);
+            const V wv = vload<V>(wk + L * j);
             a[0][j] += v0 * wv;
             a[1][j] += v1 * wv;
             a[2][j] += v2 * wv;
@@ -73,30 +76,30 @@ static void block1(const float* x, const float* w, const float* b, float* feats)
       float* o = feats + (ph * 14 + pw) * C;
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j)
-        store8(o + 8 * j, vmax(vmax(vmax(a[0][j], a[1][j]), vmax(a[2][j], a[3][j])) + bias[j], zero));
+        vstore<V>(o + L * j, vmax<V>(vmax<V>(vmax<V>(a[0][j], a[1][j]), vmax<V>(a[2][j], a[3][j])) + bias[j], zero));
     }
   }
 }
 
 // Exit 1 of one image's features: logits (K,) = hb + hw (K, 49 C) . maxpool2(feats); returns H.
-template <int NV>
+template <typename V, int NV>
 static double exit1(const float* feats, int K, const float* hw, const float* hb, float* logits) {
-  constexpr int C = 8 * NV;
+  constexpr int L = lanes<V>(), C = L * NV;
   float pooled[49 * C];
   for (int i = 0; i < 7; ++i)
     for (int j = 0; j < 7; ++j)
       for (int v = 0; v < NV; ++v) {
-        const float* f = feats + ((2 * i) * 14 + 2 * j) * C + 8 * v;
-        store8(pooled + (i * 7 + j) * C + 8 * v,
-               vmax(vmax(load8(f), load8(f + C)), vmax(load8(f + 14 * C), load8(f + 15 * C))));
+        const float* f = feats + ((2 * i) * 14 + 2 * j) * C + L * v;
+        vstore<V>(pooled + (i * 7 + j) * C + L * v,
+                  vmax<V>(vmax<V>(vload<V>(f), vload<V>(f + C)), vmax<V>(vload<V>(f + 14 * C), vload<V>(f + 15 * C))));
       }
   double zmax = -INFINITY;
   for (int k = 0; k < K; ++k) {
     const float* wk = hw + (int64_t)k * 49 * C;
-    v8 s = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int i = 0; i < 49 * C; i += 8) s += load8(wk + i) * load8(pooled + i);
+    V s = {};
+    for (int i = 0; i < 49 * C; i += L) s += vload<V>(wk + i) * vload<V>(pooled + i);
     float z = hb[k];
-    for (int l = 0; l < 8; ++l) z += s[l];
+    for (int l = 0; l < L; ++l) z += s[l];
     logits[k] = z;
     zmax = z > zmax ? z : zmax;
   }
@@ -109,18 +112,18 @@ static double exit1(const float* feats, int K, const float* hw, const float* hb,
   return (std::log(sum) - dot / sum) / std::log((double)K);   // -sum p log p / log K
 }
 
-template <int NV>
+template <typename V, int NV>
 static int64_t run(int64_t n, const float* x, const float* w, const float* b, int K, const float* hw,
                    const float* hb, float threshold, int write_all, float* feats_out, float* logits,
                    int64_t* stay_rows) {
-  constexpr int C = 8 * NV;
+  constexpr int C = lanes<V>() * NV;
   float scratch[196 * C];
   int64_t kept = 0;
   for (int64_t i = 0; i < n; ++i) {
     float* feats = write_all ? feats_out + i * 196 * C : scratch;
-    block1<NV>(x + i * 784, w, b, feats);
+    block1<V, NV>(x + i * 784, w, b, feats);
     if (hw == nullptr) continue;
-    const double H = exit1<NV>(feats, K, hw, hb, logits + i * K);
+    const double H = exit1<V, NV>(feats, K, hw, hb, logits + i * K);
     if (!write_all && !(H < (double)threshold)) {
       std::memcpy(feats_out + kept * 196 * C, scratch, sizeof scratch);
       stay_rows[kept++] = i;
@@ -137,9 +140,9 @@ extern "C" int64_t mpnn_stage1(int64_t n, int C, const float* x, const float* w,
                                float* feats_out, float* logits, int64_t* stay_rows) {
   if (hw != nullptr && (K < 1 || K > 64)) return -1;
   switch (C) {
-    case 8: return run<1>(n, x, w, b, K, hw, hb, threshold, write_all, feats_out, logits, stay_rows);
-    case 16: return run<2>(n, x, w, b, K, hw, hb, threshold, write_all, feats_out, logits, stay_rows);
-    case 32: return run<4>(n, x, w, b, K, hw, hb, threshold, write_all, feats_out, logits, stay_rows);
+    case 8: return run<v8, 1>(n, x, w, b, K, hw, hb, threshold, write_all, feats_out, logits, stay_rows);
+    case 16: return run<v16, 1>(n, x, w, b, K, hw, hb, threshold, write_all, feats_out, logits, stay_rows);
+    case 32: return run<v16, 2>(n, x, w, b, K, hw, hb, threshold, write_all, feats_out, logits, stay_rows);
     default: return -1;
   }
 }
