@@ -17,7 +17,7 @@ so its ratio to the all-tokens forward moved by +-0.15 between runs with the sam
 therefore fixes the thresholds (``mallopt``: no trimming, no mmap below 1 GiB) before these cases: freed
 memory stays in the process and every call of both variants runs without page faults. The setting holds
 for the rest of the process (these cases run last in ``make bench``; it changes no result of a case, only
-the cost of re-faulting freed pages). The cases also take 15 repeats instead of 5 (medians over ~1.5 s per
+the cost of re-faulting freed pages). The cases also take 21 repeats instead of 5 (medians over ~2-3 s per
 variant), since the machine is shared and the two variants are timed one after the other.
 """
 import ctypes
@@ -73,13 +73,13 @@ def _extra(batch, **kw):
             "flops": {"fewer_tokens": batch * vit_flops(CONFIG, **kw), "all_tokens": batch * vit_flops(CONFIG)}}
 
 
-@case("tokens/selection", group="token_selection", params={"rho": [0.5, 0.25]}, repeats=15)
+@case("tokens/selection", group="token_selection", params={"rho": [0.5, 0.25]}, repeats=21)
 def selection(rho, quick):
     model, x = _setup(quick)
     return _variants(model, x, rho=rho), _extra(x.shape[0], rho=rho)
 
 
-@case("tokens/merging", group="token_selection", params={"r": [4, 8]}, repeats=15)
+@case("tokens/merging", group="token_selection", params={"r": [4, 8]}, repeats=21)
 def merging(r, quick):
     model, x = _setup(quick)
     return _variants(model, x, r=r), _extra(x.shape[0], r=r)
