@@ -135,6 +135,18 @@ static void gemm(int64_t rows, int64_t K, int64_t N, const float* a, int64_t ars
 static void transpose(int64_t R, int64_t C, const float* src, float* dst) {
   for (int64_t i0 = 0; i0 < R; i0 += 16)
     for (int64_t j0 = 0; j0 < C; j0 += 16) {
+      if (i0 + 16 <= R && j0 + 16 <= C) {          // a full tile: constant bounds, through registers
+        float t[16][16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) std::memcpy(t[i], src + (i0 + i) * C + j0, sizeof t[i]);
+        for (int j = 0; j < 16; ++j) {
+          float col[16];
+#pragma GCC unroll 16
+          for (int i = 0; i < 16; ++i) col[i] = t[i][j];
+          std::memcpy(dst + (j0 + j) * R + i0, col, sizeof col);
+        }
+        continue;
+      }
       const int64_t i1 = i0 + 16 < R ? i0 + 16 : R, j1 = j0 + 16 < C ? j0 + 16 : C;
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t j = j0; j < j1; ++j) dst[j * R + i] = src[i * C + j];
@@ -339,7 +351,19 @@ extern "C" int64_t mpnn_moe_plan(int64_t R, int64_t T, int64_t k, int64_t E, int
 _P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
+_MEMO: dict[str, tuple | None] = {}
+
+
 def _kernels():
+    """The GEMM and glue kernels, or None (looked up once; ``native.enabled()`` is checked every call)."""
+    if not native.enabled():
+        return None
+    if "mlp" not in _MEMO:
+        _MEMO["mlp"] = _load_mlp()
+    return _MEMO["mlp"]
+
+
+def _load_mlp():
     gemm = native.load("moe", SOURCE, "mpnn_moe_gemm", [_I32, _I64, _P, _I64, _I64, _P, _P, _P, _I32, _P])
     glue = native.load("moe", SOURCE, "mpnn_moe_glue",
                        [_I32, _I64, _I64, _I64, _P, _I64, _P, _P, _I64, _P, _P, _P, _P])
@@ -505,6 +529,15 @@ def sorted_expert_mlp(x: torch.Tensor, weights: torch.Tensor, p: Plan, w1: torch
                                   b1.contiguous(), w2.contiguous(), b2.contiguous(), p.starts, p.ends, how)
 
 def _routing_kernels():
+    """The routing and planning kernels, or None (as :func:`_kernels`)."""
+    if not native.enabled():
+        return None
+    if "routing" not in _MEMO:
+        _MEMO["routing"] = _load_routing()
+    return _MEMO["routing"]
+
+
+def _load_routing():
     route = native.load("moe", SOURCE, "mpnn_moe_route", [_I64, _I64, _I64, _I32, _P, _P, _P, _P, _P])
     back = native.load("moe", SOURCE, "mpnn_moe_route_backward", [_I64, _I64, _I64, _I32, _P, _P, _P, _P, _P])
     plan = native.load("moe", SOURCE, "mpnn_moe_plan",
