@@ -130,7 +130,9 @@ def run_case(c: Case, quick: bool) -> list[dict[str, Any]]:
         variants, extra = (out if isinstance(out, tuple) else (out, {}))
         if not variants:
             raise ValueError(f"benchmark {c.name} returned no variants")
-        timings = {v: time_callable(f, repeats=2 if quick else c.repeats, warmup=1, min_time=0.0 if quick else 0.02)
+        # quick sizes: sub-millisecond calls looped to 5 ms per sample and 5 samples (with 2 unlooped
+        # samples, MoE ratios at T=512 moved by +-40% from run to run on this shared machine)
+        timings = {v: time_callable(f, repeats=5 if quick else c.repeats, warmup=1, min_time=0.005 if quick else 0.02)
                    for v, f in variants.items()}
         first = next(iter(timings))
         flops = extra.pop("flops", None)
