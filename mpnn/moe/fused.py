@@ -354,13 +354,18 @@ _P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _MEMO: dict[str, tuple | None] = {}
 
 
-def _kernels():
-    """The GEMM and glue kernels, or None (looked up once; ``native.enabled()`` is checked every call)."""
+def _memo(key: str, load):
+    """``load()``'s kernels, looked up once; None while ``native.enabled()`` is False (checked every call)."""
     if not native.enabled():
         return None
-    if "mlp" not in _MEMO:
-        _MEMO["mlp"] = _load_mlp()
-    return _MEMO["mlp"]
+    if key not in _MEMO:
+        _MEMO[key] = load()
+    return _MEMO[key]
+
+
+def _kernels():
+    """The GEMM and glue kernels, or None."""
+    return _memo("mlp", _load_mlp)
 
 
 def _load_mlp():
@@ -529,12 +534,8 @@ def sorted_expert_mlp(x: torch.Tensor, weights: torch.Tensor, p: Plan, w1: torch
                                   b1.contiguous(), w2.contiguous(), b2.contiguous(), p.starts, p.ends, how)
 
 def _routing_kernels():
-    """The routing and planning kernels, or None (as :func:`_kernels`)."""
-    if not native.enabled():
-        return None
-    if "routing" not in _MEMO:
-        _MEMO["routing"] = _load_routing()
-    return _MEMO["routing"]
+    """The routing and planning kernels, or None."""
+    return _memo("routing", _load_routing)
 
 
 def _load_routing():
