@@ -103,3 +103,11 @@ def test_native_reference_counts_two_n_cubed_flops_and_is_a_correct_product(monk
     spec = E.figure_machine_limit(table, results).to_dict()
     rules = spec["datasets"][spec["layer"][1]["data"]["name"]]
     assert [r["x"] for r in rules] == [1.0, 2.5]                              # torch.mm and the book's GEMM
+
+
+def test_steady_allocator_is_accepted_by_glibc():
+    import platform
+    import sys
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert bench.steady_allocator() is True                     # mallopt accepted both thresholds

@@ -13,16 +13,10 @@ matrices, MLP activations at batch 1000). With glibc's default, dynamic malloc t
 back from the heap or are unmapped / trimmed and page-faulted in again on the next call depends on the
 history of the process: measured, the all-tokens forward took 9,000-17,000 minor page faults per call
 (130 ms -> 160-170 ms) in some states and ~300 in others, the merged forward 0 or 21,000 (99 ms -> 140 ms),
-so its ratio to the all-tokens forward moved by +-0.15 between runs with the same code. :func:`_setup`
-therefore fixes the thresholds (``mallopt``: no trimming, no mmap below 1 GiB) before these cases: freed
-memory stays in the process and every call of both variants runs without page faults. The setting holds
-for the rest of the process (these cases run last in ``make bench``; it changes no result of a case, only
-the cost of re-faulting freed pages). The cases also take 21 repeats instead of 5 (medians over ~2-3 s per
+so its ratio to the all-tokens forward moved by +-0.15 between runs with the same code. The harness
+therefore fixes the thresholds for every case (:func:`mpnn.runtime.bench.steady_allocator`). The cases also take 21 repeats instead of 5 (medians over ~2-3 s per
 variant), since the machine is shared and the two variants are timed one after the other.
 """
-import ctypes
-import sys
-
 import torch
 
 from mpnn.experiments.token_selection import training_step_fn
@@ -32,23 +26,7 @@ from mpnn.tokens import TokenViT, ViTConfig, vit_flops
 CONFIG = ViTConfig(patch=4, dim=32, depth=4, heads=2, select_after=1)
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def _fixed_malloc_thresholds():
-    """glibc only: never trim the heap, serve allocations below 1 GiB from it (see the module docstring)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def _setup(quick):
-    _fixed_malloc_thresholds()
     torch.manual_seed(0)
     model = TokenViT(CONFIG).eval()
     x = torch.randn(256 if quick else 1000, 1, 28, 28, generator=torch.Generator().manual_seed(0))

@@ -20,12 +20,14 @@ small, and on a shared machine multi-threaded timings of small ops are dominated
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
 import itertools
 import json
 import pkgutil
 import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +100,22 @@ def time_callable(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1,
             "repeats": repeats, "inner": inner}
 
 
+def steady_allocator() -> bool:
+    """glibc only: never trim the heap and serve allocations below 1 GiB from it (``mallopt``), so that
+    freed temporaries stay in the process. With glibc's dynamic thresholds, whether a call's tens of MB of
+    temporaries are reused or unmapped and page-faulted in again depends on the process's history
+    (measured: 0 or 21,000 minor faults per call of the same ToMe forward, 99 or 140 ms), which moved
+    ratios by +-0.15 between runs. Process-wide; True if it was applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):          # not glibc
+        return False
+
+
 def dense_mm_gflops(n: int = 1024, repeats: int = 5, device: str = "cpu") -> dict[str, float]:
     """GFLOP/s of ``torch.mm`` on two n x n float32 matrices (2 n^3 FLOPs per product)."""
     a = torch.randn(n, n, device=device)
@@ -166,6 +184,7 @@ def run_all(quick: bool = False, only: str | None = None, progress: bool = True,
     rows = []
     n = 512 if quick else 1024
     start = time.time()
+    steady = steady_allocator()
     with cpu_threads(threads):
         before = dense_mm_gflops(n)
         for c in tqdm(cases, desc="benchmarks", disable=not progress):
@@ -178,6 +197,7 @@ def run_all(quick: bool = False, only: str | None = None, progress: bool = True,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "git_commit": git_commit(),
         "settings": {"quick": quick, "only": only, "threads": threads},
+        "steady_allocator": steady,
         "quick": quick,
         "cases": [c.name for c in cases],
         "seconds": round(time.time() - start, 1),
