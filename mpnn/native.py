@@ -75,3 +75,9 @@ def load(name: str, source: str, symbol: str, argtypes: list, restype=None):
                 fn = None
         _LOADED[(name, symbol)] = fn
     return _LOADED[(name, symbol)]
+
+
+def report() -> dict:
+    """What this process compiled and chose: kernel library -> loaded or not (for run manifests)."""
+    return {"compiler": compiler(), "enabled": enabled(),
+            "loaded": {f"{name}:{symbol}": fn is not None for (name, symbol), fn in sorted(_LOADED.items())}}

@@ -64,7 +64,7 @@ def parameters_source(notebook: Path) -> str:
     raise ChapterError(f"{notebook} has no code cell tagged 'parameters'")
 
 
-SETTINGS = {"pause_for_timing": bool, "threads": int}   # a notebook's metadata "mpnn": {...}
+SETTINGS = {"pause_for_timing": bool, "threads": int, "document": str, "typed_numbers": dict}   # a notebook's metadata "mpnn": {...}
 
 
 def chapter_settings(chapter: str) -> dict[str, Any]:
@@ -73,7 +73,10 @@ def chapter_settings(chapter: str) -> dict[str, Any]:
     ``pause_for_timing`` (default true): may its kernel be suspended while another chapter's
     timing cell runs (false for processes with wall-clock timeouts). ``threads``: the CPU thread
     count its kernel needs whatever the runner would give it (e.g. 1 where per-sample kernels
-    are tiny and the reduction order must not depend on the machine).
+    are tiny and the reduction order must not depend on the machine). ``document``: the source
+    document the chapter reproduces (the findings page groups by it). ``typed_numbers``: the numbers
+    its markdown may type, each with where it comes from (the document, the original code, a method
+    constant; :mod:`mpnn.runtime.text`).
     """
     meta = json.loads(notebook_path(chapter).read_text()).get("metadata", {}).get("mpnn", {})
     for key, value in meta.items():

@@ -9,12 +9,13 @@ seeds every generator, switches torch to deterministic algorithms, applies the t
 resolves ``device="auto"``. The returned :class:`Run` collects the chapter's claims ("the document
 says X / this book measured Y", each declaring the profile it needs); ``run.finish()`` shows them as
 a table, writes the manifest ``_build/manifests/<chapter>.json`` (the only writer of that file:
-versions, git commit, device, context, duration, claim outcomes) and fails the chapter if a claim
-did not reproduce.
+versions, git commit, machine, device, context, duration, claims with their verdicts) and fails the
+chapter if a verdict is not the one the chapter expects (:mod:`mpnn.runtime.verdicts`).
 """
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import torch
 
 from .. import paths
 from ..determinism import resolve_device, seed_everything
-from . import notebooks
+from . import notebooks, verdicts
 
 VERSIONED_PACKAGES = ("mpnn", "torch", "torchvision", "numpy", "pandas", "scipy", "altair",
                       "papermill", "ipywidgets", "jupyter-book")
@@ -59,6 +60,45 @@ def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+             "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
+
+
+def cpu_model_and_flags() -> tuple[str, list[str]]:
+    """The CPU's model name and the ISA extensions among :data:`ISA_FLAGS` it reports (Linux's
+    /proc/cpuinfo; elsewhere the platform's processor string and no flags)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model") and value.strip():
+                model = value.strip()
+            elif key in ("flags", "Features"):
+                flags |= set(value.split())
+    except OSError:
+        pass
+    return model, [f for f in ISA_FLAGS if f in flags]
+
+
+def machine_description() -> dict[str, Any]:
+    """Where the numbers of a run come from: CPU model and ISA flags, torch's kernels and threads,
+    and which compiled kernels this process chose (:mod:`mpnn.native`)."""
+    model, flags = cpu_model_and_flags()
+    info: dict[str, Any] = {
+        "cpu_model": model, "isa_flags": flags, "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "python": platform.python_version(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+        "mkl": torch.backends.mkl.is_available(), "mkldnn": torch.backends.mkldnn.is_available(),
+    }
+    try:
+        from .. import native
+        info["compiled_kernels"] = native.report()
+    except Exception as exc:     # the description must never stop a run
+        info["compiled_kernels"] = {"error": str(exc)}
+    return info
 
 
 PROFILE_ORDER = ("smoke", "default", "full")   # each profile runs everything the previous one does, larger
@@ -108,19 +148,24 @@ def current() -> RunContext:
 
 @dataclass
 class Claim:
+    """One statement and its verdict (:mod:`mpnn.runtime.verdicts` defines the words)."""
+
     id: str
+    kind: str
     document: str
+    criterion: str
     measured: str
-    passed: bool | None
+    verdict: str
+    expected: str
     note: str = ""
     needs: str = "smoke"
-    section: str = ""      # the heading of the section that shows it (the at a glance box links there)
-    headline: str = ""     # the one number that decides it, short (default: taken from `measured`)
-    differs: bool = False  # asserted as measured, but our result goes against the document's words
+    section: str = ""      # the heading of the section that shows it (the glance table links there)
 
     @property
-    def outcome(self) -> str:
-        return {True: "reproduced", False: "FAILED", None: "not tested"}[self.passed]
+    def matches(self) -> bool:
+        """The regression check: the run's verdict is the one the chapter expects (a claim this
+        run cannot test matches anything)."""
+        return self.verdict == verdicts.UNDECIDED or self.verdict == self.expected
 
 
 @dataclass
@@ -144,40 +189,47 @@ class Run:
     def parameters(self) -> dict[str, Any]:
         return self.context.parameters
 
-    def claim(self, id: str, *, document: str, measured: str, passed, needs: str = "smoke",
-              note: str = "", section: str = "", headline: str = "", differs: bool = False) -> Claim:
-        """Record a claim: what the document says, what we measured, and whether it reproduced.
+    def claim(self, id: str, *, kind: str, document: str, criterion: str, measured, verdict,
+              expected: str, needs: str = "smoke", note: str = "", section: str = "") -> Claim:
+        """Record a claim: what the document says, the criterion, what we measured, the verdict.
+
+        ``kind`` and the verdicts are the words of :mod:`mpnn.runtime.verdicts`. ``criterion`` is
+        written before the number is seen. ``verdict`` is a verdict string or a bool (True:
+        supported, False: not supported), or a callable returning one; ``expected`` is the verdict
+        the chapter expects at ``needs`` and above, and :meth:`finish` fails the chapter when the
+        run's verdict differs from it, in either direction.
 
         ``needs`` is the smallest profile at which the claim is decided (its seeds or sizes are
-        too small below it). Below it the claim is "not tested" and ``passed`` is not evaluated,
-        so it may be a callable (``passed=lambda: lo > 0``) reading numbers only that profile
-        computes. ``passed=None`` states that the claim is never decided by this code (a
-        projection, or a GPU's scale); say why in ``note``.
-
-        For the site's at a glance box (:mod:`mpnn.runtime.site`): ``section`` names the heading
-        of the section that shows the result (default: the best match of the claim's words),
-        ``headline`` the one number that decides it (default: the value before the first
-        "(95% CI" of ``measured``), and ``differs=True`` marks a claim asserted as measured whose
-        result goes against the document (badge "differs from the document").
+        too small below it). Below it the verdict is "not testable here" and neither ``verdict``
+        nor ``measured`` is evaluated, so both may be callables reading numbers only that profile
+        computes. ``section`` names the heading of the section that shows the result.
         """
         if any(c.id == id for c in self.claims):
             raise ValueError(f"claim {id!r} recorded twice")
+        verdicts.check_kind(kind)
+        verdicts.check_verdict(expected, "expected")
+        if not criterion:
+            raise ValueError(f"claim {id!r}: state the criterion (written before the number is seen)")
         if not self.context.reaches(needs):
-            passed = None
+            verdict = verdicts.UNDECIDED
+            measured = "not measured at this profile"
             note = note or f"needs the {needs} profile"
-        elif callable(passed):
-            passed = passed()
-        if passed is not None:
-            passed = bool(passed)
-        c = Claim(id, document, measured, passed, note, needs, section, headline, bool(differs))
+        else:
+            if callable(measured):
+                measured = measured()
+            if callable(verdict):
+                verdict = verdict()
+            verdict = verdicts.as_verdict(verdict)
+        c = Claim(id, kind, document, criterion, str(measured), verdict, expected, note, needs, section)
         self.claims.append(c)
         return c
 
     def claims_frame(self):
         import pandas as pd
-        return pd.DataFrame([{"claim": c.id, "the document says": c.document,
-                              "this book measured": c.measured, "outcome": c.outcome,
-                              "note": c.note} for c in self.claims])
+        return pd.DataFrame([{"claim": c.id, "kind": c.kind, "the document says": c.document,
+                              "criterion": c.criterion, "this book measured": c.measured,
+                              "verdict": c.verdict, "expected": c.expected, "note": c.note}
+                             for c in self.claims])
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -192,11 +244,12 @@ class Run:
             "versions": package_versions(),
             "git_commit": git_commit(),
             "platform": platform.platform(),
-            "claims": [asdict(c) | {"outcome": c.outcome} for c in self.claims],
+            "machine": machine_description(),
+            "claims": [asdict(c) | {"matches": c.matches} for c in self.claims],
         }
 
     def finish(self, display: bool = True) -> None:
-        """Show the claims table, write the manifest, raise if a claim failed.
+        """Show the claims table, write the manifest, raise if a verdict is not the expected one.
 
         The manifest written is kept as ``self.written`` (returning it would print it in the notebook).
         """
@@ -204,8 +257,7 @@ class Run:
             raise RuntimeError(f"{self.chapter}: no claims were recorded; every chapter asserts its claims")
         if display:
             from IPython.display import HTML, display as show
-            from .site import claims_html
-            show(HTML(claims_html(asdict(c) | {"outcome": c.outcome} for c in self.claims)))
+            show(HTML(verdicts.claims_table(asdict(c) for c in self.claims)))
         manifest = self.manifest()
         out = paths.manifest_dir()
         out.mkdir(parents=True, exist_ok=True)
@@ -213,10 +265,12 @@ class Run:
         tmp = target.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(manifest, indent=2, default=str))
         tmp.replace(target)
-        failed = [c for c in self.claims if c.passed is False]
-        if failed:
-            lines = "\n".join(f"- {c.id}: document says {c.document!r}; measured {c.measured!r}" for c in failed)
-            raise AssertionError(f"{self.chapter}: {len(failed)} claim(s) did not reproduce:\n{lines}")
+        changed = [c for c in self.claims if not c.matches]
+        if changed:
+            lines = "\n".join(f"- {c.id}: expected {c.expected!r}, this run gives {c.verdict!r}; "
+                              f"criterion {c.criterion!r}; measured {c.measured!r}" for c in changed)
+            raise AssertionError(f"{self.chapter}: {len(changed)} verdict(s) changed; look at the evidence and "
+                                 f"update the chapter (never the criterion to fit):\n{lines}")
         self.written = manifest
 
 

@@ -7,11 +7,12 @@ alike, and the median of the repeats is kept (:func:`time_interleaved`).
 A chapter decides such a claim with a module-level function of its experiment module
 (``mpnn.experiments.<chapter>``) that takes only
 torch-saveable inputs (models, tensors, numbers) and returns a dict with at least
-``{"passed": bool, "measured": str}``, and calls it through :func:`measure`::
+``{"verdict": str, "measured": str}`` (a verdict of :mod:`mpnn.runtime.verdicts`, or
+``"passed": bool`` for a criterion without an undecided zone), and calls it through :func:`measure`::
 
     res = timing.measure("early_exits", "wall-time-follows-flops", early_exits.wall_time_claim,
                          model=model, x=x, thresholds=[0.1, 0.2])
-    run.claim("wall-time-follows-flops", ..., measured=res["measured"], passed=res["passed"])
+    run.claim("wall-time-follows-flops", ..., measured=res["measured"], verdict=res["verdict"], expected=...)
 
 :func:`measure` runs the function and saves the function's name, its inputs and its result under
 ``_build/timing/<chapter>/<claim>.pt``. ``python -m mpnn timing --repeats 5 --load 1`` replays every
@@ -140,15 +141,21 @@ def _resolve(name: str) -> Callable:
 def measure(chapter: str, claim: str, fn: Callable[..., dict], **inputs) -> dict:
     """Run the timing claim ``fn(**inputs)``, save what a replay needs, return its result dict."""
     name = _qualified_name(fn)
-    result = fn(**inputs)
-    if not isinstance(result, dict) or not {"passed", "measured"} <= set(result):
-        raise TypeError(f"{name} must return a dict with 'passed' and 'measured', got {result!r}")
+    result = _normalised(name, fn(**inputs))
     target = timing_dir() / chapter / f"{claim}.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".pt.tmp")
     torch.save({"chapter": chapter, "claim": claim, "fn": name, "inputs": inputs, "result": result}, tmp)
     tmp.replace(target)
     return result
+
+
+def _normalised(name: str, result) -> dict:
+    """The result with its ``verdict`` (from ``passed`` where the function gives a bool)."""
+    from .verdicts import as_verdict
+    if not isinstance(result, dict) or "measured" not in result or not ({"verdict", "passed"} & set(result)):
+        raise TypeError(f"{name} must return a dict with 'measured' and 'verdict' (or 'passed'), got {result!r}")
+    return result | {"verdict": as_verdict(result["verdict"] if "verdict" in result else result["passed"])}
 
 
 def recorded() -> list[Path]:
@@ -166,7 +173,8 @@ def _spin(stop) -> None:  # keeps one core busy until ``stop`` is set
 def replay_all(repeats: int = 5, load: int = 1, only: str | None = None, progress: bool = True) -> list[dict]:
     """Replay each recorded timing claim ``repeats`` times in a row with ``load`` busy processes.
 
-    Returns one row per replay (chapter, claim, repetition, passed, measured) and writes them to
+    Returns one row per replay (chapter, claim, repetition, verdict, the recorded verdict, passed:
+    whether they agree, measured) and writes them to
     ``_build/timing/robustness.json``. Raises ``FileNotFoundError`` when nothing was recorded yet.
     """
     files = [f for f in recorded() if only is None or only in f"{f.parent.name}/{f.stem}"]
@@ -186,10 +194,12 @@ def replay_all(repeats: int = 5, load: int = 1, only: str | None = None, progres
         for f in tqdm(files, desc="timing claims", disable=not progress):
             spec = torch.load(f, weights_only=False)
             fn = _resolve(spec["fn"])
+            recorded_verdict = _normalised(spec["fn"], spec["result"])["verdict"]
             for i in range(repeats):
-                res = fn(**spec["inputs"])
+                res = _normalised(spec["fn"], fn(**spec["inputs"]))
                 rows.append({"chapter": spec["chapter"], "claim": spec["claim"], "repetition": i + 1,
-                             "load_processes": load, "passed": bool(res["passed"]), "measured": res["measured"]})
+                             "load_processes": load, "verdict": res["verdict"], "recorded": recorded_verdict,
+                             "passed": res["verdict"] == recorded_verdict, "measured": res["measured"]})
     finally:
         stop.set()
         for p in spinners:
