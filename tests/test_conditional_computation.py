@@ -278,3 +278,20 @@ def test_position_and_digit_frames_are_shares():
     assert share.values.tolist() == [[0.5, 0.5], [0.0, 1.0], [0.5, 0.5], [0.0, 1.0]]
     dig = cc.digit_frame(study, ["top-1"]).set_index(["digit", "expert"])["share"]
     assert dig[(3, 0)] == pytest.approx(0.5) and dig[(5, 1)] == pytest.approx(1.0) and dig[(5, 0)] == 0.0
+
+
+def test_claim_helpers_decide_on_the_interval():
+    # t interval of (0.01, 0.02, 0.03): mean 0.02, half-width t_{0.975,2} * 0.01 / sqrt(3) = 0.02484
+    text, verdict = cc.diff_claim([0.01, 0.02, 0.03], above=0, refuted_below=0.005)
+    assert text == "+2.00 points (95% CI -0.48 to +4.48), n=3; about 4 seeds would decide it (3 measured)"
+    assert verdict == "inconclusive"
+    assert cc.diff_claim([0.010, 0.011, 0.012], above=0)[1] == "supported"
+    assert cc.diff_claim([-0.002, -0.001, 0.0, 0.001], above=0, refuted_below=0.005)[1] == "not supported"
+    assert cc.diff_claim([-0.05, -0.04, -0.045], above=-0.02)[1] == "not supported"
+    # bounded: the interval never leaves [0, 1], even for values on the bound
+    text, verdict = cc.level_claim([0.0, 0.02, 0.05, 0.01], below=0.6)
+    low, high = (float(x) for x in text.split("CI ")[1].split(")")[0].split("-"))
+    assert 0 <= low <= high <= 1 and verdict == "supported"
+    assert cc.level_claim([0.97, 0.99, 1.0], above=0.9)[1] == "supported"
+    assert cc.level_claim([2.9, 3.1, 3.3], above=2, bounds=(1, 4))[1] == "supported"
+    assert cc.ci_text([0.5, 0.5]) == "0.50 (95% CI 0.50-0.50)"

@@ -99,7 +99,7 @@ def test_decide_peers_on_a_hand_made_table():
     assert out["ratios"]["pp@2"][0] == pytest.approx(2.0) and out["ratios"]["tp-colwise@3"][0] == pytest.approx(2.0)
     assert out["tp_best"] == {2: "tp-megatron", 3: "tp-megatron"}
     assert out["checks"] == {"pipeline slower": True, "same-plan TP slower": True, "best TP not faster": True}
-    assert out["passed"]
+    assert out["verdict"] == "supported"
     # the best TP plan 0.9x the engine: passes "not faster by more than 1/0.8", fails at 0.95
-    assert not decide_peers(df, {}, microbatches=4, min_slower=1.5, min_not_faster=0.95)["passed"]
-    assert not decide_peers(df, {}, microbatches=4, min_slower=2.5, min_not_faster=0.8)["passed"]
+    assert decide_peers(df, {}, microbatches=4, min_slower=1.5, min_not_faster=0.95)["verdict"] == "not supported"
+    assert decide_peers(df, {}, microbatches=4, min_slower=2.5, min_not_faster=0.8)["verdict"] == "not supported"

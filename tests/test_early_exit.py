@@ -13,6 +13,7 @@ from mpnn.early_exit import (EarlyExitConfig, EarlyExitNet, choose_threshold, co
                              exit_costs, exit_decisions, exit_fractions, exit_logits, exit_loss, full_cost,
                              fused_exit1, fused_stage1, normalised_entropy, predicted_speedup, sweep_metrics)
 from mpnn.experiments import early_exits as ex
+from mpnn.runtime import verdicts
 
 
 @pytest.fixture(scope="module")
@@ -158,15 +159,23 @@ def test_timing_claims_report_consistent_numbers(model, x):
     q0 = (early_exit_predict(model, x, T).exit_index == 0).double().mean()
     assert res["predicted"] == pytest.approx(float(predicted_speedup(model, torch.stack([q0, 1 - q0]))))
     assert res["exit1_fraction"] == pytest.approx(float(q0))
-    assert isinstance(res["passed"], bool) and isinstance(res["measured"], str)
+    assert res["verdict"] in verdicts.VERDICTS and isinstance(res["measured"], str)
+    assert set(res["parts"]) == set(res["said"]) == {"faster", "overstated", "kernel"}
     for r in res["paths"].values():
         assert r["efficiency"] == pytest.approx(r["speedup"] / res["predicted"])
         assert r["speedup_low"] <= r["speedup"] <= r["speedup_high"] and len(r["ratios"]) == 3
     tp = res["paths"]["torch"]
-    expected = tp["speedup_low"] > res["min_speedup"] and tp["efficiency_high"] < res["max_efficiency"]
+    assert res["parts"]["faster"] == verdicts.from_interval(tp["speedup_low"], tp["speedup_high"], above=res["min_speedup"])
+    assert res["parts"]["overstated"] == verdicts.from_interval(tp["efficiency_low"], tp["efficiency_high"],
+                                                                below=res["max_efficiency"], refuted_above=1.0)
     if "compiled" in res["paths"]:
-        expected = expected and res["paths"]["compiled"]["speedup_low"] > tp["speedup_high"]
-    assert res["passed"] == expected
+        cp = res["paths"]["compiled"]
+        assert res["parts"]["kernel"] == verdicts.from_interval(cp["speedup_low"], cp["speedup_high"],
+                                                                above=tp["speedup_high"], refuted_below=tp["speedup_low"])
+    else:
+        assert res["parts"]["kernel"] == verdicts.UNDECIDED
+    decided = {k: v for k, v in res["parts"].items() if v != verdicts.UNDECIDED}
+    assert res["verdict"] == verdicts.combine(decided)
     rows = ex.speedup_sweep(model, x, [0.0, T, 1.01], repeats=2)
     assert rows["threshold"].tolist() == [0.0, T, 1.01]
     assert rows["exit 1 fraction"].tolist() == pytest.approx([0.0, float(q0), 1.0])
@@ -283,9 +292,14 @@ def _hand_sweep():
 def test_pareto_and_exit_fraction_tables_hand_case():
     sweep = _hand_sweep()
     pareto = ex.pareto_table(sweep).set_index("threshold")
-    half = 4.302652729911275 * 0.02 / math.sqrt(3)     # t_{0.975, 2} * sd / sqrt(n), sd of (0.90, 0.92, 0.94)
+    # the accuracy's interval lies inside [0, 1]: the t interval on the logit scale, mapped back
+    logits = [math.log(a / (1 - a)) for a in (0.90, 0.92, 0.94)]
+    mean = sum(logits) / 3
+    sd = math.sqrt(sum((v - mean) ** 2 for v in logits) / 2)
+    half = 4.302652729911275 * sd / math.sqrt(3)        # t_{0.975, 2} * sd / sqrt(n)
+    back = lambda z: 1 / (1 + math.exp(-z))
     assert pareto.loc[0.5, "accuracy"] == pytest.approx(0.92)
-    assert (pareto.loc[0.5, "low"], pareto.loc[0.5, "high"]) == pytest.approx((0.92 - half, 0.92 + half))
+    assert (pareto.loc[0.5, "low"], pareto.loc[0.5, "high"]) == pytest.approx((back(mean - half), back(mean + half)))
     assert pareto.loc[0.5, "relative FLOPs"] == pytest.approx(0.5) and pareto.loc[0.5, "exit 1 fraction"] == pytest.approx(0.6)
     fr = ex.exit_fraction_table(sweep)
     e1, e2 = fr[fr.exit == "exit 1"].set_index("threshold"), fr[fr.exit == "exit 2"].set_index("threshold")
@@ -325,10 +339,43 @@ def test_threshold_explorer_view():
                                                          "measured speed-up"}
 
 
-def test_margin_verdict_hand_cases():
-    assert ex.margin_verdict(0.001, 0.004, 0.005).startswith("within")
-    assert ex.margin_verdict(0.006, 0.009, 0.005).startswith("NOT within")
-    assert ex.margin_verdict(0.004, 0.006, 0.005).startswith("undecided")
+def test_seed_claims_hand_case(model):
+    costs = (exit_costs(model) / full_cost(model)).tolist()
+    per_seed = pd.DataFrame({"relative FLOPs at T*": [costs[0], 0.5 * (costs[0] + costs[1]), costs[1]],
+                             "drop at T*": [0.001, 0.002, 0.003], "drop at T* (margin/2)": [0.002, 0.003, 0.004],
+                             "exit 1 accuracy on leavers": [0.99, 0.98, 0.97], "exit 1 accuracy": [0.95, 0.95, 0.95]})
+    nums = ex.seed_claims(per_seed, model)
+    assert nums["n"] == 3 and nums["flops_bounds"] == pytest.approx(costs)
+    m, lo, hi = nums["flops"]
+    assert m == pytest.approx(0.5 * (costs[0] + costs[1])) and costs[0] <= lo <= m <= hi <= costs[1]
+    assert nums["drop"][0] == pytest.approx(0.002) and nums["drop_half"][0] == pytest.approx(0.003)
+    assert nums["gap"][0] == pytest.approx(0.03) and nums["gap_values"] == pytest.approx([0.04, 0.03, 0.02])
+
+
+def test_findings_words_follow_the_numbers(model):
+    costs = ex.cost_table(model)
+    c = costs["relative to the plain network"].tolist()
+    per_seed = pd.DataFrame({"T*": [0.2, 0.3], "relative FLOPs at T*": [0.5 * (c[0] + c[1])] * 2})
+    nums = {"n": 2, "flops": (0.3, 0.25, 0.35), "drop": (0.001, -0.001, 0.003), "drop_half": (0.004, 0.001, 0.007),
+            "gap": (0.02, 0.01, 0.03)}
+    path = lambda s, lo, hi: {"speedup": s, "speedup_low": lo, "speedup_high": hi, "efficiency": s / 4,
+                              "efficiency_low": lo / 4, "efficiency_high": hi / 4}
+    wall = {"repeats": 5, "exit1_fraction": 0.9, "predicted": 4.0,
+            "paths": {"torch": path(1.5, 1.4, 1.6), "compiled": path(3.0, 2.9, 3.1)}}
+    speed = pd.DataFrame({"threshold": [0.0, 0.5], "measured speed-up": [0.9, 2.0]})
+    breakdown = pd.DataFrame({"part": ["block 1", "block 2 + exit-2 head"], "GFLOP/s": [5.0, 50.0]})
+    out = ex.findings(nums, per_seed, costs, wall, speed, breakdown, margin=0.005, flops_claim=0.6,
+                      seconds_per_seed=12.0)
+    assert "$T^*$ = 0.2 to 0.3" in out and "about 50%" in out and "below the criterion's 0.6" in out
+    assert "lies below the 0.5 pp margin" in out and "above it" in out
+    assert "2.00 times the torch path's speed-up, so the kernel turned more" in out
+    assert "more efficient one, 10.0 times block 1's rate" in out and "0.90x" in out and "(slower" in out
+    wall["paths"]["compiled"] = path(1.2, 1.1, 1.3)
+    breakdown["GFLOP/s"] = [60.0, 50.0]
+    out = ex.findings(nums, per_seed, costs, wall, speed, breakdown, margin=0.002, flops_claim=0.3,
+                      seconds_per_seed=12.0)
+    assert "kernel turned less" in out and "at least as efficient" in out
+    assert "straddles the 0.2 pp margin" in out and "straddling the criterion's 0.3" in out
 
 
 def _reference_stage1(model, x):

@@ -163,3 +163,20 @@ def test_learned_switch_finds_two_obvious_regimes():
         assert max(max(a, 1 - a) for a in agree) > 0.85
     with pytest.raises(ValueError, match="one seed per replica"):
         E.train_gated_neurons(x, y, 2, seeds=[1], steps=1)
+
+
+def test_own_group_margin_and_top_share_on_a_hand_made_heatmap():
+    cols = D.standard_world().index(E.TRAIN)
+    mid = E.GROUPS.index(E.MID)
+    M = torch.zeros(2, E.N_UNITS, len(E.GROUPS))
+    # seed 0: every neuron scores 0.9 on its own group, 0.5 elsewhere; neuron 4 (index 3) owns MID
+    for g in cols:
+        M[0, :, g] = 0.5
+        M[0, int(E.ROUTE[g]), g] = 0.9
+    # seed 1: neuron 4 scores 0.8 on the first training group, 0.6 on MID; neuron 1 tops every column
+    M[1, 3, cols[0]], M[1, 3, mid], M[1, 0, :] = 0.8, 0.6, 1.0
+    margin = E.own_group_margin(M)
+    assert np.allclose(margin, [0.4, 0.6 - 0.8])
+    assert int(E.ROUTE[mid]) == 3
+    share = E.own_neuron_top_share(M)
+    assert math.isclose(share[0], 1.0) and math.isclose(share[1], 1 / E.N_UNITS)   # only group 1's own neuron tops

@@ -53,8 +53,9 @@ def test_decide_fewer_messages_uses_per_round_ratios():
         rows += [("count", 3, r, c, 0, 0.3, 14, 10), ("layer", 3, r, l, 0, 1.0, 2, 10)]
     res = E.decide_fewer_messages(_fake_times(rows), 1.25)
     assert res["ratio_median"] == pytest.approx({2: 2.0, 3: 1.2})
-    assert res["passed"] is False
-    assert E.decide_fewer_messages(_fake_times([x for x in rows if x[1] == 2]), 1.25)["passed"] is True
+    assert res["verdict"] == "inconclusive"            # P=3 above 1 but below the margin
+    assert E.decide_fewer_messages(_fake_times([x for x in rows if x[1] == 2]), 1.25)["verdict"] == "supported"
+    assert E.decide_fewer_messages(_fake_times(rows), 2.5)["verdict"] == "inconclusive"
 
 
 def test_decide_overhead_and_latency_model_on_known_times():
@@ -69,11 +70,11 @@ def test_decide_overhead_and_latency_model_on_known_times():
     df["ratio_to_single"] = df.step_s / t1
     over = E.decide_overhead(df, 1.5)
     lowest = min(r["median"] for r in over["ratios"])
-    assert lowest == pytest.approx(1.5 + 0.4) and over["passed"] is True        # layer, P=2: 1.9x
-    assert E.decide_overhead(df, 2.0)["passed"] is False
+    assert lowest == pytest.approx(1.5 + 0.4) and over["verdict"] == "supported"   # layer, P=2: 1.9x
+    assert E.decide_overhead(df, 2.0)["verdict"] == "inconclusive"
     lat = E.decide_latency_model(df, 0.35)
     assert lat["c"] == pytest.approx(1.5, rel=1e-6) and lat["alpha_s"] == pytest.approx(alpha, rel=1e-6)
-    assert lat["median_rel_err"] < 1e-9 and lat["passed"] is True
+    assert lat["median_rel_err"] < 1e-9 and lat["verdict"] == "supported"
 
 
 # ---------------------------------------------------------------------- the chapter's tables (no processes)
@@ -171,3 +172,29 @@ def test_traffic_grid_holds_every_plan_of_the_explorer():
     assert sorted(grid[grid["strategy"] == "count"]["ranks"].unique()) == [2, 3, 4]
     chart = E.figure_traffic_site(grid).to_dict()
     assert {p["name"] for p in chart["params"]} == {"p_strategy", "p_ranks"}
+
+
+# ---------------------------------------------------------------------- the document's promises
+
+def _overhead(rows):
+    return {"ratios": [{"strategy": s, "ranks": P, "median": m, "q25": m * 0.9, "q75": m * 1.1} for s, P, m in rows],
+            "comm_share": 0.8}
+
+
+def test_decide_remote_invocation_has_an_accuracy_and_an_overhead_part():
+    slow = _overhead([("count", 2, 4.0), ("layer", 2, 2.3)])
+    fast = _overhead([("count", 2, 1.2), ("layer", 2, 1.4)])
+    assert E.decide_remote_invocation(1e-17, slow)["verdict"] == "mixed"         # exact, but 2.3x > 1.5x
+    assert E.decide_remote_invocation(1e-17, fast)["verdict"] == "supported"
+    assert E.decide_remote_invocation(1e-3, slow)["verdict"] == "not supported"
+    assert "layer, P=2" in E.decide_remote_invocation(1e-17, slow)["measured"]
+
+
+def test_decide_scalability_memory_from_plans_and_time_from_the_smallest_split():
+    sizes = [784, 256, 256, 128, 10]
+    plans = E.plans_for(sizes, [2, 3, 4], ["count"])
+    res = E.decide_scalability(plans, _overhead([("count", 2, 5.0), ("count", 4, 9.0)]))
+    assert res["memory"] == "supported" and res["time"] == "not supported" and res["verdict"] == "mixed"
+    assert res["P0"] == 2 and max(res["excess"].values()) < 1.1
+    assert E.decide_scalability(plans, _overhead([("count", 2, 0.6)]))["verdict"] == "supported"
+    assert E.decide_scalability(plans, _overhead([("count", 2, 1.2)]))["time"] == "inconclusive"

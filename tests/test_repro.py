@@ -68,22 +68,36 @@ def test_summarise_groups():
     assert out.loc["a", "mean"] == 2.0 and out.loc["b", "low"] == 5.0 and out.loc["a", "n"] == 2
 
 
-def test_run_records_claims_writes_manifest_and_fails_on_a_failed_claim(tmp_path, monkeypatch):
+def _decide(run, id, verdict, expected, **kw):
+    return run.claim(id, kind=kw.pop("kind", "claim"), document="d", criterion="c", measured="m",
+                     verdict=verdict, expected=expected, **kw)
+
+
+def test_run_records_verdicts_writes_manifest_and_fails_on_a_changed_verdict(tmp_path, monkeypatch):
     monkeypatch.setenv("MPNN_BUILD_DIR", str(tmp_path))
     run = repro.Run(repro.RunContext(chapter="demo", profile="smoke", parameters={"seed": 1}), torch.device("cpu"))
-    run.claim("holds", document="x > 0", measured="x = 1", passed=True)
-    run.claim("untested", document="y", measured="-", passed=None, note="needs the full profile")
-    run.claim("too-small", document="w", measured="-", passed=lambda: 1 / 0, needs="default")  # never evaluated
-    run.claim("broken", document="z = 2", measured="z = 3", passed=False)
+    _decide(run, "holds", True, "supported")
+    _decide(run, "negative", "not supported", "not supported", kind="next check")   # a negative finding, as expected
+    _decide(run, "too-small", lambda: 1 / 0, "supported", needs="default")           # never evaluated
+    _decide(run, "improved", "supported", "not supported")        # a change in the good direction fails too
     with pytest.raises(ValueError, match="twice"):
-        run.claim("holds", document="", measured="", passed=True)
-    with pytest.raises(AssertionError, match=r"(?s)1 claim\(s\) did not reproduce.*broken"):
+        _decide(run, "holds", True, "supported")
+    with pytest.raises(ValueError, match="kind="):
+        _decide(run, "k", True, "supported", kind="result")
+    with pytest.raises(ValueError, match="expected="):
+        _decide(run, "e", True, "reproduced")
+    with pytest.raises(ValueError, match="criterion"):
+        run.claim("nc", kind="claim", document="d", criterion="", measured="m", verdict=True, expected="supported")
+    with pytest.raises(AssertionError, match=r"(?s)1 verdict\(s\) changed.*improved.*expected 'not supported'"):
         run.finish(display=False)
     manifest = json.loads((tmp_path / "manifests" / "demo.json").read_text())
     assert manifest["profile"] == "smoke" and manifest["parameters"] == {"seed": 1}
-    assert [c["outcome"] for c in manifest["claims"]] == ["reproduced", "not tested", "not tested", "FAILED"]
+    assert [c["verdict"] for c in manifest["claims"]] == ["supported", "not supported", "not testable here",
+                                                          "supported"]
+    assert [c["matches"] for c in manifest["claims"]] == [True, True, True, False]
     assert manifest["claims"][2]["note"] == "needs the default profile" and manifest["context"]["profile"] == "smoke"
     assert "torch" in manifest["versions"] and manifest["duration_s"] >= 0
+    assert manifest["machine"]["cpu_model"] and "torch_cpu_capability" in manifest["machine"]
 
 
 def test_start_run_checks_parameter_types():
@@ -110,17 +124,54 @@ def test_cpu_threads_sets_and_restores():
 
 
 def test_a_claim_is_decided_from_the_profile_it_needs_up():
-    def outcome(profile, needs, passed=lambda: True):
+    def verdict(profile, needs, value=lambda: True):
         run = repro.Run(repro.RunContext(chapter="demo", profile=profile), torch.device("cpu"))
-        return run.claim("c", document="d", measured="m", passed=passed, needs=needs).outcome
-    assert outcome("smoke", "default") == "not tested" and outcome("default", "default") == "reproduced"
-    assert outcome("full", "default") == "reproduced" and outcome("default", "full") == "not tested"
-    assert outcome("interactive", "default") == "reproduced"       # the parameters cell is the default profile
-    assert outcome("default", "smoke", passed=False) == "FAILED"
+        return _decide(run, "c", value, "supported", needs=needs).verdict
+    assert verdict("smoke", "default") == "not testable here" and verdict("default", "default") == "supported"
+    assert verdict("full", "default") == "supported" and verdict("default", "full") == "not testable here"
+    assert verdict("interactive", "default") == "supported"       # the parameters cell is the default profile
+    assert verdict("default", "smoke", value=False) == "not supported"
     with pytest.raises(ValueError, match="needs='huge'"):
-        outcome("default", "huge")
+        verdict("default", "huge")
     with pytest.raises(ValueError, match="unknown profile"):
         repro.RunContext(chapter="demo", profile="medium")
+
+
+def test_verdicts_from_intervals_and_parts():
+    from mpnn.runtime import verdicts as V
+    assert V.from_interval(0.1, 0.3, above=0) == "supported"
+    assert V.from_interval(-0.3, -0.1, above=0) == "not supported"
+    assert V.from_interval(-0.3, 0.2, above=0) == "inconclusive"
+    assert V.from_interval(-0.3, 0.004, above=0, refuted_below=0.005) == "not supported"   # no gain worth having
+    assert V.from_interval(0.2, 0.4, below=0.5) == "supported" and V.from_interval(0.6, 0.7, below=0.5) == "not supported"
+    assert V.from_interval(float("nan"), 1.0, above=0) == "inconclusive"
+    with pytest.raises(ValueError):
+        V.from_interval(0, 1, above=0, below=1)
+    assert V.combine({"a": "supported", "b": "supported"}) == "supported"
+    assert V.combine({"a": "supported", "b": "not supported"}) == "mixed"
+    assert V.combine({"a": "inconclusive", "b": "not supported"}) == "inconclusive"
+    assert V.combine({"a": "not supported", "b": "not supported"}) == "not supported"
+    assert V.as_verdict(True) == "supported" and V.as_verdict(False) == "not supported"
+    with pytest.raises(ValueError, match="verdict="):
+        V.as_verdict("reproduced")
+
+
+def test_bounded_intervals_stay_in_range_and_seeds_to_decide():
+    x = [0.0, 0.02, 0.15, 0.01, 0.12]             # an entropy near its floor: the t interval goes below 0
+    assert stats.mean_ci(x)[1] < 0
+    m, lo, hi = stats.mean_ci(x, bounds=(0, np.log(8)))
+    assert 0 < lo < m < hi < np.log(8) and m == pytest.approx(np.mean(x))
+    m, lo, hi = stats.mean_ci([0.9, 1.0, 0.95, 1.0, 0.99], bounds=(0, 1))
+    assert lo > 0 and hi < 1 and lo < m < hi
+    with pytest.raises(ValueError, match="outside their stated range"):
+        stats.mean_ci([0.5, 1.2], bounds=(0, 1))
+    assert "95% CI" in stats.fmt_ci([0.2, 0.3, 0.25], bounds=(0, 1), scale=100)
+    vals = [0.01, -0.02, 0.03, 0.0, 0.02]           # mean 0.008, straddles 0
+    n = stats.seeds_to_decide(vals, 0.0)
+    assert n > len(vals)
+    sd, m = np.std(vals, ddof=1), np.mean(vals)
+    from scipy import stats as st
+    assert st.t.ppf(0.975, n - 1) * sd / np.sqrt(n) < m <= st.t.ppf(0.975, n - 2) * sd / np.sqrt(n - 1)
 
 
 def test_start_run_takes_the_runner_context_without_parsing_the_notebook():
@@ -141,26 +192,22 @@ def test_start_run_takes_the_runner_context_without_parsing_the_notebook():
 # ---------------------------------------------------------------- the site's view of the claims
 
 def _claim(**kw):
-    base = {"id": "c", "document": "d", "measured": "m", "passed": True, "note": "", "needs": "smoke",
-            "outcome": "reproduced"}
+    base = {"id": "c", "kind": "claim", "document": "d", "criterion": "crit", "measured": "m",
+            "verdict": "supported", "expected": "supported", "note": "", "needs": "smoke"}
     return base | kw
 
 
-def test_outcome_badges_and_the_deciding_number():
-    from mpnn.runtime import site
-    assert site.outcome(_claim()) == "reproduced"
-    assert site.outcome(_claim(passed=False, outcome="FAILED")) == "not reproduced"
-    assert site.outcome(_claim(differs=True)) == "differs from the document"
-    assert site.badge_text(_claim(passed=None, needs="default")) == "not tested: default profile"
-    assert site.badge_text(_claim(passed=None, needs="full", note="needs the full profile (GPU): big")) \
-        == "not tested: full profile (GPU)"
-    assert site.badge_text(_claim(passed=None, note="a projection from assumptions")) == "projection, not tested"
-    m = "at T* ([0.2, 0.3]): 0.254 of the FLOPs (95% CI 0.226-0.283, 6 seeds); other 1.0 (95% CI 0-2)"
-    assert site.headline(_claim(measured=m)) == "at T* ([0.2, 0.3]): 0.254 of the FLOPs (95% CI 0.226-0.283)"
-    assert site.headline(_claim(measured="top-1: NMI(digit; expert) 0.409 (95% CI 0.383-0.435, n=16)")) \
-        == "top-1: NMI(digit; expert) 0.409 (95% CI 0.383-0.435)"           # "; " inside brackets is no clause
-    assert site.headline(_claim(measured="4/4 files match; all good")) == "4/4 files match"
-    assert site.headline(_claim(headline="0.25x")) == "0.25x"
+def test_badges_say_the_verdict_and_why_a_claim_was_not_tested():
+    from mpnn.runtime import verdicts as V
+    assert V.badge_text(_claim()) == "supported"
+    assert V.badge_text(_claim(verdict="not supported", expected="not supported")) == "not supported"
+    assert V.badge_text(_claim(verdict="supported", expected="not supported")) == "verdict changed: supported"
+    assert V.badge_text(_claim(verdict="not testable here", needs="default")) == "not testable here: default profile"
+    assert V.badge_text(_claim(verdict="not testable here", needs="full",
+                               note="needs the full profile (GPU): big")) == "not testable here: full profile (GPU)"
+    assert V.badge_text(_claim(verdict="not testable here", note="a projection")) == "not testable here: a projection"
+    table = V.claims_table([_claim(measured="x" * 300)])
+    assert "x" * 300 in table and "crit" in table            # whole texts, never cut
 
 
 def _executed(tmp_path, cells):
@@ -184,15 +231,17 @@ def test_decorate_puts_the_glance_box_after_title_and_source_once(tmp_path):
     manifest = {"chapter": "demo", "profile": "default", "claims": [
         _claim(id="saves-compute", document="early exits save compute on accuracy",
                measured="0.25 of the FLOPs (95% CI 0.2-0.3)"),
-        _claim(id="t", document="x", measured="1.6x", section="Wall time", passed=None, needs="full")]}
+        _claim(id="t", kind="extension", document="x", measured="1.6x", section="Wall time",
+               verdict="not testable here", needs="full")]}
     for _ in range(2):                                   # idempotent: decorating twice changes nothing more
         site.decorate(path, manifest=manifest)
     nb = nbformat.read(path, 4)
     assert nb.cells[0].source == "# Title\n\n*Source:* a paper."
     box = nb.cells[1].source
-    assert nb.cells[1].metadata[site.GLANCE_KEY] is True and box.count("<li>") == 2
+    assert nb.cells[1].metadata[site.GLANCE_KEY] is True and box.count('<tr id="claim-') == 2
     assert 'href="#accuracy-against-compute"' in box and 'href="#wall-time"' in box
-    assert "1 reproduced, 1 not tested" in box and "not tested: full profile" in box
+    assert "the documents' claims</strong> (1): 1 supported" in box
+    assert "not testable here: full profile" in box
     assert nb.cells[2].source == "**What it claims.** much."
     assert sum("mpnn-glance" in c.source for c in nb.cells if c.cell_type == "markdown") == 1
     html_out = nb.cells[5].outputs[0]["data"]["text/html"]
@@ -203,17 +252,19 @@ def test_decorate_puts_the_glance_box_after_title_and_source_once(tmp_path):
 
 
 def test_findings_rows_counts_and_markers(monkeypatch):
-    from mpnn.runtime import site
+    from mpnn.runtime import site, verdicts
     manifests = {"switch_network": {"chapter": "switch_network", "profile": "default", "claims": [
-        _claim(id="a"), _claim(id="b", passed=None, needs="full")]},
-        "early_exits": {"chapter": "early_exits", "profile": "default", "claims": [_claim(id="c", differs=True)]},
-        "datasets": {"chapter": "datasets", "profile": "default", "claims": [_claim(id="z")]}}   # no document
+        _claim(id="a"), _claim(id="b", kind="extension", verdict="not testable here", needs="full")]},
+        "early_exits": {"chapter": "early_exits", "profile": "default", "claims": [
+            _claim(id="c", verdict="not supported", expected="not supported")]},
+        "datasets": {"chapter": "datasets", "profile": "default", "claims": [_claim(id="z", kind="book")]}}
     rows = site.findings_rows(manifests)
     assert [r["claim"] for r in rows] == ["a", "b", "c"]          # book order, documents' chapters only
-    assert site.counts(rows) == {"reproduced": 1, "differs from the document": 1, "not reproduced": 0,
-                                 "not tested": 1}
+    assert verdicts.counts(r["raw"] for r in rows) == {"supported": 1, "mixed": 0, "not supported": 1,
+                                                       "inconclusive": 0, "not testable here": 1}
     text = site.fill_markers("x <!-- mpnn:counts --> y", manifests)
-    assert "3 claims" in text and "**1 reproduced**" in text and "[findings](findings)" in text
+    assert "2 the documents' claims (1 supported, 1 not supported)" in text and "[findings](findings)" in text
+    assert "1 the book's extensions and checks" in text
     page = site.fill_markers("<!-- mpnn:findings -->", manifests)
-    assert page.count("<tr><td>") == 3 and "mpnn-findings-outcomes" in page
+    assert page.count('<tr><td><a href=') == 3 and "mpnn-counts" in page
     assert "\n\n" not in page                                     # one raw HTML block for MyST

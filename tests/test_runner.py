@@ -233,8 +233,9 @@ def test_site_staging_decorates_chapters_fills_pages_and_serves_figures(tmp_path
     (build / "manifests").mkdir()
     (build / "manifests" / "switch_network.json").write_text(json.dumps({
         "chapter": "switch_network", "profile": "default", "claims": [
-            {"id": "results", "document": "results hold", "measured": "0.9 (95% CI 0.8-1.0)", "passed": True,
-             "note": "", "needs": "smoke", "outcome": "reproduced"}]}))
+            {"id": "results", "kind": "claim", "document": "results hold", "criterion": "above 0.5",
+             "measured": "0.9 (95% CI 0.8-1.0)", "verdict": "supported", "expected": "supported",
+             "note": "", "needs": "smoke"}]}))
     figures = build / "figures" / "switch_network"
     figures.mkdir(parents=True)
     spec = alt.Chart(pd.DataFrame({"a": [1, 2]})).mark_bar().encode(x="a:Q").to_dict()
@@ -243,8 +244,8 @@ def test_site_staging_decorates_chapters_fills_pages_and_serves_figures(tmp_path
     assert staged == {"decorated": ["switch_network"], "pngs": 1}
     cells = nbformat.read(src / "book" / "switch_network.ipynb", 4).cells
     assert "mpnn-glance" in cells[1].source and 'href="#results"' in cells[1].source
-    assert "1 claims of the five documents" in (src / "book" / "intro.md").read_text()
-    assert "<tr><td>" in (src / "book" / "findings.md").read_text()
+    assert "1 the documents' claims (1 supported)" in (src / "book" / "intro.md").read_text()
+    assert "<tr><td><a href=" in (src / "book" / "findings.md").read_text()
     served = src / "_figures" / "figures" / "switch_network"
     assert (served / "bars.png").read_bytes()[:4] == b"\x89PNG" and (served / "bars.svg").exists()
     assert (src / "_vendor" / "mpnn-site.css").exists() and (src / "_vendor" / "mpnn-site.js").exists()

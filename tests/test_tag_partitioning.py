@@ -145,11 +145,15 @@ def test_faithful_table_against_hand_computation():
     table, test = tp.faithful_table(results)
     t = table.set_index("split")
     vals = np.array(accs["train"]) * 100
-    half = st.t.ppf(0.975, 2) * vals.std(ddof=1) / np.sqrt(3)
+    # the interval of an accuracy: Student t on the logit scale, mapped back (bounded by 0 and 100)
+    z = np.log(vals / (100 - vals))
+    half_z = st.t.ppf(0.975, 2) * z.std(ddof=1) / np.sqrt(3)
+    lo, hi = (100 / (1 + np.exp(-(z.mean() + s * half_z))) for s in (-1, 1))
     assert t.loc["train", "this book, mean"] == round(82.0, 2)
-    assert t.loc["train", "CI half-width (pp)"] == round(half, 2)
+    assert t.loc["train", "CI half-width (pp)"] == round((hi - lo) / 2, 2)
+    assert t.loc["train", "95% CI"] == f"{lo:.2f}-{hi:.2f}"
     assert t.loc["train", "difference (pp)"] == round(82.0 - 83.65, 2)
-    assert bool(t.loc["train", "document inside the CI"]) == (82.0 - half <= 83.65 <= 82.0 + half)
+    assert bool(t.loc["train", "document inside the CI"]) == (lo <= 83.65 <= hi)
     assert np.allclose(test, [83.5, 83.6, 84.0])
 
 
@@ -215,3 +219,20 @@ def test_explorer_picks_and_describes_images():
     html = ex.render(index=0, digit=7, hidden_map="router")
     assert "<img" in html and "<svg" in html and "<table" in html
     assert ex.first_of_each_digit().count("<tr") == 1 + len(Y.unique())
+
+
+def test_per_seed_within_and_paired_gain():
+    rows = [{"variant": v, "routing": tp.ORACLE, "split": "test", "seed": s, "accuracy": a}
+            for v, accs in ((tp.FAITHFUL, (0.84, 0.83, 0.85)), (tp.CENTRED, (0.90, 0.91, 0.89)))
+            for s, a in reversed(list(enumerate(accs)))]
+    results = pd.DataFrame(rows)
+    assert np.allclose(tp.per_seed(results, tp.FAITHFUL), [84.0, 83.0, 85.0])         # ordered by seed
+    faithful = tp.per_seed(results, tp.FAITHFUL)
+    assert tp.within(faithful, 84.0, 5.0) == "supported"          # interval inside 79-89
+    assert tp.within(faithful, 95.0, 2.0) == "not supported"      # interval wholly below 93
+    assert tp.within(faithful, 84.0, 0.5) == "inconclusive"       # interval wider than the band
+    verdict, txt, d = tp.gain(tp.per_seed(results, tp.CENTRED), faithful, above=0)
+    assert np.allclose(d, [6.0, 8.0, 4.0]) and verdict == "supported" and "6.00 pp" in txt
+    assert tp.gain(faithful, tp.per_seed(results, tp.CENTRED), above=0)[0] == "not supported"
+    assert tp.gain([1.0, 2.0, 0.0], [0.5, 0.5, 0.5], above=0)[0] == "inconclusive"
+    assert "seeds would decide it" in tp.decide_note(np.array([0.5, 1.5, -0.5, 1.0]), 0.0)

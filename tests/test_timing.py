@@ -1,5 +1,6 @@
 """Timing claims: interleaved medians, recording, and replay under load."""
 import json
+import os
 
 import pytest
 import torch
@@ -21,8 +22,14 @@ def test_time_interleaved_calls_in_turn_and_takes_the_median(monkeypatch):
 
 
 def always_fast(x, limit):
-    """A stand-in timing claim: passes when ``x`` is below ``limit``."""
+    """A stand-in timing claim: supported when ``x`` is below ``limit``."""
     return {"passed": x < limit, "measured": f"{x} < {limit}", "x": x}
+
+
+def drifting(limit):
+    """A stand-in whose measurement changes between the recording and the replays ($MPNN_TEST_X)."""
+    x = float(os.environ.get("MPNN_TEST_X", "0"))
+    return {"verdict": "supported" if x < limit else "inconclusive", "measured": f"{x} vs {limit}"}
 
 
 def test_measure_records_and_replay_repeats_under_load(tmp_path, monkeypatch):
@@ -30,22 +37,27 @@ def test_measure_records_and_replay_repeats_under_load(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no recorded timing claims"):
         timing.replay_all(repeats=1, load=0)
     res = timing.measure("demo", "fast", always_fast, x=1, limit=2)
-    assert res["passed"] and (tmp_path / "timing" / "demo" / "fast.pt").exists()
-    timing.measure("demo", "slow", always_fast, x=3, limit=2)
+    assert res["verdict"] == "supported" and (tmp_path / "timing" / "demo" / "fast.pt").exists()
+    timing.measure("demo", "slow", always_fast, x=3, limit=2)        # a negative finding, replayed as such
+    monkeypatch.setenv("MPNN_TEST_X", "1")
+    timing.measure("demo", "zdrift", drifting, limit=2)
+    monkeypatch.setenv("MPNN_TEST_X", "3")                           # the replays measure another number
     rows = timing.replay_all(repeats=2, load=1, progress=False)
-    assert [(r["claim"], r["repetition"], r["passed"]) for r in rows] == [
-        ("fast", 1, True), ("fast", 2, True), ("slow", 1, False), ("slow", 2, False)]
+    assert [(r["claim"], r["repetition"], r["verdict"], r["passed"]) for r in rows] == [
+        ("fast", 1, "supported", True), ("fast", 2, "supported", True),
+        ("slow", 1, "not supported", True), ("slow", 2, "not supported", True),
+        ("zdrift", 1, "inconclusive", False), ("zdrift", 2, "inconclusive", False)]
     saved = json.loads((tmp_path / "timing" / "robustness.json").read_text())
-    assert saved["load_processes"] == 1 and len(saved["rows"]) == 4
-    assert cli.main(["timing", "--repeats", "1", "--load", "0", "--only", "demo/fast"]) == 0
-    assert cli.main(["timing", "--repeats", "1", "--load", "0"]) == 1      # the slow claim fails
+    assert saved["load_processes"] == 1 and len(saved["rows"]) == 6
+    assert cli.main(["timing", "--repeats", "1", "--load", "0", "--only", "demo/slow"]) == 0
+    assert cli.main(["timing", "--repeats", "1", "--load", "0"]) == 1      # the drifting verdict fails
 
 
 def test_measure_refuses_what_cannot_be_replayed(tmp_path, monkeypatch):
     monkeypatch.setenv("MPNN_BUILD_DIR", str(tmp_path))
     with pytest.raises(ValueError, match="module-level function"):
         timing.measure("demo", "lambda", lambda: {"passed": True, "measured": ""})
-    with pytest.raises(TypeError, match="'passed' and 'measured'"):
+    with pytest.raises(TypeError, match="'measured' and 'verdict'"):
         timing.measure("demo", "bad", timing.recorded)
     assert not list((tmp_path).rglob("*.pt"))              # nothing half written
 

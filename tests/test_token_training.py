@@ -108,6 +108,21 @@ def test_step_seconds_axis():
     assert out["step seconds"].tolist() == pytest.approx([0.2, 0.15])
 
 
+def test_train_step_claim_combines_the_two_models(pair):
+    # structure and bookkeeping only: no assertion on how long anything takes
+    model, x, y = pair
+    large = TokenViT(ViTConfig(patch=4, dim=16, depth=3, heads=2, select_after=1, scorer_hidden=8))
+    res = ex.train_step_claim(model, large, x, y, 0.5, repeats=2, large_repeats=2)
+    for part, r in zip(res["parts"].values(), (res["small"], res["large"])):
+        lo, hi = r["speedup_low"], r["speedup_high"]
+        assert part == ("supported" if lo > res["min_speedup"] else "not supported" if hi < 1 else "inconclusive")
+        assert r["efficiency"] == pytest.approx(r["speedup"] / r["predicted"])
+    assert res["large"]["predicted"] == pytest.approx(ex.training_flops(large.config) / ex.training_flops(large.config, 0.5))
+    parts = set(res["parts"].values())
+    assert res["verdict"] == ("supported" if parts == {"supported"} else "mixed" if "supported" in parts
+                              else "inconclusive" if "inconclusive" in parts else "not supported")
+
+
 def test_setting_grid_labels_every_setting_and_the_site_explorer_selects_one():
     import pandas as pd
     from mpnn.experiments import token_selection as ex

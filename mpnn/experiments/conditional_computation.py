@@ -1,4 +1,5 @@
-"""Conditional computation I (Scardapane et al. 2024, document 003): mixture-of-experts on MNIST.
+"""Conditional computation I (Scardapane et al. 2024, *Conditional computation in neural networks: principles
+and research trends*): mixture-of-experts on MNIST.
 
 The chapter's data (flattened, standardised MNIST), its one training recipe (Adam on the
 cross-entropy plus the layer's balancing losses, through :func:`mpnn.train.fit`), the variants it
@@ -19,12 +20,13 @@ from torch import nn
 
 from mpnn import determinism, moe
 from mpnn.data import mnist
-from mpnn.runtime import stats
+from mpnn.runtime import stats, verdicts
 from mpnn.switch import LearnedSwitch, topk_mask
 from mpnn.tokens import TokenViT, ViTConfig
 from mpnn.train import fit
 
 PIXELS, CLASSES = 784, 10
+UNIT = (0.0, 1.0)      # the range of accuracies, shares, normalised entropies and NMIs (bounded intervals)
 MAIN_VARIANTS = ["dense h", "dense 2h", "dense E·h", "top-1", "top-2"]   # the compute claims' models
 DETAIL_VARIANTS = ["noisy top-2", "expert choice c=1", "expert choice c=2", "soft MoE"]
 
@@ -386,7 +388,7 @@ def accuracy_table(study: Study, variants: list[str]):
     per_seed = pd.DataFrame(rows)
     means = per_seed.groupby("variant", sort=False)[["active MFLOPs", "parameters", "seconds", "routing entropy",
                                                      "test images with no expert"]].mean().reset_index()
-    return per_seed, stats.summarise(per_seed, "variant", "accuracy").merge(means, on="variant")
+    return per_seed, stats.summarise(per_seed, "variant", "accuracy", bounds=UNIT).merge(means, on="variant")
 
 
 def balance_tables(study: Study, alphas: list[float]):
@@ -405,7 +407,7 @@ def balance_tables(study: Study, alphas: list[float]):
             finals.append({"alpha": a, "seed": i, "entropy": moe.routing_entropy(r.history[-1]["share"]),
                            "max share": float(r.history[-1]["share"].max()), "accuracy": r.accuracy})
     curves, finals = pd.DataFrame(curves), pd.DataFrame(finals)
-    balance = stats.summarise(finals, "alpha", "entropy").merge(
+    balance = stats.summarise(finals, "alpha", "entropy", bounds=UNIT).merge(
         finals.groupby("alpha")[["max share", "accuracy"]].mean().reset_index(), on="alpha")
     balance["effective experts"] = study.n_experts ** balance["mean"]
     return curves, finals, balance
@@ -418,9 +420,9 @@ def capacity_tables(study: Study, capacity_factors: list[float], n: int, per_see
                          "dropped while training": study.results[(f"top-1 capacity={c}", i)].dropped,
                          "accuracy": study.results[(f"top-1 capacity={c}", i)].accuracy}
                         for c in capacity_factors for i in range(n)])
-    summary = stats.summarise(cap, "capacity factor", "accuracy").merge(
+    summary = stats.summarise(cap, "capacity factor", "accuracy", bounds=UNIT).merge(
         cap.groupby("capacity factor")["dropped while training"].mean().reset_index(), on="capacity factor")
-    dropless = stats.summarise(per_seed[per_seed.variant == "top-1"], "variant", "accuracy")
+    dropless = stats.summarise(per_seed[per_seed.variant == "top-1"], "variant", "accuracy", bounds=UNIT)
     dropless = dropless.assign(**{"capacity factor": float("inf"), "dropped while training": 0.0})
     return cap, pd.concat([summary, dropless[summary.columns]])
 
@@ -739,7 +741,7 @@ def vit_table(study: ViTStudy, variants: list[str]):
     per_seed = pd.DataFrame(rows)
     first = per_seed.drop_duplicates(["variant", "seed"])
     means = per_seed.groupby("variant", sort=False).mean(numeric_only=True).drop(columns=["seed", "accuracy", "layer"])
-    summary = stats.summarise(first, "variant", "accuracy").merge(means.reset_index(), on="variant")
+    summary = stats.summarise(first, "variant", "accuracy", bounds=UNIT).merge(means.reset_index(), on="variant")
     return per_seed, summary
 
 
@@ -844,3 +846,50 @@ def figure_routing_bars(grid: pd.DataFrame) -> alt.Chart:
         x="expert:O", y=alt.Y("share:Q", scale=alt.Scale(domain=[0, 1]), title="share of the digit's images"),
         tooltip=["digit", "k", "expert", alt.Tooltip("share:Q", format=".2f")]).properties(
         width=320, height=200, title="experts reached by a digit's test images with top-k routing")
+
+
+# ---------------------------------------------------------------- numbers for the prose and the claims
+
+def points(diffs) -> str:
+    """A paired accuracy difference in percentage points: ``"+0.69 points (95% CI +0.53 to +0.84)"``
+    (Student t over seeds; a difference is not bounded)."""
+    m, lo, hi = stats.mean_ci(diffs)
+    return f"{100 * m:+.2f} points (95% CI {100 * lo:+.2f} to {100 * hi:+.2f})"
+
+
+def ci_text(values, digits: int = 2, bounds=UNIT, scale: float = 1.0, unit: str = "") -> str:
+    """A bounded quantity's mean and 95% CI inside its range: ``"0.19 (95% CI 0.14-0.24)"``."""
+    m, lo, hi = stats.mean_ci(values, bounds=bounds)
+    return f"{scale * m:.{digits}f}{unit} (95% CI {scale * lo:.{digits}f}-{scale * hi:.{digits}f}{unit})"
+
+
+def decide_text(values, thresholds) -> str:
+    """For an undecided interval: how many seeds would put it on one side of each threshold, if its
+    mean and spread stayed as measured (:func:`mpnn.runtime.stats.seeds_to_decide`)."""
+    values = list(values)
+    need = [n for n in (stats.seeds_to_decide(values, t) for t in thresholds) if n is not None]
+    return (f"about {min(need)} seeds would decide it ({len(values)} measured)" if need
+            else "its mean sits on the threshold: more seeds alone would not decide it")
+
+
+def diff_claim(diffs, *, above: float, refuted_below: float | None = None) -> tuple[str, str]:
+    """The measurement and the verdict on "the paired difference lies above ``above``" (not supported
+    when its 95% CI lies below ``refuted_below``, default ``above``), with the seeds that would decide
+    an undecided interval."""
+    diffs = list(diffs)
+    _, lo, hi = stats.mean_ci(diffs)
+    verdict = verdicts.from_interval(lo, hi, above=above, refuted_below=refuted_below)
+    edges = [above] if refuted_below is None else [above, refuted_below]
+    extra = f"; {decide_text(diffs, edges)}" if verdict == "inconclusive" else ""
+    return f"{points(diffs)}, n={len(diffs)}{extra}", verdict
+
+
+def level_claim(values, *, above: float | None = None, below: float | None = None, bounds=UNIT,
+                digits: int = 2) -> tuple[str, str]:
+    """The measurement and the verdict on "the bounded quantity lies above ``above``" (or below
+    ``below``), decided on its 95% CI inside ``bounds``."""
+    values = list(values)
+    _, lo, hi = stats.mean_ci(values, bounds=bounds)
+    verdict = verdicts.from_interval(lo, hi, above=above, below=below)
+    extra = f"; {decide_text(values, [above if below is None else below])}" if verdict == "inconclusive" else ""
+    return f"{ci_text(values, digits, bounds)}, n={len(values)}{extra}", verdict

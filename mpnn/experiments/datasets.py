@@ -1,11 +1,30 @@
 """The data chapter: where MNIST was found, what it holds, and the tables and figures that show it."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import altair as alt
 import pandas as pd
 import torch
 
+from mpnn import paths
 from mpnn.data import mnist
+
+WINDOW = 18     # the tag-partitioning network as originally written sees the top-left 18x18 pixels only
+
+
+def folder_label(folder) -> str:
+    """Where MNIST was found, without the machine's own paths: relative to the repository when it
+    lies inside it, else which setting named it."""
+    folder = Path(folder).resolve()
+    try:
+        return folder.relative_to(paths.ROOT.resolve()).as_posix()
+    except ValueError:
+        named = os.environ.get("MPNN_DATA_DIR")
+        if named and Path(named).resolve() == folder:
+            return "the MNIST folder named by $MPNN_DATA_DIR (outside the repository)"
+        return "the MNIST folder given to the loader (outside the repository)"
 
 
 def checksum_table(folder) -> pd.DataFrame:
@@ -35,6 +54,13 @@ def mean_images(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.stack([images[labels == d].float().mean(0) for d in range(10)])
 
 
+def ink_outside_window(means: torch.Tensor, window: int = WINDOW) -> float:
+    """Share of the average image's ink (summed intensity over every digit's mean image) that lies
+    outside the top-left ``window`` x ``window`` pixels."""
+    total = means.sum()
+    return float((total - means[:, :window, :window].sum()) / total)
+
+
 def class_counts(splits: dict[str, torch.Tensor]) -> pd.DataFrame:
     """Images per digit and split, their share of the split, and the parity tag (even 0 / odd 1)."""
     counts = pd.concat([pd.DataFrame({"digit": range(10), "count": torch.bincount(y, minlength=10).tolist(),
@@ -49,6 +75,18 @@ def parity_table(counts: pd.DataFrame) -> pd.DataFrame:
     parity = counts.groupby(["split", "parity"], as_index=False)["count"].sum()
     parity["share"] = parity["count"] / parity.groupby("split")["count"].transform("sum")
     return parity
+
+
+def balance_summary(counts: pd.DataFrame) -> dict:
+    """What the class-balance figures show, as numbers: per split the even share, the rarest and the
+    commonest digit with their shares."""
+    out = {}
+    for split, frame in counts.groupby("split", sort=False):
+        rare, common = frame.loc[frame["share"].idxmin()], frame.loc[frame["share"].idxmax()]
+        out[split] = {"even": float(frame.loc[frame["digit"] % 2 == 0, "share"].sum()),
+                      "rarest": int(rare["digit"]), "rarest_share": float(rare["share"]),
+                      "commonest": int(common["digit"]), "commonest_share": float(common["share"])}
+    return out
 
 
 def figure_class_balance(counts: pd.DataFrame) -> alt.Chart:

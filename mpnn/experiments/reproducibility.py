@@ -1,26 +1,40 @@
-"""The reproducibility report: every chapter's manifest and the runner's record, as tables and checks."""
+"""The reproducibility report: where this build's numbers come from, read from every chapter's manifest.
+
+Per chapter: profile, status, device, duration, threads and the compiled kernels it loaded; the
+machine (CPU model, ISA extensions, torch's CPU kernels) and the package versions; every claim with
+its kind, criterion, verdict and expected verdict. The verdict counts come from the same code as the
+findings page (:func:`mpnn.runtime.site.findings_rows`, :func:`mpnn.runtime.verdicts.count_table`).
+Manifests written before claims had a kind and a verdict are read too: their claims are reported as
+lacking them, never dropped silently.
+"""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import altair as alt
 import pandas as pd
 
 from mpnn import paths
-from mpnn.runtime import cli, notebooks
+from mpnn.runtime import cli, notebooks, site, verdicts
 
-EXEMPT_NOTES = ("full profile", "projection", "needs root")   # not tested by design: a GPU's scale, a stated
+SELF = "reproducibility"
+EXEMPT_NOTES = ("full profile", "projection", "needs root")   # left untested by design: a GPU's scale, a stated
 # projection, or an experiment that needs root (network namespaces) on a machine without it
+REQUIRED = ("kind", "criterion", "verdict")                   # what every claim of a manifest must state
+BOOK_PAGES = "this book's own pages"                          # the label of chapters that reproduce no document
 
 
 def load_manifests() -> tuple[dict[str, dict], list[str]]:
-    """``({chapter: manifest}, [chapters without a manifest])`` for every chapter but this report."""
-    expected = [c for c in notebooks.chapters() if c != "reproducibility"]
+    """``({chapter: manifest}, [chapters without a readable manifest])`` for every chapter but this report."""
+    expected = [c for c in notebooks.chapters() if c != SELF]
     found = {}
     for chapter in expected:
         path = paths.manifest_dir() / f"{chapter}.json"
-        if path.exists():
+        try:
             found[chapter] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
     return found, [c for c in expected if c not in found]
 
 
@@ -30,56 +44,147 @@ def load_book_run() -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def status(chapter: str, book_run: dict | None) -> str:
-    """``ok`` / ``failed`` as the runner recorded it, ``interactive`` when no runner ran the chapter."""
-    return ((book_run or {}).get("chapters", {}).get(chapter) or {}).get("status", "interactive")
+def status(chapter: str, book_run: dict | None, manifest: dict | None = None) -> str:
+    """``ok`` / ``failed`` as the runner recorded it in this run; otherwise how the chapter ran."""
+    recorded = ((book_run or {}).get("chapters", {}).get(chapter) or {}).get("status")
+    if recorded:
+        return recorded
+    render = ((manifest or {}).get("context") or {}).get("render")
+    return "run on its own" if render == "static" else "interactive"
+
+
+def _claims(manifest: dict) -> list[dict]:
+    return [c for c in manifest.get("claims", []) if isinstance(c, dict)]
+
+
+def lacking(claim: dict) -> list[str]:
+    """Which of kind, criterion and verdict a claim does not state (or states outside the vocabulary)."""
+    out = [f for f in REQUIRED if not claim.get(f)]
+    if claim.get("kind") and claim["kind"] not in verdicts.KINDS:
+        out.append("kind")
+    if claim.get("verdict") and claim["verdict"] not in verdicts.VERDICTS:
+        out.append("verdict")
+    return sorted(set(out), key=REQUIRED.index)
+
+
+def _kernels(machine: dict) -> str:
+    """The compiled kernels a chapter's process loaded (names only, never the compiler's path)."""
+    info = machine.get("compiled_kernels")
+    if not isinstance(info, dict):
+        return "not recorded"
+    if "error" in info:
+        return "unknown"
+    if not info.get("enabled", True):
+        return "disabled"
+    loaded = sorted({k.split(":")[0] for k, ok in (info.get("loaded") or {}).items() if ok})
+    return ", ".join(loaded) if loaded else "none"
 
 
 def overview_table(manifests: dict[str, dict], book_run: dict | None) -> pd.DataFrame:
-    """One row per chapter: profile, status, device, duration and its claim outcomes."""
-    def count(m, outcome):
-        return sum(x["outcome"] == outcome for x in m.get("claims", []))
-    return pd.DataFrame([{
-        "chapter": c, "profile": m.get("profile"), "status": status(c, book_run),
-        "device": m.get("device_description", m.get("device")), "duration (s)": m.get("duration_s"),
-        "claims": len(m.get("claims", [])), "reproduced": count(m, "reproduced"),
-        "not tested": count(m, "not tested"), "failed": count(m, "FAILED"),
-        "git commit": m.get("git_commit", "")[:12]} for c, m in manifests.items()])
+    """One row per chapter: how it ran (profile, status, device, threads, duration, compiled kernels)
+    and its claims: how many, their verdicts, how many lack a verdict, how many changed verdict."""
+    rows = []
+    for c, m in manifests.items():
+        claims, machine = _claims(m), m.get("machine") or {}
+        n = verdicts.counts(x for x in claims if x.get("verdict"))
+        rows.append({"chapter": c, "profile": m.get("profile"), "status": status(c, book_run, m),
+                     "device": m.get("device_description", m.get("device")),
+                     "threads": machine.get("torch_threads", (m.get("context") or {}).get("threads")),
+                     "duration (s)": m.get("duration_s"), "started (UTC)": str(m.get("started", ""))[:19],
+                     "compiled kernels loaded": _kernels(machine), "claims": len(claims)}
+                    | {v: n[v] for v in verdicts.VERDICTS}
+                    | {"no verdict": sum(bool(lacking(x)) for x in claims),
+                       verdicts.MISMATCH: sum(not verdicts.matches(x) for x in claims),
+                       "git commit": str(m.get("git_commit", ""))[:12]})
+    return pd.DataFrame(rows)
+
+
+MACHINE_FIELDS = {"cpu_model": "CPU", "machine": "architecture", "cpu_count": "cores",
+                  "isa_flags": "ISA extensions", "torch_cpu_capability": "torch CPU kernels",
+                  "mkl": "MKL", "mkldnn": "oneDNN", "python": "python"}
+
+
+def machine_table(manifests: dict[str, dict]) -> pd.DataFrame:
+    """The machines the chapters ran on: one row per distinct description, with the chapters it ran."""
+    groups: dict[tuple, list[str]] = {}
+    for c, m in manifests.items():
+        machine = m.get("machine") or {}
+        values = tuple(", ".join(v) if isinstance(v := machine.get(f), list) else
+                       ("not recorded" if v is None else str(v)) for f in MACHINE_FIELDS)
+        groups.setdefault(values, []).append(c)
+    return pd.DataFrame([{"chapters": ", ".join(cs), **dict(zip(MACHINE_FIELDS.values(), values))}
+                         for values, cs in groups.items()])
+
+
+def versions_table(manifests: dict[str, dict]) -> pd.DataFrame:
+    """Package versions: one row per package, one column per distinct set of versions (named by the
+    chapters that ran with it; ``every chapter`` when they all did)."""
+    sets: dict[tuple, list[str]] = {}
+    for c, m in manifests.items():
+        sets.setdefault(tuple(sorted((m.get("versions") or {}).items())), []).append(c)
+    columns = {("every chapter" if len(sets) == 1 else ", ".join(cs)): dict(v) for v, cs in sets.items()}
+    frame = pd.DataFrame(columns).fillna("not recorded")
+    frame.index.name = "package"
+    return frame
+
+
+def verdict_rows(manifests: dict[str, dict]) -> list[dict]:
+    """The findings page's rows (the chapters that reproduce a document), then the book's own pages'."""
+    documents = site.documents()
+    own = {c: BOOK_PAGES for c in manifests if c not in documents}
+    return site.findings_rows(manifests) + verdicts.findings_rows(manifests, own)
 
 
 def claims_table(manifests: dict[str, dict]) -> pd.DataFrame:
-    """Every claim of every chapter: what the document says, what was measured, the outcome."""
-    return pd.DataFrame([{"chapter": c, "claim": x["id"], "the document says": x["document"],
-                          "this book measured": x["measured"], "outcome": x["outcome"], "note": x.get("note", "")}
-                         for c, m in manifests.items() for x in m.get("claims", [])],
-                        columns=["chapter", "claim", "the document says", "this book measured", "outcome", "note"])
+    """Every claim of every chapter: kind, verdict, expected verdict, statement, criterion, measurement."""
+    columns = ["chapter", "claim", "kind", "verdict", "expected", "as expected", "the statement", "criterion",
+               "this build measured", "note", "lacks"]
+    return pd.DataFrame([{"chapter": c, "claim": x.get("id", "?"), "kind": x.get("kind", ""),
+                          "verdict": x.get("verdict") or "none recorded", "expected": x.get("expected", ""),
+                          "as expected": verdicts.matches(x), "the statement": x.get("document", ""),
+                          "criterion": x.get("criterion", ""), "this build measured": x.get("measured", ""),
+                          "note": x.get("note", "") or "", "lacks": ", ".join(lacking(x))}
+                         for c, m in manifests.items() for x in _claims(m)], columns=columns)
 
 
 def parameters_table(manifests: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame([{"chapter": c, "parameter": k, "value": json.dumps(v)}
-                         for c, m in manifests.items() for k, v in (m.get("parameters") or {}).items()])
+                         for c, m in manifests.items() for k, v in (m.get("parameters") or {}).items()],
+                        columns=["chapter", "parameter", "value"])
 
 
 def undecided(claims: pd.DataFrame) -> pd.DataFrame:
-    """Claims left "not tested" whose note names none of the exemptions (GPU scale, projection, needs root)."""
+    """Claims left "not testable here" whose note names none of the exemptions (a GPU's scale through
+    the full profile, a projection, needs root)."""
     exempt = claims["note"].str.contains("|".join(EXEMPT_NOTES), case=False)
-    return claims[(claims["outcome"] == "not tested") & ~exempt]
+    return claims[(claims["verdict"] == verdicts.UNDECIDED) & ~exempt]
 
 
 def book_run_summary(book_run: dict | None) -> str:
-    if not book_run:
-        return "no book run recorded (chapters were run one by one or interactively)"
+    """This run as the runner recorded it (markdown), or why there is no such record."""
+    if not book_run or not book_run.get("chapters"):
+        return ("The runner recorded no run of several chapters together: the chapters of this build "
+                "were executed one by one or interactively, so the table above is all there is.")
     own = sum(c["duration_s"] for c in book_run["chapters"].values()) / 60
-    bench = f", {book_run['bench_s']:.0f} s of benchmarks before them" if book_run.get("bench_s") else ""
-    return (f"this run: profile {book_run['profile']}, {book_run['jobs']} chapters side by side on "
-            f"{book_run['cpu_count']} cores ({book_run['threads_per_chapter']} thread(s) each): "
-            f"{book_run['wall_s'] / 60:.1f} min for every chapter but this report{bench}, of which "
-            f"{book_run['timing_cells_alone_s']:.0f} s in timing cells running alone; "
-            f"the chapters' own times add up to {own:.1f} min")
+    bench = (f", after {book_run['bench_s']:.0f} s of benchmarks run alone before them"
+             if book_run.get("bench_s") else "")
+    return (f"In this run ({book_run['profile']} profile) the runner executed {len(book_run['chapters'])} "
+            f"chapters, {book_run['jobs']} at a time on {book_run['cpu_count']} cores "
+            f"({book_run['threads_per_chapter']} thread(s) each), in {book_run['wall_s'] / 60:.1f} min of wall "
+            f"time{bench}; {book_run['timing_cells_alone_s']:.0f} s of it went to timing cells running alone. "
+            f"The chapters' own durations add up to {own:.1f} min.")
 
 
 def figure_durations(overview: pd.DataFrame) -> alt.Chart:
     return alt.Chart(overview).mark_bar().encode(
         x=alt.X("duration (s):Q"), y=alt.Y("chapter:N", sort=None), color="profile:N",
-        tooltip=list(overview.columns)).properties(width=420, height=24 * len(overview),
-                                                   title="execution time per chapter")
+        tooltip=["chapter", "profile", "status", "duration (s)", "claims"]).properties(
+        width=420, height=24 * len(overview), title="execution time per chapter")
+
+
+def relative(path) -> str:
+    """A path as the page may print it: relative to the repository, never the machine's own."""
+    try:
+        return Path(path).resolve().relative_to(paths.ROOT.resolve()).as_posix()
+    except ValueError:
+        return Path(path).name

@@ -1,4 +1,4 @@
-"""The switch-based multi-part network (document 000): the 100-observation demo, and what it hides.
+"""The switch-based multi-part network (Majumder et al. 2025): the 100-observation demo, and what it hides.
 
 A rule table on the age and income bands (:class:`mpnn.switch.RuleSwitch`) routes every person of
 the synthetic demographic world (:mod:`mpnn.data.demographics`) to one of five sigmoid neurons,
@@ -364,20 +364,43 @@ def collective(seeds: Sequence[int], recipe: Recipe) -> Collective:
                       recipe.world())
 
 
-def specialisation(c: Collective) -> dict:
-    """Accuracy and activation heatmaps per seed, the specialisation index, and neuron 4's favourite group.
+def own_group_margin(M: torch.Tensor, neuron: int = 3, group: str = MID) -> np.ndarray:
+    """Per seed, how far ``neuron``'s score on ``group`` exceeds its best score on the other four
+    training groups: ``M[s, neuron, group] - max_{g' != group} M[s, neuron, g']`` (a row of the
+    heatmap; > 0: the neuron scores highest on ``group``). M (S, neurons, cells) -> (S,)."""
+    cols = D.standard_world().index(TRAIN)
+    g = GROUPS.index(group)
+    others = [c for c in cols if c != g]
+    return (M[:, neuron, g] - M[:, neuron, others].max(-1).values).double().cpu().numpy()
 
-    ``accuracy`` / ``activation``: (S, neurons, cells); ``si``: (S,); ``n4_acc_hits`` /
-    ``n4_act_hits``: in how many seeds neuron 4 is most accurate on / most active on the "Mid-age -
-    Mild Income" group among the five training groups; ``most_active_on_mid``: per seed, the neuron
-    most active on that group.
+
+def own_neuron_top_share(M: torch.Tensor, route: torch.Tensor = ROUTE) -> np.ndarray:
+    """Per seed, the share of routed groups on which the group's own neuron scores highest of all
+    neurons (a column of the heatmap: ``argmax_i M[s, i, g] == route(g)``). M (S, neurons, cells) -> (S,)."""
+    cells = (route >= 0).nonzero().flatten()
+    top = M[:, :, cells].argmax(1).cpu()                              # (S, routed groups)
+    return (top == route[cells]).double().mean(1).numpy()
+
+
+def specialisation(c: Collective) -> dict:
+    """Accuracy and activation heatmaps per seed, and the measures read from them.
+
+    ``accuracy`` / ``activation``: (S, neurons, cells); ``si`` / ``si_activation``: (S,) the
+    specialisation index of the accuracy / activation heatmap (:func:`mpnn.partition.specialization_index`);
+    ``n4_act_margin`` / ``n4_acc_margin``: (S,) :func:`own_group_margin` of neuron 4 on the "Mid-age -
+    Mild Income" group; ``n4_acc_hits`` / ``n4_act_hits``: in how many seeds that margin is positive;
+    ``top_share_activation`` / ``top_share_accuracy``: (S,) :func:`own_neuron_top_share`;
+    ``most_active_on_mid``: per seed, the neuron most active on that group.
     """
     acc = group_accuracy(c.acts, c.test.Y, c.test.G).cpu()
     act = P.group_means(c.acts, c.test.G, len(GROUPS)).cpu()
-    mid, cols = GROUPS.index(MID), D.standard_world().index(TRAIN)
-    best = lambda M: [GROUPS[cols[int(k)]] for k in M[:, 3, cols].argmax(-1)]
+    mid = GROUPS.index(MID)
+    n4_act, n4_acc = own_group_margin(act), own_group_margin(acc)
     return {"accuracy": acc, "activation": act, "si": P.specialization_index(acc, ROUTE).numpy(),
-            "n4_acc_hits": sum(g == MID for g in best(acc)), "n4_act_hits": sum(g == MID for g in best(act)),
+            "si_activation": P.specialization_index(act, ROUTE).double().numpy(),
+            "n4_act_margin": n4_act, "n4_acc_margin": n4_acc,
+            "n4_acc_hits": int((n4_acc > 0).sum()), "n4_act_hits": int((n4_act > 0).sum()),
+            "top_share_activation": own_neuron_top_share(act), "top_share_accuracy": own_neuron_top_share(acc),
             "most_active_on_mid": [NEURON_NAMES[int(k)] for k in act[:, :, mid].argmax(-1)]}
 
 

@@ -215,16 +215,8 @@ def load_manifests() -> dict[str, dict]:
 def documents() -> dict[str, str]:
     """Chapter -> the source document it reproduces, in book order (notebook metadata
     ``mpnn.document``; chapters without one reproduce no document)."""
-    from .notebooks import chapter_settings, toc_entries
-    out = {}
-    for chapter in toc_entries():
-        try:
-            doc = chapter_settings(chapter).get("document")
-        except FileNotFoundError:
-            continue
-        if doc:
-            out[chapter] = doc
-    return out
+    from .notebooks import chapter_settings, chapters
+    return {c: d for c in chapters() if (d := chapter_settings(c).get("document"))}
 
 
 def findings_rows(manifests: dict[str, dict]) -> list[dict]:

@@ -20,7 +20,7 @@ findings page and the introduction's counts. :mod:`mpnn.runtime.site` places the
 """
 from __future__ import annotations
 
-import html
+import html as _html
 import math
 from typing import Iterable
 
@@ -38,6 +38,11 @@ UNDECIDED = "not testable here"
 COLORS = {"supported": "#2e7d32", "mixed": "#b26a00", "not supported": "#c62828",
           "inconclusive": "#5e548e", "not testable here": "#757575"}
 MISMATCH = "verdict changed"     # the badge of a claim whose verdict is not the expected one
+
+
+def _esc(text) -> str:
+    """HTML text on one line (a blank line would end MyST's raw HTML block)."""
+    return _html.escape(" ".join(str(text).split()), quote=False).replace('"', "&quot;")
 
 
 def check_kind(kind: str) -> str:
@@ -133,7 +138,7 @@ def badge_text(claim: dict) -> str:
 
 def badge(claim: dict) -> str:
     v = verdict_of(claim) if matches(claim) else "mismatch"
-    return (f'<span class="mpnn-badge mpnn-v-{v.replace(" ", "-")}">{html.escape(badge_text(claim))}</span>')
+    return (f'<span class="mpnn-badge mpnn-v-{v.replace(" ", "-")}">{_esc(badge_text(claim))}</span>')
 
 
 def counts(claims: Iterable[dict]) -> dict[str, int]:
@@ -152,17 +157,17 @@ def claims_table(claims: Iterable[dict], *, links: dict[str, str] | None = None,
     links = links or {}
     rows = []
     for c in claims:
-        cid = html.escape(c.get("id", ""))
+        cid = _esc(c.get("id", ""))
         target = links.get(c.get("id", ""))
-        where = f' <a class="mpnn-claim-where" href="#{html.escape(target)}">see the section</a>' if target else ""
+        where = f' <a class="mpnn-claim-where" href="#{_esc(target)}">see the section</a>' if target else ""
         note = c.get("note") or ""
-        note_html = f'<div class="mpnn-claim-note">{html.escape(note)}</div>' if note else ""
-        kind = f'<div class="mpnn-claim-kind">{html.escape(c.get("kind", ""))}</div>' if kinds else ""
+        note_html = f'<div class="mpnn-claim-note">{_esc(note)}</div>' if note else ""
+        kind = f'<div class="mpnn-claim-kind">{_esc(c.get("kind", ""))}</div>' if kinds else ""
         rows.append(
             f'<tr id="claim-{cid}"><td class="mpnn-claim-verdict">{badge(c)}{kind}</td><td>'
-            f'<div class="mpnn-claim-doc">{html.escape(c.get("document", ""))}</div>'
-            f'<div class="mpnn-claim-criterion"><em>criterion:</em> {html.escape(c.get("criterion", ""))}</div>'
-            f'<div class="mpnn-claim-measured"><em>measured:</em> {html.escape(c.get("measured", ""))}{where}</div>'
+            f'<div class="mpnn-claim-doc">{_esc(c.get("document", ""))}</div>'
+            f'<div class="mpnn-claim-criterion"><em>criterion:</em> {_esc(c.get("criterion", ""))}</div>'
+            f'<div class="mpnn-claim-measured"><em>measured:</em> {_esc(c.get("measured", ""))}{where}</div>'
             f'{note_html}<div class="mpnn-claim-id"><code>{cid}</code></div></td></tr>')
     return ('<div class="mpnn-table-wrap"><table class="mpnn-claims"><thead><tr><th>verdict</th>'
             '<th>statement, criterion and measurement</th></tr></thead><tbody>\n'
@@ -179,10 +184,10 @@ def glance(manifest: dict, links: dict[str, str] | None = None) -> str:
     for group in GROUPS:
         members = [c for c in claims if KIND_GROUPS.get(c.get("kind")) == group]
         if members:
-            lines.append(f"<li><strong>{html.escape(group)}</strong> ({len(members)}): "
-                         f"{html.escape(counts_text(members))}</li>")
-    profile = html.escape(manifest.get("profile", "?"))
-    return (f'<div class="mpnn-glance" data-chapter="{html.escape(manifest.get("chapter", ""))}">\n'
+            lines.append(f"<li><strong>{_esc(group)}</strong> ({len(members)}): "
+                         f"{_esc(counts_text(members))}</li>")
+    profile = _esc(manifest.get("profile", "?"))
+    return (f'<div class="mpnn-glance" data-chapter="{_esc(manifest.get("chapter", ""))}">\n'
             f'<p class="mpnn-glance-title"><strong>Verdicts at a glance</strong> '
             f'(this build: <code>{profile}</code> profile)</p>\n<ul class="mpnn-glance-counts">'
             + "".join(lines) + "</ul>\n"
@@ -208,20 +213,20 @@ def findings_rows(manifests: dict[str, dict], documents: dict[str, str]) -> list
 def count_table(rows: list[dict]) -> str:
     """Verdicts per document and group of kinds, as an HTML table (the same counts everywhere)."""
     docs = list(dict.fromkeys(r["document"] for r in rows))
-    head = "".join(f"<th>{html.escape(v)}</th>" for v in VERDICTS)
+    head = "".join(f"<th>{_esc(v)}</th>" for v in VERDICTS)
     body = []
     for group in GROUPS:
         in_group = [r for r in rows if r["group"] == group]
         if not in_group:
             continue
-        body.append(f'<tr class="mpnn-count-group"><th colspan="{len(VERDICTS) + 2}">{html.escape(group)}</th></tr>')
+        body.append(f'<tr class="mpnn-count-group"><th colspan="{len(VERDICTS) + 2}">{_esc(group)}</th></tr>')
         for d in docs + ["all documents"]:
             sel = [r["raw"] for r in in_group if d == "all documents" or r["document"] == d]
             if not sel:
                 continue
             n = counts(sel)
             cells = "".join(f"<td>{n[v] or ''}</td>" for v in VERDICTS)
-            body.append(f"<tr><td>{html.escape(d)}</td><td>{len(sel)}</td>{cells}</tr>")
+            body.append(f"<tr><td>{_esc(d)}</td><td>{len(sel)}</td>{cells}</tr>")
     return (f'<div class="mpnn-table-wrap"><table class="mpnn-counts"><thead><tr><th>document</th><th>all</th>{head}'
             f'</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
 
@@ -245,7 +250,7 @@ def findings_html(rows: list[dict]) -> str:
     if not rows:
         return "<p><em>No chapter has run yet: run <code>python -m mpnn run</code>, then build.</em></p>"
     docs = list(dict.fromkeys(r["document"] for r in rows))
-    opt = lambda values: "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in values)
+    opt = lambda values: "".join(f'<option value="{_esc(v)}">{_esc(v)}</option>' for v in values)
     parts = [count_table(rows),
              '<div class="mpnn-filter" data-table="mpnn-findings-table">'
              '<input type="search" class="mpnn-filter-text" placeholder="filter: any words" aria-label="filter">'
@@ -257,11 +262,11 @@ def findings_html(rows: list[dict]) -> str:
     for r in rows:
         c = r["raw"]
         body.append(
-            f'<tr><td><a href="{r["chapter"]}.html#claim-{html.escape(r["claim"])}">{html.escape(r["chapter"])}</a></td>'
-            f'<td>{html.escape(r["document"])}</td><td data-value="{html.escape(r["kind"])}">{html.escape(r["kind"])}</td>'
-            f'<td>{html.escape(c.get("document", ""))}<div class="mpnn-claim-measured"><em>measured:</em> '
-            f'{html.escape(c.get("measured", ""))}</div></td>'
-            f'<td data-value="{html.escape(r["verdict"])}">{badge(c)}</td></tr>')
+            f'<tr><td><a href="{r["chapter"]}.html#claim-{_esc(r["claim"])}">{_esc(r["chapter"])}</a></td>'
+            f'<td>{_esc(r["document"])}</td><td data-value="{_esc(r["kind"])}">{_esc(r["kind"])}</td>'
+            f'<td>{_esc(c.get("document", ""))}<div class="mpnn-claim-measured"><em>measured:</em> '
+            f'{_esc(c.get("measured", ""))}</div></td>'
+            f'<td data-value="{_esc(r["verdict"])}">{badge(c)}</td></tr>')
     parts.append('<div class="mpnn-table-wrap"><table id="mpnn-findings-table" class="mpnn-findings mpnn-sortable"><thead><tr>'
                  '<th>chapter</th><th>document</th><th>kind</th><th>the statement and what this run measured</th>'
                  '<th>verdict</th></tr></thead><tbody>' + "".join(body) + "</tbody></table></div>")
