@@ -17,8 +17,10 @@ NOTEBOOKS = sorted(BOOK.glob("*.ipynb"))
 PAGES = sorted(BOOK.glob("*.md"))
 
 # Words about how the book was made, not about what it shows.
-PROCESS = re.compile(r"\bissues? \d+|\bCI\b|fresh[- ]clone|earlier version|previous version|"
-                     r"\bdocument 00\d\b|\bthis session\b|\bdevelopment (?:run|machine)\b", re.I)
+# ("CI" alone is a confidence interval: "95% CI 0.2-0.3" stays.)
+PROCESS = re.compile(r"\bissues? \d+|\b(?:in|the|our|by|on|of)\s+CI\b|\bCI(?:'s|\s+(?:run|runs|machine|build|job|cores))\b|"
+                     r"fresh[- ]clone|earlier version|previous version|\bdocument 00\d\b|\bthis session\b|"
+                     r"\bdevelopment (?:run|machine)\b")
 
 
 def _markdown(path: Path) -> list[str]:

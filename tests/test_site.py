@@ -220,15 +220,15 @@ def test_findings_page_sorts_and_filters(server, browser):
     expected = len(site.findings_rows({p.stem: json.loads(p.read_text())
                                        for p in paths.manifest_dir().glob("*.json")}))
     assert n == expected > 0
-    tab.select_option(".mpnn-filter-col[data-col='4']", "reproduced")
+    tab.select_option(".mpnn-filter-col[data-col='4']", "supported")
     shown = tab.locator("#mpnn-findings-table tbody tr:visible").count()
-    n_repro = tab.locator("#mpnn-findings-table tbody td[data-value='reproduced']").count()
-    assert shown == n_repro
+    n_supported = tab.locator("#mpnn-findings-table tbody td[data-value='supported']").count()
+    assert shown == n_supported
     tab.select_option(".mpnn-filter-col[data-col='4']", "")
     tab.fill(".mpnn-filter-text", "zzzz-no-such-claim")
     assert tab.locator("#mpnn-findings-table tbody tr:visible").count() == 0
     tab.fill(".mpnn-filter-text", "")
-    tab.locator("#mpnn-findings-table th").nth(4).click()            # sort by outcome
+    tab.locator("#mpnn-findings-table th").nth(4).click()            # sort by verdict
     values = tab.locator("#mpnn-findings-table tbody td:nth-child(5)").evaluate_all(
         "tds => tds.map(t => t.dataset.value)")
     assert values == sorted(values)
@@ -270,3 +270,53 @@ def test_site_explorers_are_on_their_pages():
     assert found, "no site explorer (plots.bound chart shown by widgets.explorer(site_view=...)) on the site"
     missing = [c for c in SITE_EXPLORERS if (HTML / "book" / f"{c}.html").exists() and c not in found]
     assert not missing, f"chapters whose explorer lost its site version: {missing}"
+
+
+# Words about how the book was made, the repr of an internal object, or a path of the machine that
+# built the site: none may reach a page. ("CI" alone is a confidence interval and stays.)
+PROCESS_WORDS = (r"\bissues? \d+|\b(?:in|the|our|by|on|of)\s+CI\b|\bCI(?:'s|\s+(?:run|runs|machine|build|job|cores))\b|"
+                 r"fresh[- ]clone|earlier version|previous version|\bdocument 00\d\b|\w+\((?:id|chapter)=['\"]|"
+                 r"(?<![\w.])/(?:work|root|home|tmp|var|opt)/\S+")
+
+
+def visible_text(html_text: str) -> str:
+    import html as _html
+    import re
+    body = re.sub(r"(?is)<(script|style|svg)\b.*?</\1>", " ", html_text)
+    body = re.sub(r"(?s)<[^>]+>", " ", body)
+    return " ".join(_html.unescape(body).split())
+
+
+def test_no_process_words_or_machine_paths_on_any_page():
+    import re
+    pattern = re.compile(PROCESS_WORDS)
+    root = str(paths.ROOT)
+    problems = []
+    for page in pages():
+        text = visible_text((HTML / page).read_text())
+        hits = sorted({m.group(0) for m in pattern.finditer(text)} | ({root} if root in text else set()))
+        if hits:
+            problems.append(f"{page}: {hits[:8]}")
+    assert not problems, "process words, object reprs or machine paths on the pages:\n" + "\n".join(problems)
+
+
+def test_the_counts_agree_on_every_page_that_shows_them():
+    """The introduction, the findings page and the reproducibility report show the same verdict counts."""
+    import json
+    import re
+    from mpnn.runtime import site, verdicts
+    manifests = {p.stem: json.loads(p.read_text()) for p in paths.manifest_dir().glob("*.json")}
+    rows = site.findings_rows(manifests)
+    sentence = visible_text(verdicts.intro_sentence(rows).replace("**", ""))
+    intro = visible_text((HTML / "book" / "intro.html").read_text()) if (HTML / "book" / "intro.html").exists() \
+        else visible_text((HTML / "index.html").read_text())
+    head = sentence.split(". The [findings]")[0]
+    assert head in intro, f"the introduction does not show this build's counts: {head!r}"
+    table = visible_text(verdicts.count_table(rows))
+    for name in ("findings", "reproducibility"):
+        page = HTML / "book" / f"{name}.html"
+        if page.exists():
+            assert table in visible_text(page.read_text()), f"{name}: the verdict count table differs from the manifests'"
+    assert all(c.get("kind") and c.get("criterion") and c.get("verdict") for m in manifests.values()
+               for c in m.get("claims", [])), "a claim without kind, criterion or verdict"
+    assert re.search(r"\d", table)
