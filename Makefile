@@ -1,6 +1,6 @@
 # mpnn book. `make test` and `make book` bootstrap everything they need on a fresh machine.
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= default
@@ -10,7 +10,7 @@ export MPNN_DATA_DIR ?= $(CURDIR)/data/mnist
 JOBS ?=
 JOBS_FLAG := $(if $(JOBS),--jobs $(JOBS),)
 
-.PHONY: help setup test smoke unit chapters-smoke site site-test book figures lab bench timing clean
+.PHONY: help setup test smoke unit unit-foreign chapters-smoke site site-test book figures lab bench timing clean
 
 help:
 	@echo "make test     unit tests, every chapter (default profile: every claim decided), site build, browser check"
@@ -22,8 +22,10 @@ help:
 	@echo "make timing   replay the recorded timing claims 5 times with one core kept busy"
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
-	@test -n "$(PYTHON)" || { echo "Python 3.11 is needed (python3.11 or python3 on PATH)"; exit 1; }
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "Python 3.11-3.13 is needed (python3 on PATH)"; exit 1; }
+	@# a venv that a failed `python3 -m venv` left behind has a python but no pip: start again
+	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "error: '$(PYTHON) -m venv' failed. On Debian/Ubuntu: apt-get install python3-venv"; exit 1; }; }
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name mpnn --display-name "Python 3 (mpnn)"
@@ -41,8 +43,16 @@ browser:
 
 setup: $(VENV)/.installed node_modules/.installed
 
+# The unit tests a second time as a foreign machine: ATen, MKL and oneDNN held to AVX2, the compiled
+# kernels built for x86-64-v3 instead of this CPU, one thread, and no skip because of the CPU.
+FOREIGN := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
+	MPNN_MARCH=x86-64-v3 MPNN_CACHE_DIR=$(CURDIR)/_build/cache-foreign OMP_NUM_THREADS=1 MPNN_TEST_THREADS=1 MPNN_FOREIGN=1
+
 unit: setup
 	$(PY) -m pytest tests --ignore=tests/test_site.py -q
+
+unit-foreign: setup
+	$(FOREIGN) $(PY) -m pytest tests --ignore=tests/test_site.py --ignore=tests/test_jupyterlab.py -q -p no:cacheprovider
 
 chapters-smoke: setup
 	$(PY) -m mpnn run --profile smoke --keep-going $(JOBS_FLAG)
@@ -56,6 +66,7 @@ site-test: setup browser
 # CI: the book exactly as `make book` publishes it (default profile), then the site and its browser check.
 test: setup browser
 	$(PY) -m pytest tests --ignore=tests/test_site.py --ignore=tests/test_jupyterlab.py -q
+	$(MAKE) --no-print-directory unit-foreign
 	$(PY) -m mpnn run --profile default --keep-going $(JOBS_FLAG)
 	$(PY) -m mpnn build
 	MPNN_REQUIRE_SITE=1 $(PY) -m pytest tests/test_site.py -q

@@ -37,18 +37,27 @@ def spawn_seeds(seed: int, n: int) -> list[int]:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; otherwise the named device, checked."""
+    """``"auto"`` -> CUDA when available, else Apple's MPS, else CPU; otherwise the named device, checked."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'") from exc
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda[:N]' or 'mps'") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    if dev.type == "mps" and not _mps_available():
+        raise ValueError(f"device {device!r} requested but Apple's MPS is not available; use 'auto' or 'cpu'")
     return dev
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
 
 
 @contextmanager

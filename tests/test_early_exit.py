@@ -356,25 +356,31 @@ def test_findings_words_follow_the_numbers(model):
     costs = ex.cost_table(model)
     c = costs["relative to the plain network"].tolist()
     per_seed = pd.DataFrame({"T*": [0.2, 0.3], "relative FLOPs at T*": [0.5 * (c[0] + c[1])] * 2})
-    nums = {"n": 2, "flops": (0.3, 0.25, 0.35), "drop": (0.001, -0.001, 0.003), "drop_half": (0.004, 0.001, 0.007),
+    nums = {"n": 2, "flops": (0.3, 0.25, 0.35), "drop": (0.001, -0.001, 0.003), "drop_half": (0.007, 0.006, 0.008),
             "gap": (0.02, 0.01, 0.03)}
     path = lambda s, lo, hi: {"speedup": s, "speedup_low": lo, "speedup_high": hi, "efficiency": s / 4,
                               "efficiency_low": lo / 4, "efficiency_high": hi / 4}
     wall = {"repeats": 5, "exit1_fraction": 0.9, "predicted": 4.0,
             "paths": {"torch": path(1.5, 1.4, 1.6), "compiled": path(3.0, 2.9, 3.1)}}
-    speed = pd.DataFrame({"threshold": [0.0, 0.5], "measured speed-up": [0.9, 2.0]})
+    speed = pd.DataFrame({"threshold": [0.0, 0.5], "measured speed-up": [0.9, 2.0], "low": [0.85, 1.9],
+                          "high": [0.95, 2.1]})
     breakdown = pd.DataFrame({"part": ["block 1", "block 2 + exit-2 head"], "GFLOP/s": [5.0, 50.0]})
     out = ex.findings(nums, per_seed, costs, wall, speed, breakdown, margin=0.005, flops_claim=0.6,
                       seconds_per_seed=12.0)
     assert "$T^*$ = 0.2 to 0.3" in out and "about 50%" in out and "below the criterion's 0.6" in out
     assert "lies below the 0.5 pp margin" in out and "above it" in out
     assert "2.00 times the torch path's speed-up, so the kernel turned more" in out
-    assert "more efficient one, 10.0 times block 1's rate" in out and "0.90x" in out and "(slower" in out
-    wall["paths"]["compiled"] = path(1.2, 1.1, 1.3)
+    assert "more efficient one, 10.0 times block 1's rate" in out and "0.90x (95% CI 0.85 to 0.95x)" in out and "slower, as it must be" in out
+    wall["paths"]["compiled"] = path(1.5, 1.45, 1.7)
     breakdown["GFLOP/s"] = [60.0, 50.0]
     out = ex.findings(nums, per_seed, costs, wall, speed, breakdown, margin=0.002, flops_claim=0.3,
                       seconds_per_seed=12.0)
-    assert "kernel turned less" in out and "at least as efficient" in out
+    assert "kernel turned about as much" in out and "at least as efficient" in out
+    wall["paths"]["compiled"] = path(1.0, 0.9, 1.1)
+    speed["low"], speed["high"] = [0.95, 1.9], [1.05, 2.1]
+    out = ex.findings(nums, per_seed, costs, wall, speed, breakdown, margin=0.002, flops_claim=0.3,
+                      seconds_per_seed=12.0)
+    assert "kernel turned less" in out and "not measurably different" in out
     assert "straddles the 0.2 pp margin" in out and "straddling the criterion's 0.3" in out
 
 

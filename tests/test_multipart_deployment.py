@@ -198,3 +198,38 @@ def test_decide_scalability_memory_from_plans_and_time_from_the_smallest_split()
     assert res["P0"] == 2 and max(res["excess"].values()) < 1.1
     assert E.decide_scalability(plans, _overhead([("count", 2, 0.6)]))["verdict"] == "supported"
     assert E.decide_scalability(plans, _overhead([("count", 2, 1.2)]))["time"] == "inconclusive"
+
+
+def test_findings_and_peers_paragraphs_are_written_from_the_results():
+    from mpnn.deploy.cost import Hardware
+    ratios = {f"{n}@{P}": (v, v * 0.8, v * 1.2) for P in (2, 3)
+              for n, v in (("pp", 2.0), ("pp-m1", 0.9), ("tp-colwise", 2.5), ("tp-megatron", 0.9 if P == 3 else 1.6))}
+    t_peers = {"ratios": ratios, "rounds": 5, "tp_best": {2: "tp-megatron", 3: "tp-megatron"},
+               "pooled": {"pp": (2.0, 1.5, 2.5), "pp-m1": (0.9, 0.8, 1.0), "tp-colwise": (2.5, 2, 3),
+                          "tp-megatron": (1.3, 1, 1.6)}}
+    over = _overhead([("count", 2, 5.0), ("layer", 2, 2.5), ("count", 3, 9.0)]) | {"rounds": 5}
+    sync = {"bandwidth_ratio": 3.0, "table": [{"rate_mbps": r, "k": k, "share": sh} for r, k, sh in
+                                              [(100, 1, .7), (100, 4, .3), (1000, 1, .5), (1000, 4, .2),
+                                               (100, 0, 0), (1000, 0, 0)]]}
+    net = {"skipped": None, "network": {"min_ratio": 4.0, "median_rel_err": .1, "kappa": 1.0, "gamma": .9},
+           "latency": {"shares": [{"share": .6}, {"share": .8}]}, "sync": sync}
+    sim = pd.DataFrame({"servers": [2, 128], "coordination_s": [4e-3, 5e-2], "coordination_share": [.1, .03]})
+    kw = dict(k_steps=5, eq_max=1e-17, t_over=over,
+              t_lat={"alpha_s": 1e-3, "median_rel_err": .1, "points": [{"rel_err": .1}, {"rel_err": .2}]},
+              t_fewer={"ratio_median": {2: 2.4, 3: 3.1}},
+              traffic_ok={"count": pd.Series({2: 330e3, 3: 658e3}), "layer": pd.Series({2: 136e3})},
+              proj=E.projection(12288, 1160, 2048, Hardware()), fault={"resume_step": 3, "max_diff_final": 1e-17},
+              stop_after=0.5, net=net, meta_d={"slope_total": 1.9},
+              coord={"median_s": {2: 4e-3, 8: 1.3e-2}, "ratio": 3.2}, sim=sim, sim_at=128, t_peers=t_peers,
+              elastic={"resumed_at": [3], "max_diff": 1e-17, "wall_s": 35.0, "leftover": [], "listening": ["127.0.0.1"]},
+              listen={"addresses": ["127.0.0.1"]}, world_sizes=[2, 3])
+    md = E.findings(**kw)
+    assert "from 2.5x (layer, P = 2) to 9.0x (count, P = 3)" in md and "falls with the interval" in md
+    assert "though at P = 3 PyTorch was the faster one" in md and "no processes left behind" in md
+    skipped = E.findings(**(kw | {"net": E.network_skipped("needs root: test")}))
+    assert "not run** (needs root: test)" in skipped
+    table = pd.DataFrame({"engine": [E.PEERS[c][2] for c in ("engine-count", "tp-colwise", "tp-megatron")] * 2,
+                          "ranks": [2, 2, 2, 3, 3, 3], "socket kB per step": [100, 150, 80, 200, 300, 170],
+                          "x one process": [3.0, 6.0, 4.0, 5.0, 9.0, 4.5]})
+    peers = E.peers_findings(t_peers, table, 4)
+    assert "1.50x to 1.50x its socket bytes" in peers and "no engine brings a split below one process" in peers

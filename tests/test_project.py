@@ -20,7 +20,7 @@ def _pins(lines):
         if not line or line.startswith(("#", "-")):
             continue
         name, _, version = line.partition("==")
-        pins[name.lower()] = version
+        pins[name.strip().lower()] = version.split(";")[0].strip()
     return pins
 
 
@@ -48,6 +48,25 @@ def test_requirements_agree_with_constraints_and_pyproject_ranges():
         assert r.specifier, f"{r.name} has no version bound in pyproject.toml"
         if r.name.lower() in req:
             assert r.specifier.contains(req[r.name.lower()], prereleases=True), f"{r.name} pin outside its range"
+
+
+def test_cuda_only_pins_apply_only_on_linux_x86_64():
+    """torch's CUDA libraries exist for Linux x86-64 only: their pins carry that marker, so the
+    constraints also resolve on macOS arm64 (checked with `uv pip compile --python-platform`)."""
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.startswith(("nvidia-", "triton==", "cuda-")):
+            assert 'platform_system == "Linux" and platform_machine == "x86_64"' in line, line
+
+
+def test_the_console_script_runs():
+    import importlib
+    import tomllib
+    target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["mpnn"]
+    module, _, function = target.partition(":")
+    assert callable(getattr(importlib.import_module(module), function))
+    out = subprocess.run([sys.executable, "-c", f"import sys; from {module} import {function}; "
+                          f"sys.argv = ['mpnn', '--help']; {function}()"], capture_output=True, text=True)
+    assert out.returncode == 0 and "run" in out.stdout, out.stderr
 
 
 def test_committed_notebooks_are_stripped_and_have_parameters():

@@ -18,7 +18,7 @@ PAGES = sorted(BOOK.glob("*.md"))
 
 # Words about how the book was made, not about what it shows.
 # ("CI" alone is a confidence interval: "95% CI 0.2-0.3" stays.)
-PROCESS = re.compile(r"\bissues? \d+|\b(?:in|the|our|by|on|of)\s+CI\b|\bCI(?:'s|\s+(?:run|runs|machine|build|job|cores))\b|"
+PROCESS = re.compile(r"\bissues? \d+|\b(?:in|on)\s+CI\b(?![\s-]*(?:\d|of|lies|excludes|includes|above|below))|\bCI(?:'s|\s+(?:run|runs|machine|build|job|cores))\b|"
                      r"fresh[- ]clone|earlier version|previous version|\bdocument 00\d\b|\bthis session\b|"
                      r"\bdevelopment (?:run|machine)\b")
 

@@ -425,3 +425,76 @@ def test_regularisation_grid_and_explorer():
     assert {p["name"] for p in site["params"]} == {"p_penalty", "p_level"}
     live = E.figure_regularisation_explorer(grid, "dropout", 2).to_dict()
     assert [p["name"] for p in live["params"]] == ["p_selected"]
+
+
+# ------------------------------------------------------------------ verdicts and the generated prose
+
+def test_heldout_verdicts_read_the_interval_of_each_architecture():
+    good, bad = [1e-9, 2e-9, 3e-9], [0.8, 0.9, 1.0]
+    assert E.heldout_verdicts(good, bad) == {"the partitioned network generalises": "supported",
+                                             "the dense network does not": "supported"}
+    both_fail = E.heldout_verdicts(bad, bad)                      # the ReLU case: the partition is not enough
+    assert both_fail["the partitioned network generalises"] == "not supported"
+    assert both_fail["the dense network does not"] == "supported"
+    assert set(E.heldout_verdicts([0.0, 0.05, 0.02], bad).values()) == {"inconclusive", "supported"}
+    assert set(E.heldout_verdicts([1e-9], bad).values()) == {"inconclusive"}       # one spanning run decides nothing
+    assert E.parts_text({"a": "supported", "b": "mixed"}) == "a: supported; b: mixed"
+
+
+def test_regularisation_verdicts_and_any_part():
+    summary = pd.DataFrame([{"penalty": p, "strength": s, "metric": "test_comp", "mean": m, "low": lo, "high": hi, "n": 3}
+                            for p, s, m, lo, hi in [("weight_decay", 0.1, 0.9, 0.85, 0.95),
+                                                    ("weight_decay", 1.0, 1.0, 0.95, 1.05),
+                                                    ("dropout", 0.1, 0.3, 0.05, 0.5),           # straddles FAILS
+                                                    ("cross_l1", 0.3, 1e-4, 5e-5, 2e-4)]])
+    v = E.regularisation_verdicts(summary, ("weight_decay", "dropout", "cross_l1"))
+    assert v == {"weight_decay": "not supported", "dropout": "inconclusive", "cross_l1": "supported"}
+    assert E.any_part(v) == "supported"
+    assert E.any_part({"a": "not supported", "b": "inconclusive"}) == "inconclusive"
+    assert E.any_part({"a": "not supported", "b": "not supported"}) == "not supported"
+
+
+def test_final_metrics_table_gives_accuracies_bounded_intervals():
+    rows = rows_frame({("dense", 2): [0.5, 0.6], ("split", 2): [0.4, 0.5]})
+    rows.loc[rows.model == "dense", "digit_acc"] = [0.98, 0.98, 0.999, 0.999]
+    cell = E.final_metrics_table(rows, 2).set_index(["model", "split"]).loc[("dense", "test"), "digit_acc"]
+    assert cell == stats.fmt_ci([0.98, 0.999], 3, bounds=(0, 1))
+    high = float(cell.split("-")[1].split(",")[0])
+    assert high <= 1.0                                            # the plain t interval would pass 1
+
+
+def test_cpu_and_share_findings_are_written_from_the_numbers():
+    rows = rows_frame({("dense", 0): [1.0, 1.0], ("split", 0): [1.0, 1.0],
+                       ("dense", 2): [0.5, 0.6], ("split", 2): [0.6, 0.7],
+                       ("dense", 4): [0.4, 0.5], ("split", 4): [0.3, 0.3],
+                       ("dense", 6): [0.45, 0.55], ("split", 6): [0.3, 0.2]})
+    cmp = E.paired_comparison(rows, 6)
+    text = E.cpu_findings(rows, cmp, 6, 100)
+    assert "the dense model is ahead" in text and "leads only from epoch 4" in text
+    assert "split minus dense, is **-0.250" in text and "lowest at epoch 4 (0.450)" in text
+    share = pd.DataFrame([{"model": m, "scale": v, "share": 3 / (3 + v ** 2), "run": r, "comp_error": e}
+                          for m, v, r, e in [("dense", 0.0, 0, 0.5), ("dense", 0.0, 1, 0.6), ("split", 0.0, 0, 0.4),
+                                             ("split", 0.0, 1, 0.5), ("dense", 10.0, 0, 0.8), ("dense", 10.0, 1, 0.9),
+                                             ("split", 10.0, 0, 0.4), ("split", 10.0, 1, 0.5)]])
+    contrast = E.share_contrast(share, 10.0, 0.0)
+    text = E.share_findings(share, E.sweep_differences(share), contrast)
+    assert "The split model is lower at every share, and its advantage grows" in text and "exactly 0" in text
+    assert f"{contrast[0]:+.3f}" in text
+
+
+def test_regularisation_and_nonlinear_findings_name_what_failed():
+    summary = pd.DataFrame([{"penalty": p, "strength": s, "metric": m, "mean": v, "low": v - 0.01, "high": v + 0.01,
+                             "n": 3}
+                            for p, s, base in [("none", 0.0, 0.9), ("weight_decay", 0.1, 0.95), ("weight_decay", 1.0, 1.0),
+                                               ("dropout", 0.1, 0.92), ("dropout", 0.5, 0.99), ("l1", 1e-3, 0.9),
+                                               ("l1", 1e-2, 1.8), ("cross_l1", 0.1, 0.2), ("cross_l1", 0.3, 0.02)]
+                            for m, v in (("test_comp", base), ("train_comp", base / 10), ("coupling", base / 2))])
+    text = E.regularisation_findings(summary, 3, 6)
+    assert text.startswith("**What we found.** No penalty") and "it rises from 0.950" in text
+    held = pd.DataFrame([{"activation": a, "architecture": arch, "run": r, "spanning": True, "train_comp": 0.0,
+                          "test_comp": (1e-9 * (r + 1) if arch == "partitioned" and a != "relu" else 1.0 + 0.1 * r)}
+                         for a in E.ACTIVATIONS for arch in E.HELDOUT_ARCHS for r in range(3)])
+    coupling = {(a, arch): [0.44, 0.45, 0.46] for a in E.ACTIVATIONS for arch in ("dense", "split")}
+    text = E.nonlinear_findings(coupling, held, 0.4454, 5)
+    assert "survives tanh but **not ReLU**" in text and "partitioned ReLU network fails too" in text
+    assert "3 of 5 runs" in text

@@ -54,11 +54,12 @@ def mean_images(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.stack([images[labels == d].float().mean(0) for d in range(10)])
 
 
-def ink_outside_window(means: torch.Tensor, window: int = WINDOW) -> float:
-    """Share of the average image's ink (summed intensity over every digit's mean image) that lies
-    outside the top-left ``window`` x ``window`` pixels."""
+def ink_outside_window(means: torch.Tensor, window: int = WINDOW) -> dict[str, float]:
+    """Shares of the ink (summed intensity of every digit's mean image) outside the top-left
+    ``window`` x ``window`` pixels: in all, right of column ``window - 1``, below row ``window - 1``."""
     total = means.sum()
-    return float((total - means[:, :window, :window].sum()) / total)
+    return {"outside": float((total - means[:, :window, :window].sum()) / total),
+            "right": float(means[:, :, window:].sum() / total), "bottom": float(means[:, window:, :].sum() / total)}
 
 
 def class_counts(splits: dict[str, torch.Tensor]) -> pd.DataFrame:

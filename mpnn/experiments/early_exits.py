@@ -500,7 +500,8 @@ def findings(numbers: dict, per_seed: pd.DataFrame, costs: pd.DataFrame, wall: d
     if "compiled" in wall["paths"]:
         cp = wall["paths"]["compiled"]
         ratio = cp["speedup"] / tp["speedup"]
-        word = "more" if ratio > 1 else "less"
+        word = ("more" if cp["speedup_low"] > tp["speedup_high"] else "less" if cp["speedup_high"] < tp["speedup_low"]
+                else "about as much (the two intervals overlap)")
         text += (f"; with the same part as one compiled C++ loop per image (`mpnn.stage1_kernel`) it reached "
                  f"{_ci(cp['speedup'], cp['speedup_low'], cp['speedup_high'], unit='x')}, {cp['efficiency']:.2f} of "
                  f"the prediction: {ratio:.2f} times the torch path's speed-up, so the kernel turned {word} of the "
@@ -512,9 +513,17 @@ def findings(numbers: dict, per_seed: pd.DataFrame, costs: pd.DataFrame, wall: d
     lines.append(f"* Where the time goes (the same batch, each part timed alone): {rate_sentence(breakdown, compiled)}.")
     at0 = speed[speed["threshold"] == 0.0]
     if len(at0):
-        s0 = float(at0["measured speed-up"].iloc[0])
-        lines.append(f"* At $T=0$ no sample leaves early and the early-exit network runs at {s0:.2f}x the plain "
-                     f"network's speed ({'slower' if s0 < 1 else 'not slower'}: it pays for the exit head and "
-                     f"the entropy and gets nothing back).")
+        r = at0.iloc[0]
+        s0, lo0, hi0 = (float(r[k]) for k in ("measured speed-up", "low", "high"))
+        if hi0 < 1:
+            word = "slower, as it must be: it pays for the exit head and the entropy and gets nothing back"
+        elif lo0 > 1:
+            word = ("faster although it does strictly more work (the exit head and the entropy on top of the plain "
+                    "network): a difference between the two code paths or the machine's load, not a gain of the exits")
+        else:
+            word = ("not measurably different from it, although it does strictly more work (the exit head and the "
+                    "entropy on top of the plain network)")
+        lines.append(f"* At $T=0$ no sample leaves early and the early-exit network runs at "
+                     f"{_ci(s0, lo0, hi0, unit='x')} the plain network's speed: {word}.")
     lines.append(f"* Training and evaluating one seed took about {seconds_per_seed:.0f} s on this machine.")
     return "\n".join(lines)

@@ -124,3 +124,82 @@ def figure_machine_limit(table: pd.DataFrame, results: dict | None = None) -> al
         x="x:Q", tooltip=["reference", alt.Tooltip("x:Q", format=".2f")])
     return (points + rule).properties(width=420, height=max(120, 14 * table["kernel"].nunique()),
                                       title="how close each kernel gets to the machine (dense torch.mm = 1)")
+
+
+def first_variants(rows: pd.DataFrame) -> dict[str, str]:
+    """Case -> its first variant (the book's implementation; every ratio is to it)."""
+    return {case: frame["variant"].iloc[0] for case, frame in rows.groupby("case", sort=False)}
+
+
+def comparisons(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (case, sizes, other variant): how many times the book's variant is faster than it
+    (``speedup`` = the other's median time / the book's; below 1 the other variant is faster)."""
+    out = []
+    for case, frame in rows.groupby("case", sort=False):
+        first = frame["variant"].iloc[0]
+        ratio = "ratio_to_" + first
+        for _, r in frame[frame["variant"] != first].iterrows():
+            sizes = {c: r[c] for c in frame.columns if c not in (*TIMING_COLUMNS, "flops", "gflops")
+                     and not c.startswith("ratio_to_") and frame[c].nunique() > 1 and pd.notna(r[c])}
+            out.append({"case": case, "setting": ", ".join(f"{k}={v}" for k, v in sizes.items()),
+                        "book's variant": first, "other variant": r["variant"], "speedup": float(r[ratio])})
+    return pd.DataFrame(out, columns=["case", "setting", "book's variant", "other variant", "speedup"])
+
+
+def _x(value: float) -> str:
+    return f"{value:.2f}x" if value < 10 else f"{value:.0f}x"
+
+
+def comparisons_text(table: pd.DataFrame) -> str:
+    """What the ratios say, in words written from this run: how often the book's variant wins, by how
+    much at most, and where another variant is faster."""
+    if not len(table):
+        return "No case timed more than one variant in this run."
+    faster = table[table["speedup"] > 1]
+    best = table.loc[table["speedup"].idxmax()]
+    text = (f"In {len(faster)} of the {len(table)} comparisons this run made, the book's variant is the faster "
+            f"one; the largest gap is {_x(best['speedup'])}, in `{best['case']}` "
+            f"({best['setting'] or 'one size'}) against `{best['other variant']}`.")
+    slower = table[table["speedup"] <= 1].sort_values("speedup")
+    if len(slower):
+        listed = "; ".join(f"`{r['other variant']}` in `{r['case']}`{f' ({r.setting})' if r.setting else ''} "
+                           f"takes {r.speedup:.2f} of its time" for _, r in slower.head(6).iterrows())
+        more = f" (and {len(slower) - 6} more)" if len(slower) > 6 else ""
+        text += (f" In the other {len(slower)}, the other variant is faster, usually a dense reference doing "
+                 f"more work per call on a tuned kernel: {listed}{more}.")
+    return text
+
+
+def yardstick_text(results: dict, cpu: str, capability: str) -> str:
+    """The two yardsticks of the machine-limit chart, compared in words written from this run."""
+    ref = results["reference"]
+    text = (f"On this machine ({cpu}; torch's CPU kernels for {capability}), the dense `torch.mm` of two "
+            f"{ref['n']} x {ref['n']} float32 matrices ran at {ref['gflops']:.1f} GFLOP/s on "
+            f"{results['machine']['threads']} thread(s).")
+    ratio = native_over_torch(results)
+    if ratio is None:
+        return text + " The book's own GEMM could not be built here (no C++ compiler), so it has no rule."
+    native = results["reference_native"]["gflops"]
+    if ratio >= 1.1:
+        verdict = (f"{ratio:.2f} times as fast as torch's CPU BLAS: here `torch.mm` is a practical yardstick, not "
+                   f"the machine's peak, and kernels built on the book's GEMM can sit above 1")
+    elif ratio <= 1 / 1.1:
+        verdict = (f"only {ratio:.2f} of torch's speed: here torch's CPU BLAS is the nearer measure of what "
+                   f"the machine can do, and kernels built on the book's GEMM start below 1")
+    else:
+        verdict = f"about as fast as torch's CPU BLAS ({ratio:.2f} of its speed)"
+    return text + f" The book's GEMM ran the same product at {native:.1f} GFLOP/s, {verdict}."
+
+
+def limit_text(table: pd.DataFrame) -> str:
+    """Where the kernels sit on the machine-limit chart, per size set, in words written from this run."""
+    if not len(table):
+        return "No case states its FLOPs, so no kernel is placed against the machine."
+    parts = []
+    for sizes, frame in table.groupby("sizes", sort=False):
+        top = frame.loc[frame["fraction of torch.mm"].idxmax()]
+        above = int((frame["fraction of torch.mm"] >= 1).sum())
+        parts.append(f"at the {sizes}, the median kernel reaches {frame['fraction of torch.mm'].median():.2f} of "
+                     f"`torch.mm`'s rate, {above} of {len(frame)} reach or pass it, and the closest is "
+                     f"`{top['variant']}` in `{top['case']}` ({top['fraction of torch.mm']:.2f})")
+    return "In this run, " + "; ".join(parts) + "."

@@ -10,7 +10,6 @@ lacking them, never dropped silently.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import altair as alt
 import pandas as pd
@@ -22,11 +21,11 @@ SELF = "reproducibility"
 EXEMPT_NOTES = ("full profile", "projection", "needs root")   # left untested by design: a GPU's scale, a stated
 # projection, or an experiment that needs root (network namespaces) on a machine without it
 REQUIRED = ("kind", "criterion", "verdict")                   # what every claim of a manifest must state
-BOOK_PAGES = "this book's own pages"                          # the label of chapters that reproduce no document
 
 
 def load_manifests() -> tuple[dict[str, dict], list[str]]:
-    """``({chapter: manifest}, [chapters without a readable manifest])`` for every chapter but this report."""
+    """``({chapter: manifest}, [chapters without a readable manifest])`` for every chapter but this
+    report (a manifest that is not valid JSON counts as missing)."""
     expected = [c for c in notebooks.chapters() if c != SELF]
     found = {}
     for chapter in expected:
@@ -128,11 +127,12 @@ def versions_table(manifests: dict[str, dict]) -> pd.DataFrame:
     return frame
 
 
-def verdict_rows(manifests: dict[str, dict]) -> list[dict]:
-    """The findings page's rows (the chapters that reproduce a document), then the book's own pages'."""
+def verdict_rows(manifests: dict[str, dict]) -> tuple[list[dict], list[dict]]:
+    """The findings page's rows (the chapters that reproduce a document, :func:`site.findings_rows`),
+    and the same rows for the book's own pages (each page standing for its document)."""
     documents = site.documents()
-    own = {c: BOOK_PAGES for c in manifests if c not in documents}
-    return site.findings_rows(manifests) + verdicts.findings_rows(manifests, own)
+    own = {c: f"the {c} page" for c in manifests if c not in documents}
+    return site.findings_rows(manifests), verdicts.findings_rows(manifests, own)
 
 
 def claims_table(manifests: dict[str, dict]) -> pd.DataFrame:
@@ -180,11 +180,3 @@ def figure_durations(overview: pd.DataFrame) -> alt.Chart:
         x=alt.X("duration (s):Q"), y=alt.Y("chapter:N", sort=None), color="profile:N",
         tooltip=["chapter", "profile", "status", "duration (s)", "claims"]).properties(
         width=420, height=24 * len(overview), title="execution time per chapter")
-
-
-def relative(path) -> str:
-    """A path as the page may print it: relative to the repository, never the machine's own."""
-    try:
-        return Path(path).resolve().relative_to(paths.ROOT.resolve()).as_posix()
-    except ValueError:
-        return Path(path).name

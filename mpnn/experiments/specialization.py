@@ -659,7 +659,7 @@ def paired_report(rows: pd.DataFrame, cmp: PairedComparison, epochs: int) -> str
     """The lines the chapter prints about the paired comparison and the dense model's memorising."""
     dense_at = lambda e, split="test", metric="comp_error": per_seed(rows, "dense", e, split, metric).mean()
     return "\n".join([
-        f"test compositional error, split minus dense (paired, per seed): {stats.fmt_ci(cmp.diff, 3)}",
+        f"test compositional error, split minus dense (paired, per seed): {_ci(cmp.diff, signed=True)}, n={len(cmp.diff)}",
         "mean difference by epoch: " + ", ".join(f"{e}: {d:+.3f}" for e, d in cmp.by_epoch.items()),
         f"split lower from epoch {cmp.split_ahead_from} on; dense test compositional error: lowest at epoch "
         f"{cmp.dense_best_epoch} ({dense_at(cmp.dense_best_epoch):.3f}), {cmp.dense.mean():.3f} at epoch {epochs}; "
@@ -991,7 +991,10 @@ def any_part(parts: dict[str, str]) -> str:
 def _ci(values, digits: int = 3, signed: bool = False) -> str:
     m, lo, hi = stats.mean_ci(values)
     f = f"+.{digits}f" if signed else f".{digits}f"
-    return f"{m:{f}} (95% CI {lo:{f}} to {hi:{f}})" if signed else f"{m:{f}} (95% CI {lo:{f}}-{hi:{f}})"
+    if not signed and abs(m) < 0.01:              # a loss at rounding level: the digits would all be 0
+        low = f"{lo:.2e} to " if lo >= 0 or min(values) < 0 else "up to "    # a loss is never below 0
+        return f"{m:.2e} (95% CI {low}{hi:.2e})"
+    return f"{m:{f}} (95% CI {lo:{f}} to {hi:{f}})" if signed or lo < 0 else f"{m:{f}} (95% CI {lo:{f}}-{hi:{f}})"
 
 
 def _sci(x: float) -> str:
@@ -1026,7 +1029,9 @@ def nonlinear_findings(coupling: dict[tuple[str, str], list[float]], held: pd.Da
            f"with the {n_span} of {n_runs} runs whose training patterns span $\\Omega$, the held-out compositional "
            f"loss of the partitioned network is at most " + ", ".join(
                f"{_sci(float(loss(a, 'partitioned').max()))} ({name[a]})" for a in ["linear"] + ok)
-           + " and every dense network's mean is far above it ("
+           + (", and every dense network fails (" if all(v["the dense network does not"] == "supported"
+                                                         for v in part_parts.values())
+              else ", while the dense networks score (")
            + ", ".join(f"{name[a]} {loss(a, 'dense').mean():.3f}" for a in ACTIVATIONS) + ").")
     for a in bad:
         out += (f" The **partitioned {name[a]} network fails too: {_ci(loss(a, 'partitioned').tolist())}**, "
@@ -1068,15 +1073,15 @@ def regularisation_findings(reg: pd.DataFrame, n_span: int, n_seeds: int) -> str
         f"is {base['test_comp']:.3f} unregularised; {trend('weight_decay', LAMBDA)}; {trend('dropout', 'p')}. "
         f"**L1 on all weights** gives {l1t['mean'].iloc[0]:.3f} at $\\lambda = {l1t.strength.iloc[0]:g}$ and "
         f"{l1t['mean'].iloc[-1]:.3f} at {l1t.strength.iloc[-1]:g} (training loss {l1tr['mean'].iloc[-1]:.3f} there, "
-        f"unregularised {base['train_comp']:.2g}). Weight decay and dropout shrink every mode together instead of "
+        f"unregularised {_sci(base['train_comp'])}). Weight decay and dropout shrink every mode together instead of "
         "rotating the compositional mode away from the names, as the linear theory predicts (weight decay on a "
         "two-layer linear network shrinks the singular values of the map and leaves its singular vectors). "
         + ("The document's doubt that perfect modularity is required is answered *no* for these three "
            "regularisers, at every strength tried. " if none_work else "")
-        + "**An L1 penalty on the cross block itself** drives the coupling down with its strength ("
-        + ", ".join(f"{c:.3f} at {s:g}" for s, c in zip(xc.strength, xc["mean"]))
-        + f") and the held-out loss with it, to **{_sci(best['mean'])} (95% CI {_sci(best['low'])} to "
-        f"{_sci(best['high'])}) at strength {best.strength:g}**, with the training loss at {_sci(best_tr)}. It is a "
+        + "**An L1 penalty on the cross block itself** is the one that acts on the coupling (at strengths "
+        + ", ".join(f"{s:g}" for s in xc.strength) + ": " + ", ".join(f"{c:.3f}" for c in xc["mean"])
+        + f"), and the held-out loss follows it, lowest at strength {best.strength:g}: **{_sci(best['mean'])} "
+        f"(95% CI {_sci(best['low'])} to {_sci(best['high'])})**, with the training loss at {_sci(best_tr)}. It is a "
         "*soft* partition: it has to be told which block is the shortcut, the same knowledge the hard partition "
         "encodes, so it shows that an approximate module suffices, not that a generic regulariser finds one.")
 
@@ -1141,7 +1146,7 @@ def share_findings(rows: pd.DataFrame, diffs: pd.DataFrame, contrast: tuple[floa
                 "random) from the same hidden units that carry the digits.")
     dense = d.set_index("share")["dense"]
     out += (f" The split model's compositional error is the same at every share ({d['split'].mean():.3f} on average; "
-            f"largest spread across shares over seeds {spread:.1e}), as it must be: its compositional tower shares "
+            f"largest spread across shares over seeds {f'{spread:.1e}' if spread else 'exactly 0'}), as it must be: its compositional tower shares "
             f"nothing with the other one. The dense model's error goes "
             + ", ".join(f"{v:.3f} at share {s:.3g}" for s, v in dense.items()) + ".")
     return out

@@ -1,0 +1,42 @@
+"""The performance page's words are computed from the run: which kernel is faster and by how much."""
+import pandas as pd
+
+from mpnn.experiments import performance as E
+
+
+def _rows():
+    return pd.DataFrame([
+        {"case": "c", "group": "g", "n": 1, "variant": "book", "median_s": 0.1, "ratio_to_book": 1.0},
+        {"case": "c", "group": "g", "n": 1, "variant": "loop", "median_s": 2.0, "ratio_to_book": 20.0},
+        {"case": "c", "group": "g", "n": 2, "variant": "book", "median_s": 0.2, "ratio_to_book": 1.0},
+        {"case": "c", "group": "g", "n": 2, "variant": "dense", "median_s": 0.1, "ratio_to_book": 0.5},
+    ])
+
+
+def test_comparisons_count_wins_and_name_the_faster_variants():
+    table = E.comparisons(_rows())
+    assert list(table["other variant"]) == ["loop", "dense"] and list(table["setting"]) == ["n=1", "n=2"]
+    words = E.comparisons_text(table)
+    assert words.startswith("In 1 of the 2 comparisons") and "20x" in words
+    assert "`dense` in `c` (n=2) takes 0.50 of its time" in words
+    assert E.comparisons_text(table.iloc[:0]) == "No case timed more than one variant in this run."
+
+
+def test_yardstick_words_follow_the_measured_ratio():
+    base = {"reference": {"n": 64, "gflops": 100.0}, "machine": {"threads": 1}}
+    faster = E.yardstick_text(base | {"reference_native": {"gflops": 150.0}}, "cpu", "AVX2")
+    slower = E.yardstick_text(base | {"reference_native": {"gflops": 33.0}}, "cpu", "AVX2")
+    same = E.yardstick_text(base | {"reference_native": {"gflops": 102.0}}, "cpu", "AVX2")
+    assert "1.50 times as fast as torch's CPU BLAS" in faster
+    assert "only 0.33 of torch's speed" in slower and "times as fast" not in slower
+    assert "about as fast" in same
+    assert "could not be built" in E.yardstick_text(base, "cpu", "AVX2")
+
+
+def test_limit_words_per_size_set():
+    table = pd.DataFrame({"case": ["a", "b", "a"], "setting": ["", "", ""], "variant": ["v", "w", "v"],
+                          "sizes": ["default sizes", "default sizes", "quick sizes"], "gflops": [1, 2, 3],
+                          "fraction of torch.mm": [0.5, 1.2, 0.1]})
+    words = E.limit_text(table)
+    assert "at the default sizes, the median kernel reaches 0.85" in words and "1 of 2 reach or pass it" in words
+    assert "closest is `w` in `b` (1.20)" in words and "at the quick sizes" in words
