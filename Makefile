@@ -45,8 +45,9 @@ setup: $(VENV)/.installed node_modules/.installed
 
 # The unit tests a second time as a foreign machine: ATen, MKL and oneDNN held to AVX2, the compiled
 # kernels built for x86-64-v3 instead of this CPU, one thread, and no skip because of the CPU.
+BASELINE_MARCH := $(if $(filter x86_64,$(shell uname -m)),x86-64-v3,armv8-a)
 FOREIGN := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
-	MPNN_MARCH=x86-64-v3 MPNN_CACHE_DIR=$(CURDIR)/_build/cache-foreign OMP_NUM_THREADS=1 MPNN_TEST_THREADS=1 MPNN_FOREIGN=1
+	MPNN_MARCH=$(BASELINE_MARCH) MPNN_CACHE_DIR=$(CURDIR)/_build/cache-foreign OMP_NUM_THREADS=1
 
 unit: setup
 	$(PY) -m pytest tests --ignore=tests/test_site.py -q

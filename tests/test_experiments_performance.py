@@ -16,9 +16,10 @@ def _rows():
 def test_comparisons_count_wins_and_name_the_faster_variants():
     table = E.comparisons(_rows())
     assert list(table["other variant"]) == ["loop", "dense"] and list(table["setting"]) == ["n=1", "n=2"]
+    assert list(E.comparisons(_rows(), {"c": []})["setting"]) == ["", ""]
     words = E.comparisons_text(table)
     assert words.startswith("In 1 of the 2 comparisons") and "20x" in words
-    assert "`dense` in `c` (n=2) takes 0.50 of its time" in words
+    assert "`dense` in `c` (n=2) takes 0.50 of its time" in words and "as fast or faster" in words
     assert E.comparisons_text(table.iloc[:0]) == "No case timed more than one variant in this run."
 
 
@@ -39,4 +40,9 @@ def test_limit_words_per_size_set():
                           "fraction of torch.mm": [0.5, 1.2, 0.1]})
     words = E.limit_text(table)
     assert "at the default sizes, the median kernel reaches 0.85" in words and "1 of 2 reach or pass it" in words
-    assert "closest is `w` in `b` (1.20)" in words and "at the quick sizes" in words
+    assert "highest is `w` in `b` (1.20)" in words and "at the quick sizes" in words
+
+
+def test_case_parameters_are_the_registered_sweeps():
+    params = E.case_parameters()
+    assert params["moe/forward-backward"] == ["k", "n_experts"] and params["tokens/selection"] == ["rho"]

@@ -9,6 +9,13 @@ from mpnn.moe import dispatch, fused, gates
 pytestmark = pytest.mark.skipif(not fused.usable(torch.zeros(1)), reason="no C++ compiler")
 
 
+@pytest.fixture(autouse=True)
+def compiled_path():
+    """These tests are about the compiled path: layers take it whatever this machine measures."""
+    with native.forced("moe.token_choice", "compiled"):
+        yield
+
+
 def _reference(x, token, order, weights, counts, w1, b1, w2, b2):
     """y_t = sum_i w_i f_{e(i)}(x_{t_i}), one assignment at a time (float64 autograd)."""
     expert = torch.repeat_interleave(torch.arange(counts.numel()), counts)

@@ -223,8 +223,9 @@ def test_findings_and_peers_paragraphs_are_written_from_the_results():
               coord={"median_s": {2: 4e-3, 8: 1.3e-2}, "ratio": 3.2}, sim=sim, sim_at=128, t_peers=t_peers,
               elastic={"resumed_at": [3], "max_diff": 1e-17, "wall_s": 35.0, "leftover": [], "listening": ["127.0.0.1"]},
               listen={"addresses": ["127.0.0.1"]}, world_sizes=[2, 3])
-    md = E.findings(**kw)
+    md = E.findings(**kw, scalability=E.decide_scalability(E.plans_for([784, 256, 256, 128, 10], [2, 3], ["count"]), over))
     assert "from 2.5x (layer, P = 2) to 9.0x (count, P = 3)" in md and "falls with the interval" in md
+    assert "memory yes, time no" in md and "on P = 2 took 5.0x" in md
     assert "though at P = 3 PyTorch was the faster one" in md and "no processes left behind" in md
     skipped = E.findings(**(kw | {"net": E.network_skipped("needs root: test")}))
     assert "not run** (needs root: test)" in skipped

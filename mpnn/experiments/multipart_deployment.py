@@ -1291,7 +1291,7 @@ def peers_findings(result: dict, table: pd.DataFrame, microbatches: int) -> str:
 
 
 def findings(*, k_steps, eq_max, t_over, t_lat, t_fewer, traffic_ok, proj, fault, stop_after, net, meta_d, coord,
-             sim, sim_at, t_peers, elastic, listen, world_sizes) -> str:
+             sim, sim_at, t_peers, elastic, listen, world_sizes, scalability=None) -> str:
     """The "What we found" section, every number and every comparison word from this run."""
     r = pd.DataFrame(t_over["ratios"])
     lo, hi = r.loc[r["median"].idxmin()], r.loc[r["median"].idxmax()]
@@ -1303,10 +1303,10 @@ def findings(*, k_steps, eq_max, t_over, t_lat, t_fewer, traffic_ok, proj, fault
     split_share = at["neuron_comm_s"][0] / at["neuron_wise_s"][0]
     slower = lo["median"] > 1
     out = [
-        f"* **Correctness.** Splitting neurons across processes, by any of the four criteria, gives the forward "
+        f"* **Remote invocation keeps the accuracy.** Splitting neurons across processes, by any of the four criteria, gives the forward "
         f"outputs, gradients and {k_steps}-step parameters of one process (largest difference {eq_max:.1e} in "
         f"float64). The metadata the document describes is exactly \"which rank reads which slice\".",
-        f"* **Cost on one host.** " + (
+        f"* **Remote invocation is not cheap on one host.** " + (
             f"Every split was slower than one process: from {_x(lo['median'])} ({lo.strategy}, P = {int(lo.ranks)}) to "
             f"{_x(hi['median'])} ({hi.strategy}, P = {int(hi.ranks)}) the single-process step of the same round "
             f"({t_over['rounds']} interleaved rounds), with communication {t_over['comm_share']:.0%} of a split step."
@@ -1325,10 +1325,19 @@ def findings(*, k_steps, eq_max, t_over, t_lat, t_fewer, traffic_ok, proj, fault
         f"there the neuron-wise step spends {split_share:.0%} of its time communicating, and the step time stops "
         f"improving past P = {proj['best']}. This is the known trade-off of tensor (neuron-wise) and pipeline "
         f"(layer-wise) parallelism, which the document does not quantify.",
-        f"* **Faults and the shared store.** The document lists no fault handling. With per-step sharded checkpoints "
-        f"on the shared directory, a crashed rank stopped the others within {stop_after:.1f} s and a restart resumed at "
-        f"step {fault['resume_step']}, ending equal to an uninterrupted run ({fault['max_diff_final']:.1e}).",
+        f"* **Consistency through the shared store, as checkpoints; faults added here.** The document lists no fault "
+        f"handling. With per-step sharded checkpoints on the shared directory, a crashed rank stopped the others within "
+        f"{stop_after:.1f} s and a restart resumed at step {fault['resume_step']}, ending equal to an uninterrupted run "
+        f"({fault['max_diff_final']:.1e}).",
     ]
+    if scalability is not None:
+        out.insert(2,
+            f"* **Scalability: memory {'yes' if scalability['memory'] == 'supported' else 'no'}, time "
+            f"{'yes' if scalability['time'] == 'supported' else 'no' if scalability['time'] == 'not supported' else 'undecided'}"
+            f" at this scale.** The busiest server of the even neuron-wise split stores at most "
+            f"{max(scalability['excess'].values()):.3f} times its even share of the parameters, so memory per server "
+            f"falls as 1/P; but that split on P = {scalability['P0']} took {_x(scalability['time_ratio'])} the "
+            f"single-process step.")
     if net.get("skipped") is None:
         n, la, sy = net["network"], net["latency"], net["sync"]
         shares = pd.DataFrame(la["shares"])

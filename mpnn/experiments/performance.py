@@ -131,18 +131,28 @@ def first_variants(rows: pd.DataFrame) -> dict[str, str]:
     return {case: frame["variant"].iloc[0] for case, frame in rows.groupby("case", sort=False)}
 
 
-def comparisons(rows: pd.DataFrame) -> pd.DataFrame:
+def case_parameters() -> dict[str, list[str]]:
+    """Case -> the names of the sizes it sweeps, as the benchmark modules register them."""
+    return {name: list(c.params) for name, c in bench.discover().items()}
+
+
+def comparisons(rows: pd.DataFrame, parameters: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """One row per (case, sizes, other variant): how many times the book's variant is faster than it
-    (``speedup`` = the other's median time / the book's; below 1 the other variant is faster)."""
+    (``speedup`` = the other's median time / the book's; below 1 the other variant is faster).
+    ``parameters`` names each case's swept sizes (default: every column that varies within the case)."""
     out = []
     for case, frame in rows.groupby("case", sort=False):
         first = frame["variant"].iloc[0]
         ratio = "ratio_to_" + first
+        names = (parameters or {}).get(case)
+        if names is None:
+            names = [c for c in frame.columns if c not in (*TIMING_COLUMNS, "flops", "gflops")
+                     and not c.startswith("ratio_to_") and frame[c].nunique() > 1]
         for _, r in frame[frame["variant"] != first].iterrows():
-            sizes = {c: r[c] for c in frame.columns if c not in (*TIMING_COLUMNS, "flops", "gflops")
-                     and not c.startswith("ratio_to_") and frame[c].nunique() > 1 and pd.notna(r[c])}
-            out.append({"case": case, "setting": ", ".join(f"{k}={v}" for k, v in sizes.items()),
-                        "book's variant": first, "other variant": r["variant"], "speedup": float(r[ratio])})
+            setting = ", ".join(f"{k}={r[k]:g}" if isinstance(r[k], (int, float)) else f"{k}={r[k]}"
+                                for k in names if k in r and pd.notna(r[k]))
+            out.append({"case": case, "setting": setting, "book's variant": first,
+                        "other variant": r["variant"], "speedup": float(r[ratio])})
     return pd.DataFrame(out, columns=["case", "setting", "book's variant", "other variant", "speedup"])
 
 
@@ -165,8 +175,7 @@ def comparisons_text(table: pd.DataFrame) -> str:
         listed = "; ".join(f"`{r['other variant']}` in `{r['case']}`{f' ({r.setting})' if r.setting else ''} "
                            f"takes {r.speedup:.2f} of its time" for _, r in slower.head(6).iterrows())
         more = f" (and {len(slower) - 6} more)" if len(slower) > 6 else ""
-        text += (f" In the other {len(slower)}, the other variant is faster, usually a dense reference doing "
-                 f"more work per call on a tuned kernel: {listed}{more}.")
+        text += f" In the other {len(slower)}, the other variant is as fast or faster: {listed}{more}."
     return text
 
 
@@ -185,7 +194,7 @@ def yardstick_text(results: dict, cpu: str, capability: str) -> str:
                    f"the machine's peak, and kernels built on the book's GEMM can sit above 1")
     elif ratio <= 1 / 1.1:
         verdict = (f"only {ratio:.2f} of torch's speed: here torch's CPU BLAS is the nearer measure of what "
-                   f"the machine can do, and kernels built on the book's GEMM start below 1")
+                   f"the machine can do")
     else:
         verdict = f"about as fast as torch's CPU BLAS ({ratio:.2f} of its speed)"
     return text + f" The book's GEMM ran the same product at {native:.1f} GFLOP/s, {verdict}."
@@ -200,6 +209,6 @@ def limit_text(table: pd.DataFrame) -> str:
         top = frame.loc[frame["fraction of torch.mm"].idxmax()]
         above = int((frame["fraction of torch.mm"] >= 1).sum())
         parts.append(f"at the {sizes}, the median kernel reaches {frame['fraction of torch.mm'].median():.2f} of "
-                     f"`torch.mm`'s rate, {above} of {len(frame)} reach or pass it, and the closest is "
+                     f"`torch.mm`'s rate, {above} of {len(frame)} reach or pass it, and the highest is "
                      f"`{top['variant']}` in `{top['case']}` ({top['fraction of torch.mm']:.2f})")
     return "In this run, " + "; ".join(parts) + "."

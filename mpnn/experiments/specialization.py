@@ -1076,8 +1076,8 @@ def regularisation_findings(reg: pd.DataFrame, n_span: int, n_seeds: int) -> str
         f"unregularised {_sci(base['train_comp'])}). Weight decay and dropout shrink every mode together instead of "
         "rotating the compositional mode away from the names, as the linear theory predicts (weight decay on a "
         "two-layer linear network shrinks the singular values of the map and leaves its singular vectors). "
-        + ("The document's doubt that perfect modularity is required is answered *no* for these three "
-           "regularisers, at every strength tried. " if none_work else "")
+        + ("The document's doubt, that perfect modularity may not be required, is not borne out by these three "
+           "regularisers at any strength tried. " if none_work else "")
         + "**An L1 penalty on the cross block itself** is the one that acts on the coupling (at strengths "
         + ", ".join(f"{s:g}" for s in xc.strength) + ": " + ", ".join(f"{c:.3f}" for c in xc["mean"])
         + f"), and the held-out loss follows it, lowest at strength {best.strength:g}: **{_sci(best['mean'])} "

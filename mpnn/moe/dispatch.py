@@ -100,16 +100,64 @@ def dispatch_token_choice(x: torch.Tensor, chosen: torch.Tensor, weights: torch.
     k = chosen.shape[-1]
     E = experts.n_experts // R
     cap = None if capacity_factor is None else capacity(T, E, k, capacity_factor)
+    path = token_choice_path(x, chosen, weights, experts, cap)
+    return _token_choice(path, x, chosen, weights, experts, cap)
+
+
+TOKEN_CHOICE_PATHS = ("compiled", "compiled-grouped-gemm", "torch-grouped", "torch-loop")
+
+
+def token_choice_path(x, chosen, weights, experts: Experts, cap) -> str:
+    """Which implementation serves this layer's shape on this machine: the compiled kernels (with
+    the book's GEMM or torch's ``grouped_mm``) or torch alone (grouped matmuls, or a loop over the
+    experts), measured once per shape class by :func:`mpnn.native.choose` (forward, and backward
+    when gradients are on). Without the compiled kernels the torch paths are compared alone."""
+    R, T, d = x.shape
+    k = chosen.shape[-1]
+    E = experts.n_experts // R
+    training = torch.is_grad_enabled() and (x.requires_grad or experts.w1.requires_grad)
+    compiled = fused.usable(x, weights, experts.w1, experts.b1, experts.w2, experts.b2)
+    if not compiled and not (x.device.type == "cpu" and x.dtype == torch.float32):
+        return "torch-loop" if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) else "torch-grouped"
+    names = [p for p in TOKEN_CHOICE_PATHS if compiled or p.startswith("torch")]
+    key = {"R": R, "E": E, "k": k, "tokens": 1 << max(0, (R * T - 1).bit_length()), "d": d,
+           "h": experts.d_hidden, "out": experts.d_out, "capacity": cap is not None, "training": training, "compiled": compiled}
+    import copy
+    probe = copy.deepcopy(experts)
+    xs, ws = x.detach().clone(), weights.detach().clone()
+
+    def candidate(path):
+        def run():
+            if training:
+                with torch.enable_grad():
+                    xg, wg = xs.clone().requires_grad_(True), ws.clone().requires_grad_(True)
+                    y, _, _ = _token_choice(path, xg, chosen, wg, probe, cap)
+                    y.sum().backward()
+                probe.zero_grad(set_to_none=True)
+            else:
+                with torch.no_grad():
+                    _token_choice(path, xs, chosen, ws, probe, cap)
+        return run
+    from mpnn import native
+    return native.choose("moe.token_choice", key, {p: candidate(p) for p in names}, repeats=3)
+
+
+def _token_choice(path: str, x, chosen, weights, experts: Experts, cap):
+    R, T, d = x.shape
+    k = chosen.shape[-1]
+    E = experts.n_experts // R
     n_tok = R * T
-    if fused.usable(x, weights, experts.w1, experts.b1, experts.w2, experts.b2):
+    if path.startswith("compiled"):
         p = fused.plan(chosen.reshape(n_tok, k), R, E, cap)                # one compiled pass, same plan
         y = fused.sorted_expert_mlp(x.reshape(n_tok, d), weights.reshape(n_tok, k), p,
-                                    experts.w1, experts.b1, experts.w2, experts.b2)
+                                    experts.w1, experts.b1, experts.w2, experts.b2,
+                                    how="native" if path == "compiled" else "grouped")
         return y.view(R, T, -1), p.assignment.view(R, T, E), p.dropped
     routes = (chosen + E * torch.arange(R, device=x.device).view(R, 1, 1)).reshape(n_tok, k)
     plan = plan_dispatch(routes, R * E, None, buffer=cap)
     order, token, counts = sorted_assignments(routes, plan)
-    per = experts.forward_sorted(x.reshape(n_tok, d).index_select(0, token), counts)   # (M, d_out)
+    rows = x.reshape(n_tok, d).index_select(0, token)
+    per = experts._forward_grouped(rows, counts) if path == "torch-grouped" else experts._forward_slices(rows, counts)
     w = weights.reshape(n_tok, k).t().reshape(-1).index_select(0, order)
     y = per.new_zeros(n_tok, per.shape[-1]).index_add(0, token, per * w.unsqueeze(-1))
     kept = plan.keep.view(k, n_tok).t().to(x.dtype)

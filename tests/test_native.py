@@ -1,0 +1,85 @@
+"""mpnn.native: measured choices, loud failures, a cache keyed on the CPU and private to the user."""
+import os
+import time
+import warnings
+
+import pytest
+
+from mpnn import native
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_CHOICES", {})
+    monkeypatch.setattr(native, "_LOADED", {})
+    monkeypatch.setattr(native, "_WARNED", set())
+    return tmp_path
+
+
+def _sleeper(seconds):
+    return lambda: time.sleep(seconds)
+
+
+def test_choose_takes_the_faster_path_and_remembers_it_on_disk(cache, monkeypatch):
+    assert native.choose("demo", {"n": 1}, {"compiled": _sleeper(0.004), "torch": _sleeper(0.0005)}) == "torch"
+    assert native.choose("demo", {"n": 2}, {"compiled": _sleeper(0.0005), "torch": _sleeper(0.004)}) == "compiled"
+    report = native.report()["choices"]
+    assert {c["chosen"] for c in report} == {"torch", "compiled"}
+    assert all(set(c["seconds"]) == {"compiled", "torch"} for c in report)
+    monkeypatch.setattr(native, "_CHOICES", {})                    # a new process reads the stored choice
+    calls = []
+    assert native.choose("demo", {"n": 1}, {"compiled": lambda: calls.append(1), "torch": lambda: None}) == "torch"
+    assert not calls and native.report()["choices"][0]["source"] == "cache"
+    with native.forced("demo", "compiled"):
+        assert native.choose("demo", {"n": 1}, {"compiled": None, "torch": None}) == "compiled"
+
+
+def test_the_cache_key_is_the_cpu_not_the_host_name(cache, monkeypatch):
+    sig = native.cpu_signature()
+    monkeypatch.setattr(native.platform, "node", lambda: "another-host")
+    assert native.cpu_signature() == sig and native.platform.machine() in sig
+
+
+def test_a_cache_others_can_write_is_refused(cache):
+    folder = native.cache_dir()
+    os.chmod(folder, 0o777)
+    try:
+        with pytest.raises(PermissionError, match="writable by other users"):
+            native.cache_dir()
+    finally:
+        os.chmod(folder, 0o700)
+
+
+BROKEN = 'extern "C" int mpnn_broken( { return 0; }'
+
+
+def test_a_failed_build_warns_once_with_the_compilers_message(cache, monkeypatch):
+    if native.compiler() is None:
+        pytest.skip("no C++ compiler on this machine")
+    monkeypatch.setenv("MPNN_FUSED", "1")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert native.load("broken", BROKEN, "mpnn_broken", []) is None
+        assert native.load("broken", BROKEN, "mpnn_other", []) is None
+    messages = [str(w.message) for w in seen if "broken" in str(w.message)]
+    assert len(messages) == 1 and "error" in messages[0]
+
+
+def test_required_kernels_fail_loudly(cache, monkeypatch):
+    monkeypatch.setenv("MPNN_FUSED", "require")
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    with pytest.raises(native.KernelBuildError, match="no C\\+\\+ compiler"):
+        native.load("anything", "int x;", "x", [])
+    if native.shutil.which("g++") or native.shutil.which("c++"):
+        monkeypatch.undo()
+        monkeypatch.setenv("MPNN_CACHE_DIR", str(cache))
+        monkeypatch.setenv("MPNN_FUSED", "require")
+        monkeypatch.setattr(native, "_LOADED", {})
+        with pytest.raises(native.KernelBuildError, match="failed to build"):
+            native.load("broken", BROKEN, "mpnn_broken", [])
+
+
+def test_kernel_sources_ship_as_files():
+    for name in ("moe.cpp", "stage1.cpp", "tag_steps.cpp"):
+        assert 'extern "C"' in native.source(name)
