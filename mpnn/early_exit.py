@@ -153,9 +153,32 @@ def fused_stage1(model: "EarlyExitNet", x: torch.Tensor, with_exit: bool = True,
     """
     _check_fusable(model)
     conv, head = model.stages[0][0], model.exits[0][-1]
-    if stage1_kernel.usable(x, conv, head):
+    if compiled_stage1_wins(model, x, chunk):
         feats, logits = stage1_kernel.stage1(x, conv, head if with_exit else None)
         return feats.permute(0, 3, 1, 2), logits
+    return _torch_stage1(model, x, with_exit, chunk)
+
+
+def compiled_stage1_wins(model: "EarlyExitNet", x: torch.Tensor, chunk: int = FUSED_CHUNK) -> bool:
+    """Does the compiled stage-1 loop serve ``x`` here: it can (:func:`mpnn.stage1_kernel.usable`) and,
+    measured once per channel count and batch-size class on this machine on (up to 512 of) these
+    images, it runs faster than the chunked torch path (:func:`mpnn.native.choose`)?"""
+    conv, head = model.stages[0][0], model.exits[0][-1]
+    if not stage1_kernel.usable(x, conv, head):
+        return False
+    from . import native
+    sample = x[:512].contiguous()
+    key = {"channels": conv.out_channels, "classes": head.out_features,
+           "rows": 1 << max(0, (x.shape[0] - 1).bit_length())}
+    with torch.no_grad():
+        return native.choose("early_exit.stage1", key, {
+            "compiled": lambda: stage1_kernel.stage1(sample, conv, head),
+            "torch": lambda: _torch_stage1(model, sample, True, chunk)}) == "compiled"
+
+
+def _torch_stage1(model: "EarlyExitNet", x: torch.Tensor, with_exit: bool, chunk: int):
+    """The torch path of :func:`fused_stage1`."""
+    conv, head = model.stages[0][0], model.exits[0][-1]
     out = x.new_empty(x.shape[0], 14, 14, conv.out_channels)
     C = out.shape[-1]
     logits = x.new_empty(x.shape[0], head.out_features) if with_exit else None
@@ -178,7 +201,7 @@ def fused_exit1(model: "EarlyExitNet", x: torch.Tensor, threshold: float,
     """
     _check_fusable(model)
     conv, head = model.stages[0][0], model.exits[0][-1]
-    if stage1_kernel.usable(x, conv, head):
+    if compiled_stage1_wins(model, x, chunk):
         logits, kept, stay_rows = stage1_kernel.stage1(x, conv, head, threshold)
         return logits, kept.permute(0, 3, 1, 2), stay_rows
     B, C = x.shape[0], conv.out_channels

@@ -413,7 +413,7 @@ class StackedSGD:
         from tqdm.auto import tqdm
         schedule = schedule.to(self.device)
         T = schedule.shape[0]
-        kernel = self._kernel(fused, eager)
+        kernel = self._kernel(fused, eager, schedule)
         routing, inputs = self._routing_and_inputs(schedule, kernel is not None)
         bounds = _chunk_bounds(T, plan_chunk, every)
         clipped = 0
@@ -429,8 +429,10 @@ class StackedSGD:
         self.clipped_steps += clipped
         return clipped
 
-    def _kernel(self, fused: bool | None, eager: bool):
-        """The fused step loop :meth:`fit` uses (None: the torch one); ``fused`` as in :meth:`fit`."""
+    def _kernel(self, fused: bool | None, eager: bool, schedule: torch.Tensor | None = None):
+        """The fused step loop :meth:`fit` uses (None: the torch one); ``fused`` as in :meth:`fit`.
+        With ``fused=None`` and a ``schedule``, the compiled loop is used only where it measures
+        faster than the torch loop on this machine for this network shape (:meth:`_compiled_wins`)."""
         if fused is False or (fused is None and eager):
             return None
         usable = self.device.type == "cpu" and not self.nets.moe and self.nets.Hb <= 1024
@@ -438,7 +440,29 @@ class StackedSGD:
         if fused and kernel is None:
             raise RuntimeError("fused=True needs tag-routed networks on the CPU (Hb <= 1024), a C++ "
                                "compiler (g++ or $CXX) and MPNN_FUSED unset or not 0")
+        if fused is None and kernel is not None and schedule is not None and not self._compiled_wins(kernel, schedule):
+            return None
         return kernel
+
+    def _compiled_wins(self, kernel, schedule: torch.Tensor) -> bool:
+        """Time (up to) 64 steps of ``schedule`` with the compiled and the torch step loop, on copies
+        of the networks, once per network shape on this machine (:func:`mpnn.native.choose`)."""
+        import copy
+        nets = self.nets
+        key = {"models": nets.M, "hidden": nets.Hb, "local": bool(nets.local), "pixels": int(self.X.shape[1]),
+               "partitioned": int(nets.n_p) > 0}
+        rows = schedule[:64].contiguous()
+
+        def candidate(use):
+            probe = copy.copy(self)
+            probe.nets = copy.deepcopy(nets)
+
+            def run():
+                routing, inputs = probe._routing_and_inputs(rows, use is not None)
+                with determinism.cpu_threads(1, self.device), torch.no_grad():
+                    routing.steps(rows, inputs, probe.lr, probe.clip, True, use)
+            return run
+        return native.choose("tagnet.steps", key, {"compiled": candidate(kernel), "torch": candidate(None)}) == "compiled"
 
     def step(self, rows: torch.Tensor) -> None:
         """One per-sample SGD step for every network; ``rows`` (M,) are the samples' indices."""

@@ -451,7 +451,7 @@ def _kernel_model(c1, seed=5):
 def test_stage1_kernel_matches_modules_and_torch_path(c1, x):
     m = _kernel_model(c1)
     assert stage1_kernel.usable(x, m.stages[0][0], m.exits[0][-1])
-    with torch.no_grad():
+    with torch.no_grad(), native.forced("early_exit.stage1", "compiled"):
         h_ref, logits_ref = _reference_stage1(m, x)
         h, logits = fused_stage1(m, x)
         with native.disabled():
@@ -459,6 +459,18 @@ def test_stage1_kernel_matches_modules_and_torch_path(c1, x):
     assert h.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(h, h_ref, atol=1e-5) and torch.allclose(h, h_torch, atol=1e-5)
     assert torch.allclose(logits, logits_ref, atol=1e-4) and torch.allclose(logits, logits_torch, atol=1e-4)
+
+
+@needs_kernel
+def test_the_compiled_stage1_is_used_only_where_it_measures_faster(x, monkeypatch, tmp_path):
+    monkeypatch.setenv("MPNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_CHOICES", {})
+    m = _kernel_model(16)
+    from mpnn import early_exit
+    wins = early_exit.compiled_stage1_wins(m, x)
+    choice = [c for c in native.report()["choices"] if c["kind"] == "early_exit.stage1"][0]
+    assert set(choice["seconds"]) == {"compiled", "torch"}
+    assert wins == (choice["seconds"]["compiled"] < choice["seconds"]["torch"])
 
 
 @needs_kernel
@@ -470,7 +482,8 @@ def test_stage1_kernel_exit_decisions_and_gather_match_the_torch_path(x):
         mid = (hs[1:] + hs[:-1]) / 2
         wide = mid[(hs[1:] - hs[:-1]) > 1e-4]          # thresholds no entropy is within float rounding of
         for t in (float(wide[len(wide) // 4]), float(wide[3 * len(wide) // 4]), 1.01):
-            logits, kept, rows = fused_exit1(m, x, t)
+            with native.forced("early_exit.stage1", "compiled"):
+                logits, kept, rows = fused_exit1(m, x, t)
             with native.disabled():
                 logits_t, kept_t, rows_t = fused_exit1(m, x, t)
             assert torch.equal(rows, rows_t) and torch.equal(rows, (~(H < t)).nonzero().flatten())

@@ -8,12 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from mpnn import determinism, stacked_sgd, tagnet
+from mpnn import determinism, native, stacked_sgd, tagnet
 from mpnn.stacked_sgd import StackedSGD
 
 from test_tagnet import numpy_step
 
 PRE_SPLIT = Path(__file__).parent / "data" / "stacked_sgd_pre_split.pt"
+
+
+@pytest.fixture(autouse=True)
+def compiled_where_enabled():
+    """Where a test enables the fused loop it gets it, whatever this machine measures (the measured
+    choice itself: test_the_step_loop_is_chosen_by_measurement)."""
+    with native.forced("tagnet.steps", "compiled"):
+        yield
 SMALL = dict(grid=4, image=8, window=3)
 
 
@@ -369,3 +377,17 @@ def test_bad_inputs():
         StackedSGD([tagnet.TagNet()], X[:, :100], y)
     with pytest.raises(ValueError, match=r"schedule must be \(T, 1\)"):
         StackedSGD([tagnet.TagNet()], X, y).fit(torch.zeros(5, 2, dtype=torch.long))
+
+
+def test_the_step_loop_is_chosen_by_measurement(monkeypatch, tmp_path):
+    needs_compiler()
+    monkeypatch.setenv("MPNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_CHOICES", {})
+    X, y = data(100)
+    eng = StackedSGD([tagnet.TagNet(generator=G(0)), tagnet.TagNet(generator=G(1))], X, y)
+    sched = torch.stack([torch.arange(100), torch.arange(100).flip(0)], 1)
+    with native.forced("tagnet.steps", "none-such"):          # not a candidate: measured for real
+        kernel = eng._kernel(None, False, sched)
+    choice = [c for c in native.report()["choices"] if c["kind"] == "tagnet.steps"][0]
+    assert set(choice["seconds"]) == {"compiled", "torch"}
+    assert (kernel is not None) == (choice["chosen"] == "compiled")

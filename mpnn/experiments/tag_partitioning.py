@@ -355,7 +355,8 @@ def gain(values_a, values_b, *, above: float, refuted_below: float | None = None
     n = min(len(values_a), len(values_b))
     d = np.asarray(values_a[:n], dtype=float) - np.asarray(values_b[:n], dtype=float)
     _, lo, hi = stats.mean_ci(d)
-    return verdicts.from_interval(lo, hi, above=above, refuted_below=refuted_below), stats.fmt_ci(d, 2, unit=" pp"), d
+    txt = stats.fmt_ci(d, 2, unit=" pp") + ("" if len(values_a) == len(values_b) else f", the first {n} seeds paired")
+    return verdicts.from_interval(lo, hi, above=above, refuted_below=refuted_below), txt, d
 
 
 def decide_note(d, threshold: float) -> str:
