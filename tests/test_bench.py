@@ -111,3 +111,15 @@ def test_steady_allocator_is_accepted_by_glibc():
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
     assert bench.steady_allocator() is True                     # mallopt accepted both thresholds
+
+
+def test_book_variant_is_held_against_the_fastest_torch_only_variant():
+    from mpnn.runtime import bench
+    rows = [{"case": "c", "group": "g", "k": 1, "variant": v, "median_s": s, "role": role}
+            for v, s, role in [("book", 1.0, "book"), ("t1", 2.0, "torch-only"), ("t2", 0.8, "torch-only"),
+                               ("dense", 0.1, "")]]
+    rows += [{"case": "c", "group": "g", "k": 2, "variant": "book", "median_s": 1.0, "role": "book"},
+             {"case": "c", "group": "g", "k": 2, "variant": "t1", "median_s": 4.0, "role": "torch-only"}]
+    out = {r["k"]: r for r in bench.book_vs_torch(rows)}
+    assert out[1]["fastest_torch_variant"] == "t2" and abs(out[1]["book_over_torch"] - 1.25) < 1e-12
+    assert out[2]["fastest_torch_variant"] == "t1" and abs(out[2]["book_over_torch"] - 0.25) < 1e-12

@@ -5,9 +5,11 @@ All variants do the same useful work per token (k experts of ``d -> h -> d``, or
 per active FLOP relative to the MoE's (the aim is that the MoE is within 1.15x of it:
 ``dense ratio >= 1/1.15 = 0.87``). The vectorised dispatch routes, plans and sorts the kept
 assignments by expert in compiled passes and runs the experts on their own rows
-(:mod:`mpnn.moe.fused`: no padding to the largest expert load). Its GEMM kernel is faster than
-torch's on this CPU, so ``dense-same-kernel`` (one expert of width ``k*h`` on that kernel) is
-reported too: against it the ratio is the cost of routing and dispatch alone.
+(:mod:`mpnn.moe.fused`: no padding to the largest expert load) where that measures faster than torch's
+own paths on this machine (:func:`mpnn.moe.dispatch.token_choice_path`); ``moe-torch-grouped`` and
+``moe-torch-loop`` force torch's paths, and ``moe-vectorised`` is held against the fastest torch-only
+variant (``book_vs_torch``). ``dense-same-kernel`` (one expert of width ``k*h`` on the book's GEMM)
+sets the cost of routing and dispatch alone apart.
 
 FLOPs (the ``flops`` extra, one call): forward ``T * k * 2 * 2 d h`` (two matmuls of ``d x h``, a
 multiply-add counted as 2), backward twice that (input and weight gradients), so
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from mpnn import moe
+from mpnn import moe, native
 from mpnn.experiments import conditional_computation as cc
 from mpnn.moe import fused
 from mpnn.runtime.bench import case
@@ -55,9 +57,17 @@ def forward_backward(k, n_experts, quick):
         return run
 
     active = 2 * tokens * k * (2 * d * h)
+    def forced(path, fn):
+        def run():
+            with native.forced("moe.token_choice", path):
+                fn()
+        return run
+
     variants = {
         "moe-vectorised": step(lambda: layer(x)[0]),
         "moe-capacity-1.0": step(lambda: layer_cf(x)[0]),
+        "moe-torch-grouped": forced("torch-grouped", step(lambda: layer(x)[0])),
+        "moe-torch-loop": forced("torch-loop", step(lambda: layer(x)[0])),
         "moe-loop-over-experts": step(lambda: _loop_over_experts(layer, x)),
         "dense-equal-active": step(lambda: dense(x)),
     }
@@ -71,7 +81,9 @@ def forward_backward(k, n_experts, quick):
     load = torch.bincount(layer.gate(x).experts.flatten(), minlength=n_experts)
     return variants, {"tokens": tokens, "d": d, "hidden": h, "active_gflop_fwd": active / 1e9,
                       "max_load_over_mean": float(load.max() / load.float().mean()),
-                      "flops": {v: 3 * active for v in variants}}
+                      "flops": {v: 3 * active for v in variants},
+                      "book_vs_torch": {"book": "moe-vectorised",
+                                        "torch": ["moe-torch-grouped", "moe-torch-loop", "moe-loop-over-experts"]}}
 
 
 @case("moe/replicas-training-step", group="conditional_computation",

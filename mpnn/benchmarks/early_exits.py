@@ -37,7 +37,8 @@ def batched_inference(exit_fraction, quick):
     skipping, full_flops = float((n_exit.double() * exit_costs(model)).sum()), float(len(x) * full_cost(model))
     flops = {"early_exit": skipping, "full": full_flops,
              "early_exit-torch-block1": skipping, "full-torch-block1": full_flops}
-    extra = {"predicted_speedup": float(predicted_speedup(model, frac)), "batch": x.shape[0], "flops": flops}
+    extra = {"predicted_speedup": float(predicted_speedup(model, frac)), "batch": x.shape[0], "flops": flops,
+             "book_vs_torch": {"book": "early_exit", "torch": ["early_exit-torch-block1"]}}
 
     def full():
         with torch.no_grad():

@@ -11,7 +11,9 @@ GFLOP/s = flops / median time / 1e9), which the Performance page divides by the 
 
 The reference that all kernels are judged against is :func:`dense_mm_gflops`: the measured
 GFLOP/s of a dense ``torch.mm`` on this machine. :func:`native_mm_gflops` measures the same product
-on the book's own GEMM kernel, which on AVX-512 machines runs about twice as fast as torch's BLAS.
+on the book's own GEMM kernel (faster or slower than torch's BLAS depending on the CPU: the
+Performance page says which, from the run). :func:`book_vs_torch` sets the path the book takes
+against the fastest torch-only variant of the same computation.
 
 Everything runs with a fixed number of CPU threads (``threads``, default 1): the book's kernels are
 small, and on a shared machine multi-threaded timings of small ops are dominated by scheduling
@@ -153,6 +155,9 @@ def run_case(c: Case, quick: bool) -> list[dict[str, Any]]:
         timings = {v: time_callable(f, repeats=5 if quick else c.repeats, warmup=1, min_time=0.005 if quick else 0.02)
                    for v, f in variants.items()}
         first = next(iter(timings))
+        roles = extra.pop("book_vs_torch", None)
+        if roles and ({roles["book"], *roles["torch"]} - set(variants)):
+            raise ValueError(f"benchmark {c.name}: book_vs_torch names unknown variants")
         flops = extra.pop("flops", None)
         if isinstance(flops, dict) and set(flops) - set(variants):
             raise ValueError(f"benchmark {c.name}: flops given for unknown variants {sorted(set(flops) - set(variants))}")
@@ -162,8 +167,36 @@ def run_case(c: Case, quick: bool) -> list[dict[str, Any]]:
             f = flops.get(variant) if isinstance(flops, dict) else flops
             if f is not None:
                 row |= {"flops": float(f), "gflops": float(f) / t["median_s"] / 1e9}
+            if roles:
+                row["role"] = "book" if variant == roles["book"] else "torch-only" if variant in roles["torch"] else ""
             rows.append(row)
     return rows
+
+
+def book_vs_torch(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per case and setting that names its roles (``extra["book_vs_torch"] = {"book": variant,
+    "torch": [variants]}``): the book's variant (the path the book takes, compiled or not, as chosen
+    on this machine) against the fastest torch-only variant of the same computation."""
+    groups: dict[tuple, list[dict]] = {}
+    skip = {"variant", "median_s", "min_s", "max_s", "repeats", "inner", "flops", "gflops", "role"}
+    for r in rows:
+        if r.get("role"):
+            key = tuple(sorted((k, json.dumps(v, default=str)) for k, v in r.items()
+                               if k not in skip and not k.startswith("ratio_to_")))
+            groups.setdefault(key, []).append(r)
+    out = []
+    for members in groups.values():
+        book = next((r for r in members if r["role"] == "book"), None)
+        torch_rows = [r for r in members if r["role"] == "torch-only"]
+        if book is None or not torch_rows:
+            continue
+        best = min(torch_rows, key=lambda r: r["median_s"])
+        setting = {k: v for k, v in book.items() if k not in skip and not k.startswith("ratio_to_")
+                   and k not in ("group",) and not isinstance(v, (dict, list))}
+        out.append({**setting, "book_variant": book["variant"], "book_s": book["median_s"],
+                    "fastest_torch_variant": best["variant"], "torch_s": best["median_s"],
+                    "book_over_torch": book["median_s"] / best["median_s"]})
+    return out
 
 
 def run_all(quick: bool = False, only: str | None = None, progress: bool = True,
