@@ -1,5 +1,9 @@
 """The papermill runner: validation before execution, failure handling, profiles."""
 import json
+import os
+import subprocess
+import sys
+import time
 
 import nbformat
 import pytest
@@ -249,3 +253,33 @@ def test_site_staging_decorates_chapters_fills_pages_and_serves_figures(tmp_path
     served = src / "_figures" / "figures" / "switch_network"
     assert (served / "bars.png").read_bytes()[:4] == b"\x89PNG" and (served / "bars.svg").exists()
     assert (src / "_vendor" / "mpnn-site.css").exists() and (src / "_vendor" / "mpnn-site.js").exists()
+
+
+def test_ctrl_c_stops_a_run_within_seconds_and_leaves_no_process_behind(tmp_path):
+    """SIGINT to ``python -m mpnn run`` mid-chapter: the runner exits with 130 within seconds, no
+    kernel is left running or stopped (SIGSTOP), and ``run.json`` says the run was interrupted."""
+    import signal
+    import psutil
+    env = os.environ | {"MPNN_BUILD_DIR": str(tmp_path / "_build")}
+    proc = subprocess.Popen([sys.executable, "-m", "mpnn", "run", "switch_network", "specialization",
+                             "--profile", "smoke", "--jobs", "2"], cwd=paths.ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    runner = psutil.Process(proc.pid)
+    deadline = time.time() + 120
+    while time.time() < deadline and len([c for c in runner.children(recursive=True)
+                                          if "ipykernel" in " ".join(c.cmdline())]) < 1:
+        time.sleep(0.5)
+    time.sleep(3)                                           # a cell is running
+    family = runner.children(recursive=True)
+    assert family, "no kernel started"
+    os.killpg(proc.pid, signal.SIGINT)                      # what Ctrl-C in a terminal sends
+    t0 = time.time()
+    out, _ = proc.communicate(timeout=60)
+    assert time.time() - t0 < 30, "the runner took too long to stop"
+    assert proc.returncode == 130, out.decode()[-2000:]
+    time.sleep(1)
+    alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"processes left behind: {[(p.pid, p.status()) for p in alive]}"
+    record = json.loads((tmp_path / "_build" / "run.json").read_text())
+    assert record["interrupted"] is True
+    assert "Traceback" not in out.decode()

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -146,7 +146,33 @@ class CellGate:
         self._exclusive: "CellGate.Slot | None" = None
         self._waiting = 0                              # timing cells waiting
         self._paused: list["CellGate.Slot"] = []
+        self.slots: list["CellGate.Slot"] = []
+        self.aborted = False
         self.log: list[tuple[float, str, str]] = []   # (time, chapter, event)
+
+    def abort(self) -> None:
+        """Stop everything now (Ctrl-C): no cell may start, every suspended kernel is resumed, and
+        every kernel's process tree is killed (the chapters' threads then end with an error)."""
+        import psutil
+        with self._cond:
+            self.aborted = True
+            for s in self._paused:
+                s._signal(stop=False)
+            self._paused = []
+            self._cond.notify_all()
+        for s in self.slots:
+            procs = s._processes()
+            for proc in procs:
+                try:
+                    proc.resume()
+                except psutil.NoSuchProcess:
+                    pass
+            for proc in reversed(procs):
+                try:
+                    proc.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(procs, timeout=5)
 
     class Slot:
         def __init__(self, gate: "CellGate", chapter: str, pausable: bool = False) -> None:
@@ -179,11 +205,15 @@ class CellGate:
             self.leave()
             g = self.gate
             with g._cond:
+                if g.aborted:
+                    raise KeyboardInterrupt("the run was interrupted")
                 if exclusive:
                     g._waiting += 1
-                    g._cond.wait_for(lambda: g._exclusive is None
-                                     and all(s.can_pause() for s in g._running if s is not self))
+                    g._cond.wait_for(lambda: g.aborted or (g._exclusive is None
+                                     and all(s.can_pause() for s in g._running if s is not self)))
                     g._waiting -= 1
+                    if g.aborted:
+                        raise KeyboardInterrupt("the run was interrupted")
                     g._exclusive = self
                     g._paused = [s for s in g._running if s is not self]
                     for s in g._paused:
@@ -191,7 +221,9 @@ class CellGate:
                         g.log.append((time.time(), s.chapter, "paused"))
                     g.log.append((time.time(), self.chapter, "enter-timing"))
                 else:
-                    g._cond.wait_for(lambda: g._exclusive is None and g._waiting == 0)
+                    g._cond.wait_for(lambda: g.aborted or (g._exclusive is None and g._waiting == 0))
+                    if g.aborted:
+                        raise KeyboardInterrupt("the run was interrupted")
                     g._running.add(self)
             self.held = "exclusive" if exclusive else "shared"
 
@@ -213,7 +245,9 @@ class CellGate:
             self.held = None
 
     def slot(self, chapter: str, pausable: bool = False) -> "CellGate.Slot":
-        return CellGate.Slot(self, chapter, pausable)
+        slot = CellGate.Slot(self, chapter, pausable)
+        self.slots.append(slot)
+        return slot
 
 
 def _engine() -> str:
@@ -440,8 +474,23 @@ def run_chapters(jobs: list[tuple[str, dict]], profile: str, n_jobs: int = 1, ke
             report(f"\nFAILED benchmarks for {BENCH_CHAPTER}: {type(exc).__name__}: {exc}")
     with environment(kernel_env()):
         for batch in (first, last):
-            with ThreadPoolExecutor(max_workers=n_jobs) as pool:
-                records += [r for r in pool.map(one, batch) if r is not None]
+            pool = ThreadPoolExecutor(max_workers=n_jobs)
+            futures = [pool.submit(one, job) for job in batch]
+            try:
+                while not all(f.done() for f in futures):   # the main thread stays free for Ctrl-C
+                    wait(futures, timeout=0.5)
+            except KeyboardInterrupt:
+                stop.set()
+                gate.abort()                                  # resume suspended kernels, kill every kernel
+                pool.shutdown(wait=True, cancel_futures=True)
+                records += [f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None
+                            and f.result() is not None]
+                write_run_record(profile, n_jobs, threads, time.time() - start, records, gate, bench_s,
+                                 interrupted=True)
+                bar.close()
+                raise
+            pool.shutdown(wait=True)
+            records += [r for r in (f.result() for f in futures) if r is not None]
             if batch is first:  # what the reproducibility report shows about this run as a whole
                 write_run_record(profile, n_jobs, threads, time.time() - start, records, gate, bench_s)
     bar.close()
@@ -453,7 +502,7 @@ def run_record_path() -> Path:
 
 
 def write_run_record(profile: str, n_jobs: int, threads: int, wall_s: float, records: list[dict],
-                     gate: CellGate, bench_s: float | None = None) -> None:
+                     gate: CellGate, bench_s: float | None = None, interrupted: bool = False) -> None:
     """``_build/run.json``: profile, chapters side by side, wall time and time spent in timing cells."""
     timing_s, opened = 0.0, {}
     for t, chapter, what in gate.log:
@@ -465,7 +514,7 @@ def write_run_record(profile: str, n_jobs: int, threads: int, wall_s: float, rec
             timing_s += t - opened.pop(chapter)
     data = {"profile": profile, "jobs": n_jobs, "threads_per_chapter": threads, "cpu_count": os.cpu_count(),
             "wall_s": round(wall_s, 1), "timing_cells_alone_s": round(timing_s, 1),
-            "bench_s": None if bench_s is None else round(bench_s, 1),
+            "bench_s": None if bench_s is None else round(bench_s, 1), "interrupted": interrupted,
             "chapters": {r["chapter"]: {k: v for k, v in r.items() if k != "chapter"} | {"duration_s": r["runner_duration_s"]}
                          for r in records}}
     path = run_record_path()
@@ -481,7 +530,13 @@ def cmd_run(args) -> int:
     n_jobs = args.jobs if args.jobs is not None else default_jobs()
     stage_sources()
     start = time.time()
-    records = run_chapters(jobs, args.profile, n_jobs, args.keep_going)
+    try:
+        records = run_chapters(jobs, args.profile, n_jobs, args.keep_going)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {time.time() - start:.0f} s: every chapter kernel was stopped; "
+              f"{run_record_path().relative_to(paths.ROOT) if run_record_path().is_relative_to(paths.ROOT) else run_record_path()} "
+              f"records what finished", file=sys.stderr)
+        return 130
     failures = [r for r in records if r["status"] != "ok"]
     print(f"{len(records)} chapter(s) in {time.time() - start:.0f} s, {n_jobs} at a time")
     if failures or len(records) < len(jobs):
