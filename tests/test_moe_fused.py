@@ -174,3 +174,24 @@ def test_native_gemm_tiles_large_products(mode):
         ref = torch.cat([a[s:e].double() @ (w[g].double() if mode == "nn" else w[g].double().t())
                          for g, (s, e) in enumerate(groups)])
     assert torch.allclose(c.double(), ref, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("how", ["native", "grouped"])
+def test_the_expert_mlp_ops_pass_opcheck(how):
+    """``mpnn::expert_mlp`` and its backward as registered torch.library ops: schema, fake
+    (meta) implementations, autograd registration and tracing (``torch.library.opcheck``)."""
+    torch.manual_seed(3)
+    T, k, E, d, h, o = 24, 2, 4, 8, 12, 8
+    routes = torch.stack([torch.randperm(E)[:k] for _ in range(T)])
+    p = fused.plan(routes, 1, E, None)
+    x = torch.randn(T, d, requires_grad=True)
+    weights = torch.rand(T, k, requires_grad=True)
+    w1, b1 = torch.randn(E, d, h, requires_grad=True), torch.randn(E, h, requires_grad=True)
+    w2, b2 = torch.randn(E, h, o, requires_grad=True), torch.randn(E, o, requires_grad=True)
+    args = (x, p.order, p.token, weights, w1, b1, w2, b2, p.starts, p.ends, how)
+    torch.library.opcheck(fused.expert_mlp_op, args)
+    y, xs, hid, out = fused.expert_mlp_op(*args)
+    dy = torch.randn_like(y)
+    torch.library.opcheck(fused.expert_mlp_backward_op,
+                          (dy, p.order, p.token, weights.detach(), w1.detach(), w2.detach(), xs.detach(),
+                           hid.detach(), out.detach(), p.starts, p.ends, how))

@@ -107,59 +107,91 @@ def _grouped_tn(a, b, starts, offs, n_groups, how):
     return F.grouped_mm(a.t(), b, offs=offs)
 
 
-class _SortedExpertMLP(torch.autograd.Function):
-    """See the module docstring. ``order`` (M,) assignment ids ``a = rank * T + token`` sorted by expert,
-    ``token`` (M,) their tokens, ``weights`` (T, k) every assignment's combine weight, ``starts`` (E+1,)
-    int64 group starts, ``ends`` (E,) int32 group ends."""
+# The expert MLPs as torch.library custom ops: ``mpnn::expert_mlp`` (forward, with the intermediates
+# the backward needs as extra outputs) and ``mpnn::expert_mlp_backward``; autograd is registered on the
+# first, fake (meta) implementations on both, and tests run ``torch.library.opcheck`` on them.
 
-    @staticmethod
-    def forward(ctx, x, order, token, weights, w1, b1, w2, b2, starts, ends, how):
-        gemm, glue, _ = _kernels()
-        T, d = x.shape
-        M, k, E, h, o = token.shape[0], weights.shape[1], w1.shape[0], w1.shape[2], w2.shape[2]
-        xs = x.new_empty(M, d)
-        glue(0, T, M, E, _p(starts), d, _p(token), None, k, None, _p(x), None, _p(xs))
-        if how == "native":
-            hid = x.new_empty(M, h)
-            gemm(0, E, _p(starts), d, h, _p(xs), _p(w1), _p(b1), 1, _p(hid))
-            out = x.new_empty(M, o)
-            gemm(0, E, _p(starts), h, o, _p(hid), _p(w2), _p(b2), 0, _p(out))
-            bias2 = None
-        else:
-            hid = F.grouped_mm(xs, w1, offs=ends)
-            glue(1, T, M, E, _p(starts), h, None, None, k, None, None, _p(b1), _p(hid))
-            out = F.grouped_mm(hid, w2, offs=ends)
-            bias2 = b2
-        y = x.new_empty(T, o)
-        glue(2, T, M, E, _p(starts), o, _p(token), _p(order), k, _p(weights), _p(out), _p(bias2), _p(y))
-        ctx.save_for_backward(order, token, weights, w1, w2, xs, hid, out, starts, ends)
-        ctx.how = how
-        return y
+@torch.library.custom_op("mpnn::expert_mlp", mutates_args=())
+def expert_mlp_op(x: torch.Tensor, order: torch.Tensor, token: torch.Tensor, weights: torch.Tensor,
+                  w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, starts: torch.Tensor,
+                  ends: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(y, xs, hid, out)``: the layer's output (T, o), and the gathered rows (M, d), hidden
+    activations (M, h) and expert outputs (M, o) of the M kept assignments (module docstring)."""
+    gemm, glue, _ = _kernels()
+    T, d = x.shape
+    M, k, E, h, o = token.shape[0], weights.shape[1], w1.shape[0], w1.shape[2], w2.shape[2]
+    xs = x.new_empty(M, d)
+    glue(0, T, M, E, _p(starts), d, _p(token), None, k, None, _p(x), None, _p(xs))
+    if how == "native":
+        hid = x.new_empty(M, h)
+        gemm(0, E, _p(starts), d, h, _p(xs), _p(w1), _p(b1), 1, _p(hid))
+        out = x.new_empty(M, o)
+        gemm(0, E, _p(starts), h, o, _p(hid), _p(w2), _p(b2), 0, _p(out))
+        bias2 = None
+    else:
+        hid = F.grouped_mm(xs, w1, offs=ends)
+        glue(1, T, M, E, _p(starts), h, None, None, k, None, None, _p(b1), _p(hid))
+        out = F.grouped_mm(hid, w2, offs=ends)
+        bias2 = b2
+    y = x.new_empty(T, o)
+    glue(2, T, M, E, _p(starts), o, _p(token), _p(order), k, _p(weights), _p(out), _p(bias2), _p(y))
+    return y, xs, hid, out
 
-    @staticmethod
-    def backward(ctx, dy):
-        order, token, weights, w1, w2, xs, hid, out, starts, ends = ctx.saved_tensors
-        _, _, back = _kernels()
-        how = ctx.how
-        dy = dy.contiguous()
-        T, k = weights.shape
-        M, E, d, h, o = token.shape[0], w1.shape[0], w1.shape[1], w1.shape[2], w2.shape[2]
-        need_x, _, _, need_w, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:8]
-        dout, dweights, db2 = dy.new_empty(M, o), dy.new_empty(T, k), dy.new_empty(E, o)
-        back(0, T, M, E, _p(starts), o, _p(token), _p(order), k, _p(weights), _p(dy), _p(out), _p(dout),
-             _p(dweights), _p(db2))
-        dhid = _grouped_nt(dout, w2, starts, ends, how)
-        db1 = dy.new_empty(E, h)
-        back(1, T, M, E, _p(starts), h, None, None, k, None, _p(hid), None, _p(dhid), None, _p(db1))
-        dw2 = _grouped_tn(hid, dout, starts, ends, E, how) if need_w2 else None
-        dw1 = _grouped_tn(xs, dhid, starts, ends, E, how) if need_w1 else None
-        dx = None
-        if need_x:
-            dxs = _grouped_nt(dhid, w1, starts, ends, how)
-            dx = dy.new_empty(T, d)
-            back(2, T, M, E, _p(starts), d, _p(token), None, k, None, _p(dxs), None, _p(dx), None, None)
-        return (dx, None, None, dweights if need_w else None, dw1, db1 if need_b1 else None, dw2,
-                db2 if need_b2 else None, None, None, None)
+
+@expert_mlp_op.register_fake
+def _(x, order, token, weights, w1, b1, w2, b2, starts, ends, how):
+    M = token.shape[0]
+    return x.new_empty(x.shape[0], w2.shape[2]), x.new_empty(M, x.shape[1]), x.new_empty(M, w1.shape[2]), \
+        x.new_empty(M, w2.shape[2])
+
+
+@torch.library.custom_op("mpnn::expert_mlp_backward", mutates_args=())
+def expert_mlp_backward_op(dy: torch.Tensor, order: torch.Tensor, token: torch.Tensor, weights: torch.Tensor,
+                           w1: torch.Tensor, w2: torch.Tensor, xs: torch.Tensor, hid: torch.Tensor, out: torch.Tensor,
+                           starts: torch.Tensor, ends: torch.Tensor, how: str
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dx, dweights, dw1, db1, dw2, db2)`` of :func:`expert_mlp_op`'s ``y`` (module docstring)."""
+    _, _, back = _kernels()
+    dy = dy.contiguous()
+    T, k = weights.shape
+    M, E, d, h, o = token.shape[0], w1.shape[0], w1.shape[1], w1.shape[2], w2.shape[2]
+    dout, dweights, db2 = dy.new_empty(M, o), dy.new_empty(T, k), dy.new_empty(E, o)
+    back(0, T, M, E, _p(starts), o, _p(token), _p(order), k, _p(weights), _p(dy), _p(out), _p(dout),
+         _p(dweights), _p(db2))
+    dhid = _grouped_nt(dout, w2, starts, ends, how)
+    db1 = dy.new_empty(E, h)
+    back(1, T, M, E, _p(starts), h, None, None, k, None, _p(hid), None, _p(dhid), None, _p(db1))
+    dw2 = _grouped_tn(hid, dout, starts, ends, E, how)
+    dw1 = _grouped_tn(xs, dhid, starts, ends, E, how)
+    dxs = _grouped_nt(dhid, w1, starts, ends, how)
+    dx = dy.new_empty(T, d)
+    back(2, T, M, E, _p(starts), d, _p(token), None, k, None, _p(dxs), None, _p(dx), None, None)
+    return dx, dweights, dw1, db1, dw2, db2
+
+
+@expert_mlp_backward_op.register_fake
+def _(dy, order, token, weights, w1, w2, xs, hid, out, starts, ends, how):
+    E, d, h = w1.shape
+    o = w2.shape[2]
+    return (dy.new_empty(dy.shape[0], d), dy.new_empty(weights.shape), dy.new_empty(E, d, h), dy.new_empty(E, h),
+            dy.new_empty(E, h, o), dy.new_empty(E, o))
+
+
+def _setup_context(ctx, inputs, output):
+    x, order, token, weights, w1, b1, w2, b2, starts, ends, how = inputs
+    _, xs, hid, out = output
+    ctx.save_for_backward(order, token, weights, w1, w2, xs, hid, out, starts, ends)
+    ctx.how = how
+
+
+def _backward(ctx, dy, _dxs, _dhid, _dout):
+    order, token, weights, w1, w2, xs, hid, out, starts, ends = ctx.saved_tensors
+    dx, dweights, dw1, db1, dw2, db2 = expert_mlp_backward_op(dy, order, token, weights, w1, w2, xs, hid, out,
+                                                              starts, ends, ctx.how)
+    return dx, None, None, dweights, dw1, db1, dw2, db2, None, None, None
+
+
+expert_mlp_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 @dataclass
@@ -214,8 +246,8 @@ def sorted_expert_mlp(x: torch.Tensor, weights: torch.Tensor, p: Plan, w1: torch
         raise ValueError(f"how must be 'native' or 'grouped', got {how!r}")
     if how == "grouped" and (d % 4 or h % 4 or w2.shape[2] % 4):
         how = "native"                        # grouped_mm needs 16-byte rows; the native GEMM does not
-    return _SortedExpertMLP.apply(x.contiguous(), p.order, p.token, weights.contiguous(), w1.contiguous(),
-                                  b1.contiguous(), w2.contiguous(), b2.contiguous(), p.starts, p.ends, how)
+    return expert_mlp_op(x.contiguous(), p.order, p.token, weights.contiguous(), w1.contiguous(),
+                         b1.contiguous(), w2.contiguous(), b2.contiguous(), p.starts, p.ends, how)[0]
 
 def _routing_kernels():
     """The routing and planning kernels, or None."""
