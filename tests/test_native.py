@@ -1,6 +1,5 @@
 """mpnn.native: measured choices, loud failures, a cache keyed on the CPU and private to the user."""
 import os
-import time
 import warnings
 
 import pytest
@@ -17,11 +16,25 @@ def cache(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _sleeper(seconds):
-    return lambda: time.sleep(seconds)
+class FakeClock:
+    """A clock the candidates advance by their stated cost: the choice is tested, not this CPU."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def costing(self, seconds):
+        def run():
+            self.now += seconds
+        return run
 
 
 def test_choose_takes_the_faster_path_and_remembers_it_on_disk(cache, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(native.time, "perf_counter", clock)
+    _sleeper = clock.costing
     assert native.choose("demo", {"n": 1}, {"compiled": _sleeper(0.004), "torch": _sleeper(0.0005)}) == "torch"
     assert native.choose("demo", {"n": 2}, {"compiled": _sleeper(0.0005), "torch": _sleeper(0.004)}) == "compiled"
     report = native.report()["choices"]

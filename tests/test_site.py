@@ -2,7 +2,8 @@
 
 Needs ``_build/html`` (``python -m mpnn build``) and Chromium (``/usr/bin/chromium`` or
 ``$MPNN_CHROMIUM``); skipped otherwise unless ``MPNN_REQUIRE_SITE=1`` (set by ``make test``).
-Screenshots of the first screen (1280x900) of every page are saved to ``_build/screenshots``.
+Screenshots of the first screen of every page (1280x900, and 390x844 in the dark theme) are saved to
+``_build/screenshots``.
 Every chapter page must open with its "at a glance" box (whose links land on the page), every site
 explorer (a chart ``mpnn-<chapter>-<name>-site`` with bound controls) must redraw when its control
 moves, the findings page must sort and filter, and the figure files linked under charts must be served.
@@ -114,12 +115,69 @@ def test_page_renders_offline(server, browser, page):
     if stem in chapter_pages():
         problems += glance_problems(tab)
     problems += explorer_problems(tab)
+    problems += chart_fit_problems(tab)
     shots = paths.build_dir() / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     tab.evaluate("window.scrollTo(0, 0)")
     tab.screenshot(path=str(shots / (stem + ".png")))      # the first screen: what a reader sees first
     context.close()
     assert not problems, f"{page}:\n" + "\n".join(problems)
+
+
+def chart_fit_problems(tab) -> list[str]:
+    """Every chart fits the text column (no scroll box, nothing cut)."""
+    wide = tab.evaluate("""() => Array.from(document.querySelectorAll("div.mpnn-chart")).map(div => {
+        const svg = div.querySelector("svg"); if (!svg) return null;
+        const col = (div.closest("article") || document.body).getBoundingClientRect().width;
+        const w = svg.getBoundingClientRect().width;
+        return w > col + 1 ? `${div.id}: ${Math.round(w)} px in a ${Math.round(col)} px column` : null;
+    }).filter(Boolean)""")
+    return [f"chart wider than the column: {w}" for w in wide]
+
+
+@pytest.mark.parametrize("page", pages())
+def test_page_reads_on_a_phone_and_in_the_dark(server, browser, page):
+    """At 390 x 844 no page scrolls sideways and every chart fits; with the OS in dark mode the site
+    is dark and the verdict box stays readable (contrast of its text at least 4.5:1)."""
+    problems = []
+    context = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark")
+    tab = context.new_page()
+    tab.goto(f"{server}/{page}", wait_until="load", timeout=60_000)
+    tab.wait_for_timeout(1_000)
+    for chart_id in tab.locator("div.mpnn-chart").evaluate_all("ds => ds.map(d => d.id)"):
+        try:
+            tab.wait_for_function("id => document.getElementById(id).dataset.rendered === '1'", arg=chart_id,
+                                  timeout=30_000)
+        except Exception:
+            problems.append(f"chart {chart_id} did not render")
+    width = tab.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+    if width[0] > width[1] + 1:
+        problems.append(f"the page scrolls sideways at 390 px: {width[0]} px wide")
+    problems += chart_fit_problems(tab)
+    theme = tab.evaluate("() => document.documentElement.dataset.theme")
+    if theme != "dark":
+        problems.append(f"the site ignores the reader's dark colour preference (theme {theme!r})")
+    contrast = tab.evaluate(CONTRAST)
+    if contrast is not None and contrast < 4.5:
+        problems.append(f"the verdict box's text has a contrast of {contrast:.1f}:1 in the dark theme")
+    shots = paths.build_dir() / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    tab.evaluate("window.scrollTo(0, 0)")
+    tab.screenshot(path=str(shots / (Path(page).stem + "-390-dark.png")))
+    context.close()
+    assert not problems, f"{page}:\n" + "\n".join(problems)
+
+
+CONTRAST = """() => {
+    const box = document.querySelector("div.mpnn-glance"); if (!box) return null;
+    const rgb = c => (c.match(/[\\d.]+/g) || [0, 0, 0]).slice(0, 3).map(Number);
+    const lum = c => { const v = rgb(c).map(x => { x /= 255; return x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4); });
+                       return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]; };
+    const text = getComputedStyle(box.querySelector("td, p") || box).color;
+    const bg = getComputedStyle(box).backgroundColor;
+    const [a, b] = [lum(text), lum(bg)].sort((x, y) => y - x);
+    return (a + 0.05) / (b + 0.05);
+}"""
 
 
 def chapter_pages() -> list[str]:
