@@ -10,7 +10,7 @@ export MPNN_DATA_DIR ?= $(CURDIR)/data/mnist
 JOBS ?=
 JOBS_FLAG := $(if $(JOBS),--jobs $(JOBS),)
 
-.PHONY: help setup test smoke unit unit-foreign chapters-smoke site site-test book figures lab bench timing clean
+.PHONY: help setup test smoke unit unit-foreign lint chapters-smoke site site-test book figures lab bench timing clean
 
 help:
 	@echo "make test     unit tests, every chapter (default profile: every claim decided), site build, browser check"
@@ -65,7 +65,12 @@ site-test: setup browser
 	MPNN_REQUIRE_SITE=1 $(PY) -m pytest tests/test_site.py -q
 
 # CI: the book exactly as `make book` publishes it (default profile), then the site and its browser check.
-test: setup browser
+# The linter (rules in pyproject.toml) and the stripped-notebook check.
+lint: setup
+	$(PY) -m ruff check mpnn tests book
+	$(PY) -m pytest tests/test_project.py -q -k stripped
+
+test: setup browser lint
 	$(PY) -m pytest tests --ignore=tests/test_site.py --ignore=tests/test_jupyterlab.py -q
 	$(MAKE) --no-print-directory unit-foreign
 	$(PY) -m mpnn run --profile default --keep-going $(JOBS_FLAG)

@@ -343,7 +343,7 @@ def train_linear_groups(groups: Sequence[LinearGroup], *, epochs: int = 300, ini
     for g, n, x, y, w0 in zip(groups, sizes, xs, ys, init):
         rs = slice(start, start + n)
         start += n
-        crop = lambda w, ref: w[(rs, *(slice(0, k) for k in ref.shape[1:]))]
+        crop = lambda w, ref, rs=rs: w[(rs, *(slice(0, k) for k in ref.shape[1:]))]  # noqa: E731
         out.append(LinearTrajectory(maps[:, rs, :y.shape[1], :x.shape[1]], [crop(w, r) for w, r in zip(initial, w0)],
                                     [crop(w, r) for w, r in zip(ws, w0)], g.lr))
     return out

@@ -339,7 +339,6 @@ def exit_decisions(exit_logits: Sequence[torch.Tensor], threshold: float | torch
     scalar = t.dim() == 0
     H = torch.stack([normalised_entropy(l) for l in exit_logits[:-1]])  # (L-1, B)
     confident = H.unsqueeze(0) < t.reshape(-1, 1, 1)  # (T, L-1, B)
-    L = len(exit_logits)
     last = torch.ones_like(confident[:, :1])  # (T, 1, B) the last exit takes everything
     confident = torch.cat([confident, last], dim=1)  # (T, L, B)
     first = confident.float().argmax(dim=1)  # (T, B) argmax returns the first maximum

@@ -254,7 +254,7 @@ def test_jacobian_block_norms_equal_autograd_and_linear_block_norms():
     for r, f in ((1, torch.relu), (2, torch.tanh)):
         per = []
         for p in range(data.n_patterns):
-            J = torch.autograd.functional.jacobian(lambda x: run.W2[r] @ f(run.W1[r] @ x), data.X[:, p])
+            J = torch.autograd.functional.jacobian(lambda x, r=r, f=f: run.W2[r] @ f(run.W1[r] @ x), data.X[:, p])
             per.append(D.block_norms(J, data))
         assert torch.allclose(got[r], torch.stack(per).pow(2).mean(0).sqrt(), atol=1e-12)
 

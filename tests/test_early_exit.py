@@ -182,7 +182,7 @@ def test_timing_claims_report_consistent_numbers(model, x):
     assert ex.rows_reaching_block2(rows, len(x)) == [len(x), int(round((1 - float(q0)) * len(x))), 0]
     parts = ex.time_breakdown(model, x, rows_left=[0, 5, 20], repeats=2)
     assert set(parts["parts"]) == {"block 1", "exit-1 head", "entropy + gather half the rows", "block 2 + exit-2 head"}
-    assert set(parts["block2_rows"]) == {5, 20}
+    assert set(parts["block2_rows"]) == {5, 20} and isinstance(parts["block1_compiled"], bool)
 
 
 def test_exit_loss_is_the_weighted_sum_of_cross_entropies():
@@ -366,7 +366,7 @@ def test_findings_words_follow_the_numbers(model):
                           "high": [0.95, 2.1]})
     breakdown = pd.DataFrame({"part": ["block 1", "block 2 + exit-2 head"], "GFLOP/s": [5.0, 50.0]})
     out = ex.findings(nums, per_seed, costs, wall, speed, breakdown, margin=0.005, flops_claim=0.6,
-                      seconds_per_seed=12.0)
+                      seconds_per_seed=12.0, block1_compiled=True)
     assert "$T^*$ = 0.2 to 0.3" in out and "about 50%" in out and "below the criterion's 0.6" in out
     assert "lies below the 0.5 pp margin" in out and "above it" in out
     assert "2.00 times the torch path's speed-up, so the kernel turned more" in out
@@ -374,12 +374,12 @@ def test_findings_words_follow_the_numbers(model):
     wall["paths"]["compiled"] = path(1.5, 1.45, 1.7)
     breakdown["GFLOP/s"] = [60.0, 50.0]
     out = ex.findings(nums, per_seed, costs, wall, speed, breakdown, margin=0.002, flops_claim=0.3,
-                      seconds_per_seed=12.0)
+                      seconds_per_seed=12.0, block1_compiled=True)
     assert "kernel turned about as much" in out and "at least as efficient" in out
     wall["paths"]["compiled"] = path(1.0, 0.9, 1.1)
     speed["low"], speed["high"] = [0.95, 1.9], [1.05, 2.1]
     out = ex.findings(nums, per_seed, costs, wall, speed, breakdown, margin=0.002, flops_claim=0.3,
-                      seconds_per_seed=12.0)
+                      seconds_per_seed=12.0, block1_compiled=True)
     assert "kernel turned less" in out and "not measurably different" in out
     assert "straddles the 0.2 pp margin" in out and "straddling the criterion's 0.3" in out
 

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from mpnn import paths
 from mpnn import determinism
 from mpnn.runtime import repro, stats
 

@@ -69,7 +69,7 @@ def test_replicas_train_exactly_like_separate_runs():
     for r, s in enumerate(seeds):
         one = Stacked(w0[r:r + 1])
         opt1 = torch.optim.SGD(one.parameters(), lr=0.1)
-        h1 = fit(one, lambda b, step: ((one(b[0][None]) - b[1][None]) ** 2).mean(), (x, y), opt1,
+        h1 = fit(one, lambda b, step, one=one: ((one(b[0][None]) - b[1][None]) ** 2).mean(), (x, y), opt1,
                  epochs=2, batch_size=8, seed=s)
         torch.testing.assert_close(stacked.w[r], one.w[0], rtol=0, atol=1e-12)
         torch.testing.assert_close(hist.loss[:, r], h1.loss, rtol=1e-6, atol=0)

@@ -2,8 +2,9 @@
 
 ``ratio_to_early_exit`` of the ``full`` variant is the measured speed-up; ``predicted_speedup`` (FLOPs)
 is stored with it, so measured / predicted is the fraction of the FLOP saving that turns into time.
-Block 1 and exit 1 run as the compiled per-image kernel (:mod:`mpnn.stage1_kernel`) where it can
-serve; the ``-torch-block1`` variants run the same two calls on the torch path
+Block 1 and exit 1 run as the book runs them: the compiled per-image kernel (:mod:`mpnn.stage1_kernel`)
+where it can serve and measures faster on this machine (:func:`mpnn.early_exit.compiled_stage1_wins`); the
+``-torch-block1`` variants run the same two calls on the torch path
 (:func:`mpnn.native.disabled`), so the ratio of ``full-torch-block1`` to ``early_exit-torch-block1``
 is the speed-up without the kernel, in the same run.
 The threshold is set to the entropy quantile that makes exactly ``exit_fraction`` of the batch leave

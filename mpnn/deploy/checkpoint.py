@@ -15,7 +15,6 @@ the previous checkpoint as the resume point: a restart loses no *completed* upda
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path

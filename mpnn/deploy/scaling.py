@@ -171,7 +171,7 @@ def simulate(Ps, one_way_s, assumptions: SimAssumptions = SimAssumptions(), seed
         P = int(P)
         rounds = max(1, math.ceil(math.log2(P)))
 
-        def slowest(n_rounds):    # each round lasts as long as its slowest message
+        def slowest(n_rounds, P=P):    # each round lasts as long as its slowest message
             return rng.choice(samples, size=(a.draws, n_rounds, P)).max(axis=2).sum(axis=1)
         barrier = slowest(rounds)
         allreduce = slowest(2 * rounds)

@@ -1287,7 +1287,7 @@ def peers_findings(result: dict, table: pd.DataFrame, microbatches: int) -> str:
         + ("no engine brings a split below one process here, so the verdict on overhead is about splitting a small "
            "network on one host, not about the engine." if min(split_x.min(), book_x.min()) > 1 else
            "some configuration is faster than one process here; see the table.")
-        + f"\n\nThe claim's thresholds are in its criterion; the quartiles of each ratio are in the claims table.")
+        + "\n\nThe claim's thresholds are in its criterion; the quartiles of each ratio are in the claims table.")
 
 
 def findings(*, k_steps, eq_max, t_over, t_lat, t_fewer, traffic_ok, proj, fault, stop_after, net, meta_d, coord,
@@ -1306,7 +1306,7 @@ def findings(*, k_steps, eq_max, t_over, t_lat, t_fewer, traffic_ok, proj, fault
         f"* **Remote invocation keeps the accuracy.** Splitting neurons across processes, by any of the four criteria, gives the forward "
         f"outputs, gradients and {k_steps}-step parameters of one process (largest difference {eq_max:.1e} in "
         f"float64). The metadata the document describes is exactly \"which rank reads which slice\".",
-        f"* **Remote invocation is not cheap on one host.** " + (
+        "* **Remote invocation is not cheap on one host.** " + (
             f"Every split was slower than one process: from {_x(lo['median'])} ({lo.strategy}, P = {int(lo.ranks)}) to "
             f"{_x(hi['median'])} ({hi.strategy}, P = {int(hi.ranks)}) the single-process step of the same round "
             f"({t_over['rounds']} interleaved rounds), with communication {t_over['comm_share']:.0%} of a split step."
@@ -1355,7 +1355,7 @@ def findings(*, k_steps, eq_max, t_over, t_lat, t_fewer, traffic_ok, proj, fault
             f"sequential exchanges, not the bytes, sets the step time.")
         falls = bool((sh[ks[0]] > sh[ks[-1]]).all())
         out.append(
-            f"* **Parameter synchronisation has a price that "
+            "* **Parameter synchronisation has a price that "
             + ("falls with the interval" if falls else "does not fall with the interval at every uplink")
             + f".** One synchronisation took {sy['bandwidth_ratio']:.1f}x as long on the slowest uplink as on the "
               f"fastest; synchronising every step "

@@ -1067,7 +1067,7 @@ def regularisation_findings(reg: pd.DataFrame, n_span: int, n_seeds: int) -> str
     best_tr = float(xtr[xtr.strength == best.strength]["mean"].iloc[0])
     none_work = all(v == "not supported" for v in generic.values())
     return (
-        f"**What we found.** " + ("No penalty that leaves the architecture alone recovers systematic "
+        "**What we found.** " + ("No penalty that leaves the architecture alone recovers systematic "
                                   "generalisation. " if none_work else "")
         + f"On the {n_span} of {n_seeds} seeds whose training set spans $\\Omega$, the held-out compositional loss "
         f"is {base['test_comp']:.3f} unregularised; {trend('weight_decay', LAMBDA)}; {trend('dropout', 'p')}. "

@@ -14,11 +14,10 @@ Everything here is generated from the run's own records, so it is never out of d
 """
 from __future__ import annotations
 
-import html
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .. import paths
 from . import verdicts
