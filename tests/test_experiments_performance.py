@@ -46,3 +46,17 @@ def test_limit_words_per_size_set():
 def test_case_parameters_are_the_registered_sweeps():
     params = E.case_parameters()
     assert params["moe/forward-backward"] == ["k", "n_experts"] and params["tokens/selection"] == ["rho"]
+
+
+def test_which_kernel_ran_and_why_tables():
+    from mpnn.experiments import performance as P
+    results = {"kernel_choices": [{"kind": "moe.token_choice", "key": {"E": 8}, "chosen": "torch-loop",
+                                   "seconds": {"compiled": 0.004, "torch-loop": 0.002}}],
+               "book_vs_torch": [{"case": "moe/forward-backward", "k": 1, "book_variant": "moe-vectorised",
+                                  "book_s": 0.0021, "fastest_torch_variant": "moe-torch-loop", "torch_s": 0.002,
+                                  "book_over_torch": 1.05}]}
+    choices, versus = P.choices_table(results), P.book_vs_torch_table(results)
+    assert choices.loc[0, "path taken"] == "torch-loop" and choices.loc[0, "taken / fastest"] == 1.0
+    assert versus.loc[0, "setting"] == "k=1" and versus.loc[0, "book / torch"] == 1.05
+    words = P.choices_text(choices, versus, "a CPU")
+    assert "took the compiled one for 0 of them" in words and "1.05x" in words

@@ -92,8 +92,8 @@ def limit_table(results: dict) -> pd.DataFrame:
         sizes = [c for c in rows.columns if c not in (*TIMING_COLUMNS, "flops", "gflops")
                  and not c.startswith("ratio_to_") and rows[c].map(lambda v: isinstance(v, (int, float))).all()
                  and c not in ("predicted_speedup", "padding", "active_gflop_fwd")]
-        rows["setting"] = rows.apply(lambda r: ", ".join(f"{c}={r[c]:g}" for c in sizes
-                                                         if pd.notna(r[c]) and c in r), axis=1)
+        rows["setting"] = rows.apply(lambda r, sizes=sizes: ", ".join(f"{c}={r[c]:g}" for c in sizes
+                                                                     if pd.notna(r[c]) and c in r), axis=1)
         rows["sizes"] = label
         rows["fraction of torch.mm"] = rows["gflops"] / run["reference"]["gflops"]
         frames.append(rows[["case", "setting", "variant", "sizes", "gflops", "fraction of torch.mm"]])
@@ -212,3 +212,54 @@ def limit_text(table: pd.DataFrame) -> str:
                      f"`torch.mm`'s rate, {above} of {len(frame)} reach or pass it, and the highest is "
                      f"`{top['variant']}` in `{top['case']}` ({top['fraction of torch.mm']:.2f})")
     return "In this run, " + "; ".join(parts) + "."
+
+
+# ---------------------------------------------------------------- which kernel ran, and why
+
+BOOK_OVER_TORCH_LIMIT = 1.25     # the page's check: the book's path is never much slower than torch alone
+
+
+def choices_table(results: dict) -> pd.DataFrame:
+    """The compiled-or-torch choices measured at first use (:func:`mpnn.native.choose`): the kind of
+    computation, its shape class, the path taken and every candidate's median seconds."""
+    rows = []
+    for c in results.get("kernel_choices", []):
+        seconds = c.get("seconds", {})
+        fastest = min(seconds.values()) if seconds else float("nan")
+        rows.append({"computation": c["kind"], "shape": ", ".join(f"{k}={v}" for k, v in c.get("key", {}).items()),
+                     "path taken": c["chosen"],
+                     "candidates (ms)": ", ".join(f"{n} {1e3 * t:.2f}" for n, t in seconds.items()),
+                     "taken / fastest": seconds.get(c["chosen"], float("nan")) / fastest if seconds else float("nan")})
+    return pd.DataFrame(rows, columns=["computation", "shape", "path taken", "candidates (ms)", "taken / fastest"])
+
+
+def book_vs_torch_table(results: dict) -> pd.DataFrame:
+    """Per benchmark setting with a compiled path: the book's variant against the fastest torch-only
+    variant of the same computation (``book / torch`` > 1: the book's path is slower)."""
+    sizes = [("default", results)] + ([("quick", results["quick_run"])] if results.get("quick_run") else [])
+    rows = []
+    for label, res in sizes:
+        for r in res.get("book_vs_torch", []):
+            setting = ", ".join(f"{k}={v}" for k, v in r.items() if k not in (
+                "case", "book_variant", "book_s", "fastest_torch_variant", "torch_s", "book_over_torch")
+                and not isinstance(v, float))
+            rows.append({"sizes": label, "case": r["case"], "setting": setting, "book variant": r["book_variant"],
+                         "fastest torch-only variant": r["fastest_torch_variant"],
+                         "book / torch": r["book_over_torch"]})
+    return pd.DataFrame(rows, columns=["sizes", "case", "setting", "book variant", "fastest torch-only variant",
+                                       "book / torch"])
+
+
+def choices_text(choices: pd.DataFrame, versus: pd.DataFrame, cpu: str) -> str:
+    """What ran on this machine and why, in words from the run."""
+    if not len(choices) and not len(versus):
+        return "No case of this run has a compiled path to choose (no C++ compiler, or kernels off)."
+    taken = choices["path taken"].str.startswith("compiled").sum() if len(choices) else 0
+    parts = [f"On this machine ({cpu}) the book measured its compiled path against torch's own paths for "
+             f"{len(choices)} kinds of computation and shape, and took the compiled one for {taken} of them."]
+    if len(versus):
+        worst = versus.loc[versus["book / torch"].idxmax()]
+        parts.append(f"Against the fastest torch-only variant of the same computation, the book's path takes "
+                     f"{versus['book / torch'].min():.2f}x to {versus['book / torch'].max():.2f}x its time "
+                     f"(the slowest: {worst['case']}, {worst['setting']}, {worst['sizes']} sizes).")
+    return " ".join(parts)

@@ -238,7 +238,15 @@ def run_all(quick: bool = False, only: str | None = None, progress: bool = True,
         "reference": reference,
         "reference_native": reference_native,
         "results": rows,
+        "book_vs_torch": book_vs_torch(rows),
+        "kernel_choices": _kernel_choices(),
     }
+
+
+def _kernel_choices() -> list[dict[str, Any]]:
+    """The compiled-or-torch choices the harness's process made, with every candidate's seconds."""
+    from .. import native
+    return native.report()["choices"]
 
 
 def results_path() -> Path:
