@@ -256,7 +256,7 @@ def test_run_seeds_agrees_with_the_skipping_inference_and_retraining():
         for xs in (data.XV, data.XT):
             H = normalised_entropy(model(xs)[0].detach())
             assert float((H[:, None] - torch.tensor(thresholds[1:])).abs().min()) > 1e-4
-        acc = lambda xs, ys, t: (early_exit_predict(model, xs, t).predictions == ys).float().mean().item()
+        acc = lambda xs, ys, t, model=model: (early_exit_predict(model, xs, t).predictions == ys).float().mean().item()
         exit2_val = (model(data.XV)[1].argmax(-1) == data.YV).float().mean().item()
         ok = [i for i, t in enumerate(thresholds) if acc(data.XV, data.YV, t) >= exit2_val - tolerance]
         t_star = thresholds[max(ok) if ok else 0]

@@ -79,7 +79,7 @@ def _naive_tome(x, metric, size, r):
     for b in range(x.shape[0]):
         n = x.shape[1]
         A, Bset = list(range(0, n, 2)), list(range(1, n, 2))
-        cos = lambda i, j: float(torch.nn.functional.cosine_similarity(metric[b, i], metric[b, j], dim=0))
+        cos = lambda i, j, b=b: float(torch.nn.functional.cosine_similarity(metric[b, i], metric[b, j], dim=0))
         best = {}
         for i in A:
             sims = [cos(i, j) for j in Bset]

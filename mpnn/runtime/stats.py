@@ -93,4 +93,5 @@ def fmt_ci(values: Iterable[float], digits: int = 3, scale: float = 1.0, unit: s
     unscaled quantity, see :func:`mean_ci`)."""
     x = [v * scale for v in values]
     m, lo, hi = mean_ci(x, bounds=None if bounds is None else (bounds[0] * scale, bounds[1] * scale))
-    return f"{m:.{digits}f}{unit} (95% CI {lo:.{digits}f}-{hi:.{digits}f}{unit}, n={len(x)})"
+    sep = " to " if lo < 0 or hi < 0 else "-"          # "-6.85 to -1.98", never "-6.85--1.98"
+    return f"{m:.{digits}f}{unit} (95% CI {lo:.{digits}f}{sep}{hi:.{digits}f}{unit}, n={len(x)})"
