@@ -46,6 +46,11 @@ VENDOR = {  # file in the site's _static (staged in _build/src/_vendor) -> sourc
     "vega-embed.min.js": "vega-embed/build/vega-embed.min.js",
     "mathjax": "mathjax/es5",
 }
+# MathJax: the pages load tex-chtml.js (the TeX input, CommonHTML output and the menu in one file),
+# which fetches its fonts and, on demand, TeX extensions and the menu's accessibility parts; the
+# other combined builds, the SVG output and the speech engine are never requested.
+MATHJAX_UNUSED = ("tex-chtml-full*.js", "tex-mml-*.js", "tex-svg*.js", "mml-*.js", "node-main.js", "latest.js",
+                  "svg", "svg.js", "sre", "mml", "asciimath.js", "tex-full.js")
 
 
 def src_dir() -> Path:
@@ -115,7 +120,10 @@ def stage_sources() -> Path:
         dest = vendor / target
         dest.parent.mkdir(parents=True, exist_ok=True)
         if origin.is_dir():
-            shutil.copytree(origin, dest, dirs_exist_ok=True)
+            ignore = shutil.ignore_patterns(*MATHJAX_UNUSED) if target == "mathjax" else None
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.copytree(origin, dest, ignore=ignore)
         else:
             shutil.copyfile(origin, dest)
     from . import site
