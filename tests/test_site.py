@@ -341,7 +341,8 @@ def visible_text(html_text: str) -> str:
     import re
     body = re.sub(r"(?is)<(script|style|svg)\b.*?</\1>", " ", html_text)
     body = re.sub(r"(?s)<[^>]+>", " ", body)
-    return " ".join(_html.unescape(body).split())
+    text = _html.unescape(body).replace("\u2019", "'").replace("\u2018", "'")      # Sphinx's smart quotes
+    return " ".join(text.replace("\u201c", '"').replace("\u201d", '"').split())
 
 
 def test_no_process_words_or_machine_paths_on_any_page():
