@@ -167,13 +167,15 @@ def compiled_stage1_wins(model: "EarlyExitNet", x: torch.Tensor, chunk: int = FU
     if not stage1_kernel.usable(x, conv, head):
         return False
     from . import native
-    sample = x[:512].contiguous()
     key = {"channels": conv.out_channels, "classes": head.out_features,
            "rows": 1 << max(0, (x.shape[0] - 1).bit_length())}
+
+    def candidates():
+        sample = x[:512].contiguous()
+        return {"compiled": lambda: stage1_kernel.stage1(sample, conv, head),
+                "torch": lambda: _torch_stage1(model, sample, True, chunk)}
     with torch.no_grad():
-        return native.choose("early_exit.stage1", key, {
-            "compiled": lambda: stage1_kernel.stage1(sample, conv, head),
-            "torch": lambda: _torch_stage1(model, sample, True, chunk)}) == "compiled"
+        return native.choose("early_exit.stage1", key, candidates, names=["compiled", "torch"]) == "compiled"
 
 
 def _torch_stage1(model: "EarlyExitNet", x: torch.Tensor, with_exit: bool, chunk: int):

@@ -189,8 +189,8 @@ def _store(entry_key: str, entry: dict) -> None:
         pass
 
 
-def choose(kind: str, key: Any, candidates: dict[str, Callable[[], Any]], *, repeats: int = 5,
-           margin: float = 1.0) -> str:
+def choose(kind: str, key: Any, candidates: dict[str, Callable[[], Any]] | Callable[[], dict], *,
+           names: list[str] | None = None, repeats: int = 5, margin: float = 1.0) -> str:
     """The fastest of ``candidates`` (name -> zero-argument callable running that path once) for
     this ``kind`` of computation and shape ``key``, measured at first use on this machine.
 
@@ -198,16 +198,24 @@ def choose(kind: str, key: Any, candidates: dict[str, Callable[[], Any]], *, rep
     median seconds decide. The first candidate is the compiled one: it is chosen only when its
     median is below ``margin`` times the fastest other's. The choice and every median are kept for
     this process and stored in the kernel cache for this CPU, flags and thread count
-    (``MPNN_RECHOOSE=1`` measures again)."""
-    if _FORCED.get(kind) in candidates:
+    (``MPNN_RECHOOSE=1`` measures again). ``candidates`` may be a zero-argument function returning
+    the dict (give its keys as ``names``), so that a caller's set-up for measuring (copies of its
+    inputs) runs only when a choice is measured, never on the calls that find it made."""
+    lazy = callable(candidates)
+    if lazy and names is None:
+        raise ValueError("choose(): give the candidates' names with a lazy candidates function")
+    valid = set(names) if lazy else set(candidates)
+    if _FORCED.get(kind) in valid:
         return _FORCED[kind]
     entry_key = f"{kind}|{json.dumps(key, default=str)}"
     if entry_key in _CHOICES:
         return _CHOICES[entry_key]["chosen"]
     stored = None if os.environ.get("MPNN_RECHOOSE") == "1" else _stored().get(entry_key)
-    if stored and stored.get("chosen") in candidates:
+    if stored and stored.get("chosen") in valid:
         _CHOICES[entry_key] = stored | {"source": "cache"}
         return stored["chosen"]
+    if lazy:
+        candidates = candidates()
     names = list(candidates)
     for n in names:
         candidates[n]()

@@ -462,7 +462,10 @@ class StackedSGD:
                 with determinism.cpu_threads(1, self.device), torch.no_grad():
                     routing.steps(rows, inputs, probe.lr, probe.clip, True, use)
             return run
-        return native.choose("tagnet.steps", key, {"compiled": candidate(kernel), "torch": candidate(None)}) == "compiled"
+        # the copies are made only when the choice is measured, never on the calls that find it made
+        return native.choose("tagnet.steps", key,
+                             lambda: {"compiled": candidate(kernel), "torch": candidate(None)},
+                             names=["compiled", "torch"]) == "compiled"
 
     def step(self, rows: torch.Tensor) -> None:
         """One per-sample SGD step for every network; ``rows`` (M,) are the samples' indices."""

@@ -96,3 +96,20 @@ def test_required_kernels_fail_loudly(cache, monkeypatch):
 def test_kernel_sources_ship_as_files():
     for name in ("moe.cpp", "stage1.cpp", "tag_steps.cpp"):
         assert 'extern "C"' in native.source(name)
+
+
+def test_a_made_choice_never_runs_the_set_up_for_measuring(cache, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(native.time, "perf_counter", clock)
+    built = []
+
+    def candidates():
+        built.append(1)
+        return {"compiled": clock.costing(0.001), "torch": clock.costing(0.002)}
+    names = ["compiled", "torch"]
+    assert native.choose("lazy", {"n": 1}, candidates, names=names) == "compiled" and len(built) == 1
+    for _ in range(3):
+        assert native.choose("lazy", {"n": 1}, candidates, names=names) == "compiled"
+    assert len(built) == 1
+    with native.forced("lazy", "not-a-candidate"):      # a forced path that is not offered is ignored
+        assert native.choose("lazy", {"n": 1}, candidates, names=names) == "compiled"

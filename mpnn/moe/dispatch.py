@@ -122,24 +122,27 @@ def token_choice_path(x, chosen, weights, experts: Experts, cap) -> str:
     names = [p for p in TOKEN_CHOICE_PATHS if compiled or p.startswith("torch")]
     key = {"R": R, "E": E, "k": k, "tokens": 1 << max(0, (R * T - 1).bit_length()), "d": d,
            "h": experts.d_hidden, "out": experts.d_out, "capacity": cap is not None, "training": training, "compiled": compiled}
-    import copy
-    probe = copy.deepcopy(experts)
-    xs, ws = x.detach().clone(), weights.detach().clone()
 
-    def candidate(path):
-        def run():
-            if training:
-                with torch.enable_grad():
-                    xg, wg = xs.clone().requires_grad_(True), ws.clone().requires_grad_(True)
-                    y, _, _ = _token_choice(path, xg, chosen, wg, probe, cap)
-                    y.sum().backward()
-                probe.zero_grad(set_to_none=True)
-            else:
-                with torch.no_grad():
-                    _token_choice(path, xs, chosen, ws, probe, cap)
-        return run
+    def candidates():              # built only when the choice is measured (copies of the inputs)
+        import copy
+        probe = copy.deepcopy(experts)
+        xs, ws = x.detach().clone(), weights.detach().clone()
+
+        def candidate(path):
+            def run():
+                if training:
+                    with torch.enable_grad():
+                        xg, wg = xs.clone().requires_grad_(True), ws.clone().requires_grad_(True)
+                        y, _, _ = _token_choice(path, xg, chosen, wg, probe, cap)
+                        y.sum().backward()
+                    probe.zero_grad(set_to_none=True)
+                else:
+                    with torch.no_grad():
+                        _token_choice(path, xs, chosen, ws, probe, cap)
+            return run
+        return {p: candidate(p) for p in names}
     from mpnn import native
-    return native.choose("moe.token_choice", key, {p: candidate(p) for p in names}, repeats=3)
+    return native.choose("moe.token_choice", key, candidates, names=names, repeats=3)
 
 
 def _token_choice(path: str, x, chosen, weights, experts: Experts, cap):
