@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 
@@ -174,7 +175,10 @@ def test_killed_rank_stops_the_others_and_restart_loses_no_update(tmp_path):
     assert outcomes[2].returncode == -signal.SIGKILL and "SIGKILL" in str(info.value)
     for o in outcomes[:2]:              # survivors noticed by themselves, with their own error report
         assert o.returncode == 1 and not o.killed_by_launcher, o.describe()
-        assert o.error.startswith(f"rank {o.rank} stopped: PeerLost: rank {o.rank} lost contact"), o.error
+        # where the death shows first depends on timing: an exchange (PeerLost) or a collective of the
+        # checkpoint (gloo's own "Connection closed/reset by peer")
+        assert o.error.startswith(f"rank {o.rank} stopped: "), o.error
+        assert re.search(r"PeerLost: rank \d+ lost contact|Connection (closed|reset) by peer", o.error), o.error
         assert o.exit_s - outcomes[2].exit_s < 15
     assert wall < 90
     assert ckpt.latest_step(tmp_path / "shared") == kill_step      # steps 0 and 1 were completed

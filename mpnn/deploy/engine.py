@@ -176,18 +176,18 @@ class ShardedMLP:
             return {}
         t0 = time.perf_counter()
         reqs, out = [], {}
-        for src, shape in recvs:
-            buf = torch.empty(shape, dtype=self.dtype, device=self.device)
-            out[src] = buf
-            reqs.append(dist.irecv(buf, src=src, tag=tag))
-        if sends and SEND_DELAY_S > 0:      # emulated latency (see SEND_DELAY_S); 0 = off
-            time.sleep(SEND_DELAY_S)
-        for dst, t in sends:
-            t = t.detach().contiguous()
-            reqs.append(dist.isend(t, dst=dst, tag=tag))
-            self.stats.bytes_sent[phase] += t.numel() * t.element_size()
-            self.stats.messages[phase] += 1
-        try:
+        try:                                 # a peer that died shows up when posting or when waiting
+            for src, shape in recvs:
+                buf = torch.empty(shape, dtype=self.dtype, device=self.device)
+                out[src] = buf
+                reqs.append(dist.irecv(buf, src=src, tag=tag))
+            if sends and SEND_DELAY_S > 0:      # emulated latency (see SEND_DELAY_S); 0 = off
+                time.sleep(SEND_DELAY_S)
+            for dst, t in sends:
+                t = t.detach().contiguous()
+                reqs.append(dist.isend(t, dst=dst, tag=tag))
+                self.stats.bytes_sent[phase] += t.numel() * t.element_size()
+                self.stats.messages[phase] += 1
             for r in reqs:
                 r.wait(self.timeout)
         except RuntimeError as exc:
