@@ -216,7 +216,6 @@ def limit_text(table: pd.DataFrame) -> str:
 
 # ---------------------------------------------------------------- which kernel ran, and why
 
-BOOK_OVER_TORCH_LIMIT = 1.25     # the page's check: the book's path is never much slower than torch alone
 
 
 def choices_table(results: dict) -> pd.DataFrame:
