@@ -248,7 +248,7 @@ def test_site_staging_decorates_chapters_fills_pages_and_serves_figures(tmp_path
     assert staged == {"decorated": ["switch_network"], "pngs": 1}
     cells = nbformat.read(src / "book" / "switch_network.ipynb", 4).cells
     assert "mpnn-glance" in cells[1].source and 'href="#results"' in cells[1].source
-    assert "1 the documents' claims (1 supported)" in (src / "book" / "intro.md").read_text()
+    assert "the documents' claims: 1 (1 supported)" in (src / "book" / "intro.md").read_text()
     assert "<tr><td><a href=" in (src / "book" / "findings.md").read_text()
     served = src / "_figures" / "figures" / "switch_network"
     assert (served / "bars.png").read_bytes()[:4] == b"\x89PNG" and (served / "bars.svg").exists()

@@ -239,7 +239,7 @@ def intro_sentence(rows: list[dict]) -> str:
     for group in GROUPS:
         sel = [r["raw"] for r in rows if r["group"] == group]
         if sel:
-            parts.append(f"{len(sel)} {group} ({counts_text(sel)})")
+            parts.append(f"{group}: {len(sel)} ({counts_text(sel)})")
     profiles = ", ".join(sorted({r["profile"] for r in rows}))
     return (f"**Verdicts of this build** ({profiles} profile): " + "; ".join(parts)
             + ". The [findings](findings) page lists every one, per document and per verdict.")
