@@ -257,7 +257,11 @@ class Run:
             raise RuntimeError(f"{self.chapter}: no claims were recorded; every chapter asserts its claims")
         if display:
             from IPython.display import HTML, display as show
-            show(HTML(verdicts.claims_table(asdict(c) for c in self.claims)))
+            if self.context.render == "static":   # the site shows the table under the title
+                show(HTML('<p class="mpnn-claims-pointer">Every claim, its criterion, measurement and verdict: '
+                          'the verdict table at the top of this page.</p>'))
+            else:
+                show(HTML(verdicts.claims_table(asdict(c) for c in self.claims)))
         manifest = self.manifest()
         out = paths.manifest_dir()
         out.mkdir(parents=True, exist_ok=True)
