@@ -99,6 +99,25 @@ def test_run_records_verdicts_writes_manifest_and_fails_on_a_changed_verdict(tmp
     assert manifest["machine"]["cpu_model"] and "torch_cpu_capability" in manifest["machine"]
 
 
+def test_a_timing_claim_may_lose_its_decision_on_another_machine_but_never_flip(tmp_path, monkeypatch):
+    from mpnn.runtime import verdicts as V
+    monkeypatch.setenv("MPNN_BUILD_DIR", str(tmp_path))
+    assert V.accepted("not supported", timing=True) == ("not supported", "inconclusive")
+    assert V.accepted("supported") == ("supported",) and V.accepted("inconclusive", timing=True) == ("inconclusive",)
+    run = repro.Run(repro.RunContext(chapter="demo", profile="smoke"), torch.device("cpu"))
+    assert _decide(run, "slower-here", "inconclusive", "not supported", timing=True).matches
+    assert _decide(run, "mixed-here", "inconclusive", "mixed", timing=True).matches
+    assert not _decide(run, "not-timing", "inconclusive", "not supported").matches
+    flipped = _decide(run, "flipped", "supported", "not supported", timing=True)
+    assert not flipped.matches
+    with pytest.raises(AssertionError, match=r"(?s)2 verdict\(s\) changed.*not-timing.*flipped.*"
+                                             r"expected 'not supported, or inconclusive \(a time"):
+        run.finish(display=False)
+    manifest = json.loads((tmp_path / "manifests" / "demo.json").read_text())
+    assert [c["timing"] for c in manifest["claims"]] == [True, True, False, True]
+    assert "a time measured" in V.claims_table(manifest["claims"][:1])
+
+
 def test_start_run_checks_parameter_types():
     namespace = {"seed": 0, "samples_per_digit": "ten", "device": "auto"}
     with pytest.raises(ValueError, match="samples_per_digit"):

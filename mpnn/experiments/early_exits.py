@@ -175,6 +175,23 @@ MAX_EFFICIENCY = 0.8   # ... and its measured / predicted speed-up below this: t
 REFUTED_EFFICIENCY = 1.0   # above this the time saving is at least what the FLOPs predict
 
 
+def timing_sentence(wall: dict) -> str:
+    """The verdict paragraph's words on wall time, from this run's :func:`wall_time_claim` (another CPU
+    may decide its parts differently, so the sentence is generated, never typed)."""
+    over, kernel = wall["parts"]["overstated"], wall["parts"]["kernel"]
+    first = {"supported": "with the always-run block as a torch matrix product the FLOP count overstates the "
+                          "wall-time gain",
+             "not supported": "with the always-run block as a torch matrix product the wall-time gain matches what "
+                              "the FLOP count predicts",
+             }.get(over, "whether the FLOP count overstates the wall-time gain with the always-run block as a torch "
+                         "matrix product is not decided on this machine")
+    second = {"supported": "a compiled kernel for that block turns more of it into time",
+              "not supported": "a compiled kernel for that block turns less of it into time",
+              "inconclusive": "a compiled kernel for that block is not measurably better at turning it into time",
+              }.get(kernel, "the compiled kernel for that block could not be built on this machine")
+    return f"{first}, and {second}"
+
+
 def wall_time_claim(model: EarlyExitNet, x: torch.Tensor, threshold: float, repeats: int = 31,
                     max_efficiency: float = MAX_EFFICIENCY, min_speedup: float = MIN_SPEEDUP) -> dict:
     """Timing claims: whether a FLOP saving becomes a time saving depends on how the always-run part runs.

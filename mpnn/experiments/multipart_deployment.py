@@ -1245,6 +1245,19 @@ def decide_remote_invocation(eq_max: float, overhead: dict, *, tolerance: float 
             "accuracy": accuracy, "overhead": cost}
 
 
+def verdict_time_words(overhead: dict, scalability: dict) -> dict[str, str]:
+    """The verdict paragraph's words on time, from this run's :func:`decide_overhead` and
+    :func:`decide_scalability` (another machine may decide them differently)."""
+    over = {"supported": "on one host every split is slower than not splitting, because per-message latency "
+                         "dominates a small network",
+            "not supported": "on this host some split is faster than not splitting",
+            }.get(overhead["verdict"], "on this host it is not decided whether every split is slower than not "
+                                       "splitting")
+    scal = {"supported": "and for time at this scale", "not supported": "but not for time at this scale",
+            }.get(scalability["time"], "while for time it is not decided at this scale")
+    return {"mpd_overhead_words": over, "mpd_scalability_time_words": scal}
+
+
 # ---------------------------------------------------------------------- prose written from the run
 
 def _x(v: float) -> str:

@@ -140,7 +140,7 @@ def claims_table(manifests: dict[str, dict]) -> pd.DataFrame:
     columns = ["chapter", "claim", "kind", "verdict", "expected", "as expected", "the statement", "criterion",
                "this build measured", "note", "lacks"]
     return pd.DataFrame([{"chapter": c, "claim": x.get("id", "?"), "kind": x.get("kind", ""),
-                          "verdict": x.get("verdict") or "none recorded", "expected": x.get("expected", ""),
+                          "verdict": x.get("verdict") or "none recorded", "expected": verdicts.expected_text(x) if x.get("expected") else "",
                           "as expected": verdicts.matches(x), "the statement": x.get("document", ""),
                           "criterion": x.get("criterion", ""), "this build measured": x.get("measured", ""),
                           "note": x.get("note", "") or "", "lacks": ", ".join(lacking(x))}

@@ -562,6 +562,43 @@ def train_step_claim(model: TokenViT, large_model: TokenViT, x: torch.Tensor, y:
             "min_speedup": min_speedup}
 
 
+def timing_sentences(selection: dict, merging: dict, step: dict) -> dict[str, str]:
+    """The verdict paragraph's words on time, from this run's timing claims (:func:`latency_claim` for
+    learned selection and for ToMe, :func:`train_step_claim`): the same code may decide differently on
+    another CPU, so these sentences are generated, never typed."""
+    v = selection["verdict"]
+    if v == "supported":
+        sel = "Keeping fewer tokens lowers the measured latency at inference" + (
+            ", though by less than the FLOPs predict" if selection["efficiency_high"] < 1 else "")
+    elif v == "not supported":
+        sel = "Keeping fewer tokens does not lower the measured latency at inference on this machine"
+    else:
+        sel = ("Whether keeping fewer tokens lowers the measured latency at inference is not decided on this "
+               "machine")
+    v = merging["verdict"]
+    if v == "not supported":
+        merge = ("on this machine it is slower than keeping every token: its bookkeeping costs more than the "
+                 "tokens it removes, which a FLOP count leaves out")
+    elif v == "inconclusive":
+        merge = ("on this machine it is not measurably faster than keeping every token, although the FLOPs "
+                 "predict a saving: its bookkeeping eats what the removed tokens save, which a FLOP count "
+                 "leaves out")
+    else:
+        merge = "on this machine it is faster than keeping every token, by less than the FLOPs predict" if (
+            merging["efficiency_high"] < 1) else "on this machine it is faster than keeping every token"
+    small, large = step["parts"]["chapter's model"], step["parts"]["larger model"]
+    if small == large == "supported":
+        train = "a training step on fewer tokens is shorter, for the chapter's model and for the larger one"
+    elif large == "supported":
+        train = ("a training step on fewer tokens is only shorter once the model is large enough for its matrix "
+                 "products to set the step time")
+    elif small == "supported":
+        train = "a training step on fewer tokens is shorter for the chapter's model but not measurably for the larger one"
+    else:
+        train = "a training step on fewer tokens is not measurably shorter on this machine, for either model size"
+    return {"ts_selection_latency": sel, "ts_merging_latency": merge, "ts_training_step": train}
+
+
 def training_step_fn(model, opt, x, y, kw):
     """One training step of ``model`` on ``(x, y)``: cross-entropy of ``model(x, **kw)``, backward, ``opt`` step."""
     def step():

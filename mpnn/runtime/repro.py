@@ -160,12 +160,13 @@ class Claim:
     note: str = ""
     needs: str = "smoke"
     section: str = ""      # the heading of the section that shows it (the glance table links there)
+    timing: bool = False   # the measurement is a time on the machine that runs the book
 
     @property
     def matches(self) -> bool:
         """The regression check: the run's verdict is the one the chapter expects (a claim this
-        run cannot test matches anything)."""
-        return self.verdict == verdicts.UNDECIDED or self.verdict == self.expected
+        run cannot test matches anything; a timing claim may also be inconclusive)."""
+        return verdicts.matches(asdict(self))
 
 
 @dataclass
@@ -190,7 +191,8 @@ class Run:
         return self.context.parameters
 
     def claim(self, id: str, *, kind: str, document: str, criterion: str, measured, verdict,
-              expected: str, needs: str = "smoke", note: str = "", section: str = "") -> Claim:
+              expected: str, needs: str = "smoke", note: str = "", section: str = "",
+              timing: bool = False) -> Claim:
         """Record a claim: what the document says, the criterion, what we measured, the verdict.
 
         ``kind`` and the verdicts are the words of :mod:`mpnn.runtime.verdicts`. ``criterion`` is
@@ -203,6 +205,11 @@ class Run:
         too small below it). Below it the verdict is "not testable here" and neither ``verdict``
         nor ``measured`` is evaluated, so both may be callables reading numbers only that profile
         computes. ``section`` names the heading of the section that shows the result.
+
+        ``timing=True`` marks a measurement that is a time on this machine: on another CPU its
+        interval may straddle the threshold, so ``inconclusive`` is accepted too
+        (:func:`verdicts.accepted`), never the opposite verdict; the chapter's prose about it must
+        be generated from the run's verdict.
         """
         if any(c.id == id for c in self.claims):
             raise ValueError(f"claim {id!r} recorded twice")
@@ -220,7 +227,7 @@ class Run:
             if callable(verdict):
                 verdict = verdict()
             verdict = verdicts.as_verdict(verdict)
-        c = Claim(id, kind, document, criterion, str(measured), verdict, expected, note, needs, section)
+        c = Claim(id, kind, document, criterion, str(measured), verdict, expected, note, needs, section, timing)
         self.claims.append(c)
         return c
 
@@ -271,7 +278,7 @@ class Run:
         tmp.replace(target)
         changed = [c for c in self.claims if not c.matches]
         if changed:
-            lines = "\n".join(f"- {c.id}: expected {c.expected!r}, this run gives {c.verdict!r}; "
+            lines = "\n".join(f"- {c.id}: expected {verdicts.expected_text(asdict(c))!r}, this run gives {c.verdict!r}; "
                               f"criterion {c.criterion!r}; measured {c.measured!r}" for c in changed)
             raise AssertionError(f"{self.chapter}: {len(changed)} verdict(s) changed; look at the evidence and "
                                  f"update the chapter (never the criterion to fit):\n{lines}")

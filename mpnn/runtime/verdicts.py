@@ -12,7 +12,10 @@ Every claim a chapter records has
   how many seeds would decide it) or ``not testable here`` (a GPU's scale, root, or a projection);
 * the verdict the chapter **expects**. The regression check is ``verdict == expected``: a change of
   verdict in either direction fails the build, so a negative finding is protected exactly like a
-  positive one.
+  positive one. A **timing** claim (a time measured on the machine that runs the book) may also come
+  out ``inconclusive`` on another machine, where the interval lands across the threshold; it may
+  never flip between ``supported`` and ``not supported`` (:func:`accepted`). Its prose is generated
+  from the verdict the run gives.
 
 This module owns the words and colours of verdicts and every HTML view built from the manifests:
 the at a glance table under a chapter's title, the full claims table at a chapter's end, the
@@ -110,10 +113,26 @@ def verdict_of(claim: dict) -> str:
     return claim.get("verdict") or UNDECIDED
 
 
+def accepted(expected: str, timing: bool = False) -> tuple[str, ...]:
+    """The verdicts that keep a claim's regression check green: the expected one, and for a timing
+    claim also ``inconclusive`` (the same code on a slower or noisier CPU may not decide); a flip
+    between ``supported`` and ``not supported`` always fails."""
+    check_verdict(expected, "expected")
+    if timing and expected not in ("inconclusive", UNDECIDED):
+        return (expected, "inconclusive")
+    return (expected,)
+
+
 def matches(claim: dict) -> bool:
     """Did the run give the verdict the chapter expects? An untestable run matches anything."""
     v = verdict_of(claim)
-    return v == UNDECIDED or v == claim.get("expected", v)
+    return v == UNDECIDED or v in accepted(claim.get("expected", v), bool(claim.get("timing")))
+
+
+def expected_text(claim: dict) -> str:
+    """The expected verdict in words ("supported, or inconclusive on another machine")."""
+    options = accepted(claim.get("expected", UNDECIDED), bool(claim.get("timing")))
+    return options[0] + (f", or {options[1]} (a time measured on this machine)" if len(options) > 1 else "")
 
 
 def why_untested(claim: dict) -> str:
@@ -163,12 +182,13 @@ def claims_table(claims: Iterable[dict], *, links: dict[str, str] | None = None,
         note = c.get("note") or ""
         note_html = f'<div class="mpnn-claim-note">{_esc(note)}</div>' if note else ""
         kind = f'<div class="mpnn-claim-kind">{_esc(c.get("kind", ""))}</div>' if kinds else ""
+        timing = " · a time measured on the machine that built this page" if c.get("timing") else ""
         rows.append(
             f'<tr id="claim-{cid}"><td class="mpnn-claim-verdict">{badge(c)}{kind}</td><td>'
             f'<div class="mpnn-claim-doc">{_esc(c.get("document", ""))}</div>'
             f'<div class="mpnn-claim-criterion"><em>criterion:</em> {_esc(c.get("criterion", ""))}</div>'
             f'<div class="mpnn-claim-measured"><em>measured:</em> {_esc(c.get("measured", ""))}{where}</div>'
-            f'{note_html}<div class="mpnn-claim-id"><code>{cid}</code></div></td></tr>')
+            f'{note_html}<div class="mpnn-claim-id"><code>{cid}</code>{timing}</div></td></tr>')
     return ('<div class="mpnn-table-wrap"><table class="mpnn-claims"><thead><tr><th>verdict</th>'
             '<th>statement, criterion and measurement</th></tr></thead><tbody>\n'
             + "\n".join(rows) + "\n</tbody></table></div>")
