@@ -38,6 +38,7 @@ _LOADED: dict[tuple[str, str], object] = {}
 _DISABLED = [0]                                   # depth of open :func:`disabled` blocks
 _CHOICES: dict[str, dict] = {}                     # kind|key -> {"chosen", "seconds": {candidate: s}}
 _WARNED: set[str] = set()
+_FRESH = False
 _FORCED: dict[str, str] = {}                       # kind -> candidate, inside :func:`forced`
 
 
@@ -190,17 +191,21 @@ def _store(entry_key: str, entry: dict) -> None:
 
 
 def choose(kind: str, key: Any, candidates: dict[str, Callable[[], Any]] | Callable[[], dict], *,
-           names: list[str] | None = None, repeats: int = 5, margin: float = 1.0) -> str:
+           names: list[str] | None = None, repeats: int = 5, margin: float = 0.95,
+           min_time: float = 0.01) -> str:
     """The fastest of ``candidates`` (name -> zero-argument callable running that path once) for
     this ``kind`` of computation and shape ``key``, measured at first use on this machine.
 
-    Each candidate runs once to warm up, then ``repeats`` rounds in turn (a b c, c b a, ...); the
-    median seconds decide. The first candidate is the compiled one: it is chosen only when its
-    median is below ``margin`` times the fastest other's. The choice and every median are kept for
-    this process and stored in the kernel cache for this CPU, flags and thread count
-    (``MPNN_RECHOOSE=1`` measures again). ``candidates`` may be a zero-argument function returning
-    the dict (give its keys as ``names``), so that a caller's set-up for measuring (copies of its
-    inputs) runs only when a choice is measured, never on the calls that find it made."""
+    Each candidate runs once to warm up (which also sets how many calls make one sample of at
+    least ``min_time`` seconds), then ``repeats`` interleaved rounds (a b c, c b a, ...): a load that
+    drifts slows every candidate of a round alike. The median seconds per call decide. A candidate
+    whose name starts with ``torch`` is torch-only; a compiled one is chosen only when its median is
+    below ``margin`` times the fastest torch-only one's (default: at least 5% faster, so the path
+    taken is never measurably slower than torch's own by more than the timing noise). The choice and every median are kept for this process and stored in the kernel
+    cache for this CPU, flags and thread count (``MPNN_RECHOOSE=1``, or :func:`fresh_choices`,
+    measures again). ``candidates`` may be a zero-argument function returning the dict (give its
+    keys as ``names``), so that a caller's set-up for measuring (copies of its inputs) runs only when
+    a choice is measured, never on the calls that find it made."""
     lazy = callable(candidates)
     if lazy and names is None:
         raise ValueError("choose(): give the candidates' names with a lazy candidates function")
@@ -210,29 +215,48 @@ def choose(kind: str, key: Any, candidates: dict[str, Callable[[], Any]] | Calla
     entry_key = f"{kind}|{json.dumps(key, default=str)}"
     if entry_key in _CHOICES:
         return _CHOICES[entry_key]["chosen"]
-    stored = None if os.environ.get("MPNN_RECHOOSE") == "1" else _stored().get(entry_key)
+    fresh = _FRESH or os.environ.get("MPNN_RECHOOSE") == "1"
+    stored = None if fresh else _stored().get(entry_key)
     if stored and stored.get("chosen") in valid:
         _CHOICES[entry_key] = stored | {"source": "cache"}
         return stored["chosen"]
     if lazy:
         candidates = candidates()
+    import torch
+
+    from .clock import interleaved_samples, median
+    with torch.random.fork_rng(devices=[]):     # measuring draws no numbers from the caller's generator
+        med = {n: median(v) for n, v in interleaved_samples(candidates, repeats=repeats, min_time=min_time).items()}
     names = list(candidates)
-    for n in names:
-        candidates[n]()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        for n in (names if r % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            candidates[n]()
-            times[n].append(time.perf_counter() - t0)
-    med = {n: sorted(v)[len(v) // 2] for n, v in times.items()}
-    first, others = names[0], names[1:]
-    best_other = min(others, key=med.get) if others else first
-    chosen = first if not others or med[first] < margin * med[best_other] else best_other
+    fastest = min(names, key=med.get)
+    torch_only = [n for n in names if n.startswith("torch")]
+    chosen = fastest
+    if torch_only and not fastest.startswith("torch"):
+        best_torch = min(torch_only, key=med.get)
+        if med[fastest] >= margin * med[best_torch]:
+            chosen = best_torch
     entry = {"kind": kind, "key": key, "chosen": chosen, "seconds": med, "repeats": repeats}
     _CHOICES[entry_key] = entry | {"source": "measured"}
     _store(entry_key, entry)
     return chosen
+
+
+@contextlib.contextmanager
+def fresh_choices():
+    """Inside this block every :func:`choose` measures again (once per kind and shape) and stores
+    the new choice: the benchmark run, which has the machine to itself, refreshes choices that a
+    busy moment may have skewed."""
+    global _FRESH
+    before, saved = _FRESH, dict(_CHOICES)
+    _FRESH = True
+    _CHOICES.clear()
+    try:
+        yield
+    finally:
+        _FRESH = before
+        fresh = dict(_CHOICES)
+        _CHOICES.clear()
+        _CHOICES.update(saved | fresh)
 
 
 @contextlib.contextmanager

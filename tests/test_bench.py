@@ -14,12 +14,18 @@ def test_time_callable_measures_sleep():
     assert 0.009 < t["median_s"] < 0.2 and t["repeats"] == 3
 
 
+def test_variants_are_timed_in_interleaved_rounds():
+    order = []
+    out = bench.time_variants({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=0)
+    assert order == ["a", "b", "b", "a", "a", "b"] and set(out) == {"a", "b"} and out["a"]["repeats"] == 3
+
+
 def test_run_case_reports_ratios_against_first_variant(monkeypatch):
     monkeypatch.setattr(bench, "REGISTRY", {})
 
     # the timer is replaced by the seconds each variant states: the bookkeeping is tested, not this CPU
-    monkeypatch.setattr(bench, "time_callable", lambda fn, **kw: {"median_s": fn(), "min_s": fn(), "max_s": fn(),
-                                                                  "repeats": kw.get("repeats"), "inner": 1})
+    monkeypatch.setattr(bench, "time_variants", lambda fns, **kw: {
+        v: {"median_s": fn(), "min_s": fn(), "max_s": fn(), "repeats": kw.get("repeats")} for v, fn in fns.items()})
 
     @bench.case("demo/sleep", group="demo", params={"n": [1, 2]})
     def demo(n, quick):
@@ -53,7 +59,7 @@ def test_dense_reference_counts_two_n_cubed_flops_per_product(monkeypatch):
     def fake_time(fn, repeats, warmup, min_time):
         out = fn()
         calls.append(out.shape)
-        return {"median_s": 0.25, "min_s": 0.2, "max_s": 0.3, "repeats": repeats, "inner": 1}
+        return {"median_s": 0.25, "min_s": 0.2, "max_s": 0.3, "repeats": repeats}
 
     monkeypatch.setattr(bench, "time_callable", fake_time)
     ref = bench.dense_mm_gflops(128, repeats=2)

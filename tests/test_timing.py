@@ -6,19 +6,26 @@ import pytest
 import torch
 
 from mpnn.runtime import cli, timing
-from mpnn.runtime.timing import interleaved_samples, median_ci, paired_speedup
+from mpnn.clock import interleaved_samples
+from mpnn.runtime.timing import median_ci, paired_speedup
 
 
-def test_time_interleaved_calls_in_turn_and_takes_the_median(monkeypatch):
+def test_the_one_timer_alternates_the_order_loops_short_calls_and_takes_the_median(monkeypatch):
+    from mpnn import clock
     calls = []
     ticks = iter([0, 1, 10, 30, 100, 105, 200, 210, 300, 303, 400, 440])   # perf_counter readings
-    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(ticks))
-    out = timing.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                  repeats=3, warmup=1)
-    assert calls == ["a", "b"] * 4                          # warm-up, then a, b, a, b, a, b
-    assert out == {"a": 3, "b": 20}                         # medians of (1, 5, 3) and (20, 10, 40)
+    monkeypatch.setattr(clock.time, "perf_counter", lambda: next(ticks))
+    out = clock.interleaved_samples({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                    repeats=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]   # warm-up, then a b, b a, a b
+    assert out == {"a": [1, 10, 3], "b": [20, 5, 40]}
+    assert clock.median(out["a"]) == 3 and clock.median([1, 2, 3, 10]) == 2.5
     with pytest.raises(ValueError, match="repeats"):
-        timing.time_interleaved({"a": lambda: None}, repeats=0)
+        clock.interleaved_samples({"a": lambda: None}, repeats=0)
+    monkeypatch.undo()
+    n = []
+    out = clock.interleaved_samples({"short": lambda: n.append(1)}, repeats=2, warmup=0, min_time=0.001)
+    assert len(n) > 3 and all(t < 0.001 for t in out["short"])     # looped to min_time, seconds per call
 
 
 def always_fast(x, limit):

@@ -20,7 +20,8 @@ from mpnn.early_exit import (EarlyExitConfig, EarlyExitNet, choose_threshold, co
                              early_exit_predict, exit_costs, exit_fractions, exit_logits, exit_loss, full_cost,
                              fused_stage1, normalised_entropy, predicted_speedup, sweep_metrics)
 from mpnn.runtime import stats, verdicts
-from mpnn.runtime.timing import interleaved_samples, median_ci, paired_speedup
+from mpnn.clock import interleaved_samples, median
+from mpnn.runtime.timing import median_ci, paired_speedup
 from mpnn.train import History, fit, fusable
 
 MNIST_TRAIN = 60000
@@ -200,7 +201,7 @@ def wall_time_claim(model: EarlyExitNet, x: torch.Tensor, threshold: float, repe
     the torch path (one GEMM over 6x6 windows per chunk, :func:`mpnn.early_exit.fused_stage1` under
     :func:`mpnn.native.disabled`) and as the compiled per-image loop (:mod:`mpnn.stage1_kernel`, forced with
     :func:`mpnn.native.forced` whatever the book's measured choice of path is on this machine), all four
-    interleaved (:func:`mpnn.runtime.timing.interleaved_samples`), one CPU thread. Each path's speed-up is
+    interleaved (:func:`mpnn.clock.interleaved_samples`), one CPU thread. Each path's speed-up is
     the median of its per-round ratios with a distribution-free 95% CI (:func:`mpnn.runtime.timing.median_ci`);
     efficiency = measured / FLOP-predicted speed-up. Three parts, each a verdict on its interval
     (:func:`mpnn.runtime.verdicts.from_interval`):
@@ -243,7 +244,7 @@ def wall_time_claim(model: EarlyExitNet, x: torch.Tensor, threshold: float, repe
         sp, lo, hi = paired_speedup(t[(path, "plain")], t[(path, "early_exit")])
         paths[path] = {"speedup": sp, "speedup_low": lo, "speedup_high": hi, "efficiency": sp / predicted,
                        "efficiency_low": lo / predicted, "efficiency_high": hi / predicted,
-                       "plain_ms": 1e3 * _median(t[(path, "plain")]), "early_exit_ms": 1e3 * _median(t[(path, "early_exit")]),
+                       "plain_ms": 1e3 * median(t[(path, "plain")]), "early_exit_ms": 1e3 * median(t[(path, "early_exit")]),
                        "ratios": [a / b for a, b in zip(t[(path, "plain")], t[(path, "early_exit")])]}
     tp = paths["torch"]
     parts = {"faster": verdicts.from_interval(tp["speedup_low"], tp["speedup_high"], above=min_speedup),
@@ -295,8 +296,8 @@ def speedup_sweep(model: EarlyExitNet, x: torch.Tensor, thresholds: Sequence[flo
             sp, lo, hi = paired_speedup(times["plain"], times[i])
             rows.append({"threshold": t, "exit 1 fraction": float(q[0]),
                          "predicted speed-up": float(predicted_speedup(model, q)), "measured speed-up": sp,
-                         "low": lo, "high": hi, "plain time (ms)": 1e3 * _median(times["plain"]),
-                         "early-exit time (ms)": 1e3 * _median(times[i])})
+                         "low": lo, "high": hi, "plain time (ms)": 1e3 * median(times["plain"]),
+                         "early-exit time (ms)": 1e3 * median(times[i])})
     return pd.DataFrame(rows)
 
 
@@ -328,12 +329,10 @@ def time_breakdown(model: EarlyExitNet, x: torch.Tensor, rows_left: Sequence[int
         block2 = interleaved_samples({n: (lambda n=n: model.exits[1](model.stages[1](h1[:n]))) for n in rows},
                                      repeats=repeats) if rows else {}
         block1_compiled = compiled_stage1_wins(model, x)
-    return {"parts": {k: _median(v) for k, v in parts.items()}, "block2_rows": {n: _median(v) for n, v in block2.items()},
+    return {"parts": {k: median(v) for k, v in parts.items()}, "block2_rows": {n: median(v) for n, v in block2.items()},
             "block1_compiled": block1_compiled}
 
 
-def _median(v: Sequence[float]) -> float:
-    return median_ci(v)[0]
 
 
 # ---------------------------------------------------------------- tables for the figures

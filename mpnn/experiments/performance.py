@@ -13,7 +13,7 @@ import pandas as pd
 
 from mpnn.runtime import bench
 
-TIMING_COLUMNS = ("case", "group", "variant", "median_s", "min_s", "max_s", "repeats", "inner")
+TIMING_COLUMNS = ("case", "group", "variant", "median_s", "min_s", "max_s", "repeats")
 
 
 def load_results(*, quick: bool, only: str, threads: int) -> dict:

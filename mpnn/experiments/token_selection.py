@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from mpnn import determinism
 from mpnn.data.mnist import load_mnist, to_tensor
 from mpnn.runtime import stats, verdicts
-from mpnn.runtime.timing import interleaved_samples, median_ci, paired_speedup
+from mpnn.clock import interleaved_samples, median
+from mpnn.runtime.timing import median_ci, paired_speedup
 from mpnn.tokens import TokenViT, ViTConfig, evaluate_settings, keep_count, parse_setting, token_schedule, vit_flops
 from mpnn.train import History, fit, fusable
 
@@ -198,7 +199,7 @@ def latency_claim(model: TokenViT, x: torch.Tensor, rho: float = 1.0, r: int = 0
     """Timing claim: keeping ``rho`` of the tokens (or merging ``r`` per block, ToMe) lowers the latency.
 
     ``repeats`` rounds of the all-token model and the reduced one on ``x``, interleaved
-    (:func:`mpnn.runtime.timing.interleaved_samples`), on one CPU thread. The speed-up is the median of the
+    (:func:`mpnn.clock.interleaved_samples`), on one CPU thread. The speed-up is the median of the
     per-round ratios with its distribution-free 95% CI (:func:`mpnn.runtime.timing.median_ci`); the efficiency
     is speed-up / FLOP-predicted speed-up. ``verdict`` on "the reduced model is faster": supported when the
     speed-up CI lies above ``min_speedup`` (a saving beyond timing noise), not supported when it lies below 1
@@ -218,7 +219,7 @@ def latency_claim(model: TokenViT, x: torch.Tensor, rho: float = 1.0, r: int = 0
                 f"predicted by FLOPs: {eff:.2f} (95% CI {eff_lo:.2f}-{eff_hi:.2f}) of the prediction")
     return {"verdict": verdict, "measured": measured, "speedup": sp, "speedup_low": lo, "speedup_high": hi,
             "predicted": predicted, "efficiency": eff, "efficiency_low": eff_lo, "efficiency_high": eff_hi,
-            "all_ms": 1e3 * _median(t["all"]), "fewer_ms": 1e3 * _median(t["fewer"]),
+            "all_ms": 1e3 * median(t["all"]), "fewer_ms": 1e3 * median(t["fewer"]),
             "ratios": [a / b for a, b in zip(t["all"], t["fewer"])], "min_speedup": min_speedup, "repeats": repeats}
 
 
@@ -237,12 +238,10 @@ def latency_sweep(model: TokenViT, x: torch.Tensor, settings: Sequence[dict], re
         sp, lo, hi = paired_speedup(t["all"], t[j])
         rows.append({"rho": rho, "r": r, "selector": sel, "measured speed-up": sp, "low": lo, "high": hi,
                      "predicted speed-up": vit_flops(model.config) / vit_flops(model.config, rho=rho, r=r),
-                     "latency (ms)": 1e3 * _median(t[j]), "all-token latency (ms)": 1e3 * _median(t["all"])})
+                     "latency (ms)": 1e3 * median(t[j]), "all-token latency (ms)": 1e3 * median(t["all"])})
     return pd.DataFrame(rows)
 
 
-def _median(v: Sequence[float]) -> float:
-    return median_ci(v)[0]
 
 
 def speedup_table(speed: pd.DataFrame) -> pd.DataFrame:
@@ -538,12 +537,12 @@ def train_step_time(model: TokenViT, x: torch.Tensor, y: torch.Tensor, rho: floa
     sp, lo, hi = paired_speedup(t["all"], t["kept"])
     c = model.config
     measured = (f"{c.n_tokens} tokens of width {c.dim}, rho={rho:g} ({keep_count(c.n_tokens, rho)} kept), batch "
-                f"{len(x)}: training step {1e3 * _median(t['all']):.1f} ms -> {1e3 * _median(t['kept']):.1f} ms, "
+                f"{len(x)}: training step {1e3 * median(t['all']):.1f} ms -> {1e3 * median(t['kept']):.1f} ms, "
                 f"speed-up {sp:.2f}x (95% CI {lo:.2f}-{hi:.2f}, median of {repeats} interleaved rounds, 1 thread) "
                 f"against {predicted:.2f}x predicted by FLOPs: {sp / predicted:.2f} of it")
     return {"measured": measured, "speedup": sp, "speedup_low": lo, "speedup_high": hi, "predicted": predicted,
             "efficiency": sp / predicted, "efficiency_low": lo / predicted, "efficiency_high": hi / predicted,
-            "all_s": _median(t["all"]), "kept_s": _median(t["kept"]), "repeats": repeats}
+            "all_s": median(t["all"]), "kept_s": median(t["kept"]), "repeats": repeats}
 
 
 def train_step_claim(model: TokenViT, large_model: TokenViT, x: torch.Tensor, y: torch.Tensor, rho: float,

@@ -65,7 +65,7 @@ class TokenChoiceMoE(nn.Module):
         r = self.gate(x)
         cf = self.capacity_factor if self.training else self.eval_capacity_factor
         y, assignment, dropped = dispatch_token_choice(x[None], r.experts[None], r.weights[None],
-                                                       self.experts, cf)
+                                                       self.experts, cf, layer=(self, x))
         return y[0].view(*lead, -1), RoutingStats(r.aux_loss, assignment[0].detach(), dropped[0])
 
     def active_flops_per_token(self) -> float:

@@ -125,7 +125,8 @@ class StackedMoE(nn.Module):
             r = route_top_k(logits, self.k, normalize=self.normalize, gumbel=self.gumbel and self.training,
                             alpha=self.alpha, z_coef=self.z_coef)
         cf = self.capacity_factor if self.training else self.eval_capacity_factor
-        y, assignment, dropped = dispatch_token_choice(x, r.experts, r.weights, self.experts, cf)
+        y, assignment, dropped = dispatch_token_choice(x, r.experts, r.weights, self.experts, cf,
+                                                       layer=(self, x))
         return y, RoutingStats(r.aux_loss, assignment.detach(), dropped)
 
     # ------------------------------------------------------------------ back to the replicas

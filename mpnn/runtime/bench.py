@@ -28,7 +28,6 @@ import itertools
 import json
 import pkgutil
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,8 @@ from typing import Any, Callable
 
 import torch
 
-from .. import paths
+from .. import native, paths
+from ..clock import interleaved_samples, median
 
 REGISTRY: dict[str, "Case"] = {}
 
@@ -74,32 +74,24 @@ def _sync():
         torch.cuda.synchronize()
 
 
+def _summary(samples: list[float]) -> dict[str, float]:
+    return {"median_s": median(samples), "min_s": min(samples), "max_s": max(samples), "repeats": len(samples)}
+
+
 def time_callable(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1,
                   min_time: float = 0.0) -> dict[str, float]:
-    """Median and spread of wall time over ``repeats`` calls after ``warmup`` calls.
+    """Median and spread of wall time over ``repeats`` samples after ``warmup`` calls (a call
+    shorter than ``min_time`` is looped inside a sample; times are per call)."""
+    return _summary(interleaved_samples({"fn": fn}, repeats=repeats, warmup=warmup, min_time=min_time)["fn"])
 
-    Calls shorter than ``min_time`` are looped inside one timing so that short kernels are not
-    dominated by timer resolution; times are per call.
-    """
-    for _ in range(warmup):
-        fn()
-    _sync()
-    inner = 1
-    if min_time > 0:
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        once = max(time.perf_counter() - t0, 1e-7)
-        inner = max(1, int(min_time / once))
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        _sync()
-        samples.append((time.perf_counter() - t0) / inner)
-    return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples),
-            "repeats": repeats, "inner": inner}
+
+def time_variants(variants: dict[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1,
+                  min_time: float = 0.0) -> dict[str, dict[str, float]]:
+    """:func:`time_callable` for every variant of a case, in interleaved rounds
+    (:func:`mpnn.clock.interleaved_samples`): a load that comes and goes slows every variant of a
+    round alike, so the ratios between variants hold on a shared machine."""
+    samples = interleaved_samples(variants, repeats=repeats, warmup=warmup, min_time=min_time)
+    return {v: _summary(t) for v, t in samples.items()}
 
 
 def steady_allocator() -> bool:
@@ -152,8 +144,8 @@ def run_case(c: Case, quick: bool) -> list[dict[str, Any]]:
             raise ValueError(f"benchmark {c.name} returned no variants")
         # quick sizes: sub-millisecond calls looped to 5 ms per sample and 5 samples (with 2 unlooped
         # samples, MoE ratios at T=512 moved by +-40% from run to run on this shared machine)
-        timings = {v: time_callable(f, repeats=5 if quick else c.repeats, warmup=1, min_time=0.005 if quick else 0.02)
-                   for v, f in variants.items()}
+        timings = time_variants(variants, repeats=5 if quick else c.repeats, warmup=1,
+                                min_time=0.005 if quick else 0.02)
         first = next(iter(timings))
         roles = extra.pop("book_vs_torch", None)
         if roles and ({roles["book"], *roles["torch"]} - set(variants)):
@@ -178,7 +170,7 @@ def book_vs_torch(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     "torch": [variants]}``): the book's variant (the path the book takes, compiled or not, as chosen
     on this machine) against the fastest torch-only variant of the same computation."""
     groups: dict[tuple, list[dict]] = {}
-    skip = {"variant", "median_s", "min_s", "max_s", "repeats", "inner", "flops", "gflops", "role"}
+    skip = {"variant", "median_s", "min_s", "max_s", "repeats", "flops", "gflops", "role"}
     for r in rows:
         if r.get("role"):
             key = tuple(sorted((k, json.dumps(v, default=str)) for k, v in r.items()
@@ -218,7 +210,7 @@ def run_all(quick: bool = False, only: str | None = None, progress: bool = True,
     n = 512 if quick else 1024
     start = time.time()
     steady = steady_allocator()
-    with cpu_threads(threads):
+    with cpu_threads(threads), native.fresh_choices():   # the machine to itself: measure the choices anew
         before = dense_mm_gflops(n)
         for c in tqdm(cases, desc="benchmarks", disable=not progress):
             rows.extend(run_case(c, quick))

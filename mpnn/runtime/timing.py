@@ -2,7 +2,7 @@
 
 A timing claim ("wall time follows FLOPs", "fewer messages win") is a *ratio measured in one run*:
 the variants are called in turn (a, b, a, b, ...) so that a drifting machine load hits all of them
-alike, and the median of the repeats is kept (:func:`time_interleaved`).
+alike, and the median of the repeats is kept (:func:`mpnn.clock.interleaved_samples`, the book's one timer).
 
 A chapter decides such a claim with a module-level function of its experiment module
 (``mpnn.experiments.<chapter>``) that takes only
@@ -33,56 +33,6 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .. import paths
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], *, repeats: int = 7, warmup: int = 1) -> dict[str, float]:
-    """Median wall time (s) of each callable, called in turn (a, b, c, a, b, c, ...) ``repeats`` times."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-
-    def sync():
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            sync()
-            t0 = time.perf_counter()
-            f()
-            sync()
-            times[k].append(time.perf_counter() - t0)
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-
-
-def interleaved_samples(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Wall time (s) of every call of every callable over ``repeats`` rounds.
-
-    Each round calls every callable once, in the given order on even rounds and in reverse order on odd
-    rounds (a b, b a, a b, ...), so that a drifting machine load and any first-/second-call effect hit all
-    of them alike; round ``i`` of two callables gives one paired ratio. CUDA is synchronised around calls.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-
-    def sync():
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-    names = list(fns)
-    for _ in range(warmup):
-        for k in names:
-            fns[k]()
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(repeats):
-        for k in (names if r % 2 == 0 else names[::-1]):
-            sync()
-            t0 = time.perf_counter()
-            fns[k]()
-            sync()
-            times[k].append(time.perf_counter() - t0)
-    return times
 
 
 def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
