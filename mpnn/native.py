@@ -29,7 +29,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable

@@ -21,7 +21,7 @@ from mpnn.early_exit import (EarlyExitConfig, EarlyExitNet, choose_threshold, co
                              fused_stage1, normalised_entropy, predicted_speedup, sweep_metrics)
 from mpnn.runtime import stats, verdicts
 from mpnn.clock import interleaved_samples, median
-from mpnn.runtime.timing import median_ci, paired_speedup
+from mpnn.runtime.timing import paired_speedup
 from mpnn.train import History, fit, fusable
 
 MNIST_TRAIN = 60000

@@ -22,7 +22,7 @@ from mpnn import determinism
 from mpnn.data.mnist import load_mnist, to_tensor
 from mpnn.runtime import stats, verdicts
 from mpnn.clock import interleaved_samples, median
-from mpnn.runtime.timing import median_ci, paired_speedup
+from mpnn.runtime.timing import paired_speedup
 from mpnn.tokens import TokenViT, ViTConfig, evaluate_settings, keep_count, parse_setting, token_schedule, vit_flops
 from mpnn.train import History, fit, fusable
 
