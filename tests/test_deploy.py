@@ -18,7 +18,7 @@ from mpnn.deploy import checkpoint as ckpt
 from mpnn.deploy import cost
 from mpnn.deploy.launch import leftover
 from mpnn.deploy.plan import Plan
-from mpnn.deploy.worker import batch, make_data
+from mpnn.deploy.rank_work import batch, make_data
 
 SIZES = [12, 10, 7, 4]      # input 12, hidden 10 and 7, output 4
 SEED, LR, BATCH, K = 3, 0.2, 16, 3

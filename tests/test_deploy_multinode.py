@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from mpnn.deploy import assemble, init_params, make_plan, reference_model
 from mpnn.deploy import checkpoint as ckpt
 from mpnn.deploy.launch import DeployError, torchrun_nodes
-from mpnn.deploy.worker import batch, make_data
+from mpnn.deploy.rank_work import batch, make_data
 
 SIZES = [12, 10, 7, 4]
 SEED, LR, BATCH = 3, 0.2, 16

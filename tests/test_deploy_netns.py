@@ -113,7 +113,7 @@ def test_ranks_in_namespaces_match_one_process():
            "lr": 0.1, "k_steps": 0, "dtype": "float64"}
     with netns.Network(2, tag="eq") as net:
         res = netns.run_group(job, 2, net=net, timeout_s=120)
-    from mpnn.deploy.worker import batch, make_data
+    from mpnn.deploy.rank_work import batch, make_data
     x, y = make_data(data, sizes[0], sizes[-1])
     xb, _ = batch(x, y, 0, 16, seed)
     ref = reference_model(init_params(sizes, seed, torch.float64))(xb.double())

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from mpnn.deploy import init_params, launch, make_plan, reference_model
 from mpnn.deploy import cost
 from mpnn.deploy.peers import chunk_counts, layer_ranks, pp_messages, tp_plan
-from mpnn.deploy.worker import batch, make_data
+from mpnn.deploy.rank_work import batch, make_data
 
 SIZES = [12, 10, 7, 5, 4]      # four layers: two col/row pairs; 10 and 7 neurons split unevenly on 3 ranks
 SEED, LR, BATCH, K, M = 3, 0.2, 16, 3, 4

@@ -129,3 +129,79 @@ def test_setup_helper_and_plotting_cells_fold_their_code(chapter):
                      or FOLDED.search("".join(cell["source"])))]
     assert not unfolded, (f"{chapter}: code cells {unfolded} are set-up, helper, plotting or claims cells; "
                           f"tag them 'hide-input' (CONTRIBUTING.md, 'Code one click away')")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, function-local imports included (an import of
+    ``a.b`` names module ``a.b`` where it exists, else its package ``a``)."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "__pycache__" in path.parts:
+            continue
+        parts = path.relative_to(paths.ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    def resolve(m):
+        while m and m not in modules:
+            m = m.rpartition(".")[0]
+        return m
+
+    graph = {}
+    for name, path in modules.items():
+        package = ".".join(path.relative_to(paths.ROOT).with_suffix("").parts[:-1])
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {resolve(a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                # "from pkg import sub" imports the submodule; "from pkg import name" the package
+                targets |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else resolve(base)
+                            for a in node.names}
+        graph[name] = {t for t in targets if t and t.startswith("mpnn") and t not in (name, "mpnn")}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_between_the_packages_modules():
+    """A cycle, even through an import inside a function, means two modules are one: split out what
+    they share (as :mod:`mpnn.deploy.rank_work` holds what every rank computes)."""
+    graph = import_graph()
+    assert {"mpnn.deploy.rank_work", "mpnn.runtime.site"} <= set(graph)       # the graph is the package
+    assert import_cycles(graph) == []

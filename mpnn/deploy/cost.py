@@ -141,7 +141,7 @@ def project(width: int, layers: int, batch: int, P: np.ndarray, hw: Hardware = H
 def exchange_rounds(plan: Plan) -> int:
     """Exchanges on a step's critical path that send something: one per layer whose activations
     go to another rank, forward and backward. An emulated one-way latency ``d`` per exchange
-    (:data:`mpnn.deploy.engine.SEND_DELAY_S`) adds ``d * exchange_rounds(plan)`` to a step."""
+    (``ShardedMLP.send_delay_s`` of :mod:`mpnn.deploy.engine`) adds ``d * exchange_rounds(plan)`` to a step."""
     n = sum(1 for l in range(1, plan.n_layers + 1)
             if any(c != p for p in plan.producers(l) for c in plan.consumers(l)))
     return 2 * n

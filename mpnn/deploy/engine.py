@@ -36,10 +36,6 @@ from .plan import Plan
 
 __all__ = ["init_params", "reference_model", "assemble", "PeerLost", "CommStats", "ShardedMLP"]
 
-# Emulated one-way link latency (seconds; issue 13, set by mpnn.deploy.netns in its ranks): every
-# exchange holds its outgoing messages this long before handing them to torch.distributed.
-SEND_DELAY_S = 0.0
-
 
 def init_params(sizes: list[int], seed: int, dtype: torch.dtype = torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Full parameters ``[(W_l (n_l, n_{l-1}), b_l (n_l,)), ...]``, ``U(-1/sqrt(n_{l-1}), +)`` like
@@ -122,8 +118,11 @@ class ShardedMLP:
 
     def __init__(self, plan: Plan, rank: int, *, params=None, shards: dict | None = None,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 timeout_s: float = 60.0):
+                 timeout_s: float = 60.0, send_delay_s: float = 0.0):
         self.plan, self.rank = plan, int(rank)
+        # emulated one-way link latency (s): every exchange holds its outgoing messages this long before
+        # handing them to torch.distributed (:mod:`mpnn.deploy.netns` sets it per network condition)
+        self.send_delay_s = float(send_delay_s)
         self.device, self.dtype = torch.device(device), dtype
         self.timeout = timedelta(seconds=timeout_s)
         self.stats = CommStats()
@@ -181,8 +180,8 @@ class ShardedMLP:
                 buf = torch.empty(shape, dtype=self.dtype, device=self.device)
                 out[src] = buf
                 reqs.append(dist.irecv(buf, src=src, tag=tag))
-            if sends and SEND_DELAY_S > 0:      # emulated latency (see SEND_DELAY_S); 0 = off
-                time.sleep(SEND_DELAY_S)
+            if sends and self.send_delay_s > 0:      # emulated latency; 0 = off
+                time.sleep(self.send_delay_s)
             for dst, t in sends:
                 t = t.detach().contiguous()
                 reqs.append(dist.isend(t, dst=dst, tag=tag))

@@ -12,7 +12,7 @@ conditions". On one Linux machine (root needed) :class:`Network` builds them:
 * bandwidth: a ``tbf`` qdisc on each rank's ``eth0`` caps what that server sends (its uplink):
   :func:`shape` (``tc qdisc replace dev eth0 root tbf rate R burst B latency 200ms``);
 * latency: this kernel has no ``netem``, so the latency is emulated in the engine's transport:
-  :data:`mpnn.deploy.engine.SEND_DELAY_S` holds every exchange's outgoing messages ``d`` seconds
+  ``ShardedMLP.send_delay_s`` (:mod:`mpnn.deploy.engine`) holds every exchange's outgoing messages ``d`` seconds
   before they are handed to gloo (one delay per exchange and rank: messages sent together travel
   in parallel, as on a link with one-way latency ``d``);
 * the shared store: a file server (:func:`serve`, stdlib only) in the hub namespace writes what the
@@ -316,11 +316,13 @@ def run_group(job: dict, world_size: int, *, net: Network | None = None, timeout
 
 # ---------------------------------------------------------------------- jobs (run inside the ranks)
 
-def _set_condition(job: dict, cond: dict) -> None:
-    from . import engine
+def _set_condition(job: dict, cond: dict, models) -> None:
+    """Cap this rank's uplink (in a namespace) and set the emulated latency of its ``models``."""
     if job.get("netns"):
         shape(None, cond.get("rate_bps"))
-    engine.SEND_DELAY_S = float(cond.get("delay_s", 0.0))
+    for m in models:
+        if m is not None:
+            m.send_delay_s = float(cond.get("delay_s", 0.0))
 
 
 def job_conditions(job: dict, rank: int, device) -> dict:
@@ -334,7 +336,7 @@ def job_conditions(job: dict, rank: int, device) -> dict:
     import torch.nn.functional as F
 
     from .engine import reference_model
-    from .worker import DTYPES, _timed_step, batch, plan_models
+    from .rank_work import DTYPES, batch, plan_models, timed_step
     plans, x, y, params, models = plan_models(job, rank, device)
     seed, lr, dtype = job["seed"], job["lr"], DTYPES[job.get("dtype", "float32")]
     ref = reference_model(params) if rank == 0 else None
@@ -345,12 +347,12 @@ def job_conditions(job: dict, rank: int, device) -> dict:
         for i in range(job["warmup"] + job["repeats"]):
             xb, yb = batch(x, y, i, job["batch"], seed)
             for ci in [(i + o) % len(conds) for o in range(len(conds))]:
-                _set_condition(job, conds[ci])
+                _set_condition(job, conds[ci], models)
                 for j in [(i + o) % n_cfg for o in range(n_cfg)]:
                     dist.barrier()
                     row = None
                     if j < len(plans) and models[j] is not None:
-                        row = _timed_step(models[j], xb, yb, lr, device)
+                        row = timed_step(models[j], xb, yb, lr, device)
                     elif j == len(plans) and ref is not None:
                         t0 = time.perf_counter()
                         opt.zero_grad()
@@ -360,7 +362,7 @@ def job_conditions(job: dict, rank: int, device) -> dict:
                     if row is not None and i >= job["warmup"]:
                         rows[ci][j].append({"round": i - job["warmup"], **row})
     finally:
-        _set_condition(job, {"rate_bps": None, "delay_s": 0.0})
+        _set_condition(job, {"rate_bps": None, "delay_s": 0.0}, models)
     dist.barrier()
     return {"conditions": rows}
 
@@ -379,7 +381,7 @@ def job_sync(job: dict, rank: int, device) -> dict:
 
     from .engine import ShardedMLP, init_params
     from .plan import Plan
-    from .worker import DTYPES, batch, make_data
+    from .rank_work import DTYPES, batch, make_data
     plan = Plan.from_dict(job["plan"])
     dtype = DTYPES[job.get("dtype", "float32")]
     x, y = make_data(job["data"], plan.sizes[0], plan.sizes[-1])
@@ -403,7 +405,7 @@ def job_sync(job: dict, rank: int, device) -> dict:
         conds = job["sync_conditions"]
         for i in range(job["warmup"] + job["repeats"]):
             for ci in [(i + o) % len(conds) for o in range(len(conds))]:
-                _set_condition(job, conds[ci])
+                _set_condition(job, conds[ci], [model])
                 for j in [(i + o) % len(ks) for o in range(len(ks))]:
                     k = ks[j]
                     n = k if k else max(ks)
@@ -427,7 +429,7 @@ def job_sync(job: dict, rank: int, device) -> dict:
                                      "t0": t0, "ts": ts, "t1": t1, "shard_bytes": nbytes})
     finally:
         sock.close()
-        _set_condition(job, {"rate_bps": None, "delay_s": 0.0})
+        _set_condition(job, {"rate_bps": None, "delay_s": 0.0}, [model])
     dist.barrier()
     return {"rows": rows}
 

@@ -173,7 +173,7 @@ def _groups(world_sizes, world: int) -> dict:
 
 
 def _batch(job, step, dtype):
-    from .worker import batch, make_data
+    from .rank_work import batch, make_data
     x, y = make_data(job["data"], job["sizes"][0], job["sizes"][-1])
     xb, yb = batch(x, y, step, job["batch"], job["seed"])
     return xb.to(dtype), yb
@@ -208,7 +208,7 @@ def job_equivalence(job: dict, rank: int, device) -> dict:
 
 
 def _io_written() -> int | None:
-    from .worker import _io_written as f
+    from .rank_work import io_written as f
     return f()
 
 
@@ -232,7 +232,7 @@ def job_interleaved(job: dict, rank: int, device) -> dict:
     whole group. Returns, per configuration, this rank's rows ``{round, t0, t1, wire_bytes}``, the
     engine's message counts and the tensor-parallel collective counts.
     """
-    from .worker import make_data, batch
+    from .rank_work import make_data, batch
     sizes, dtype, lr = job["sizes"], torch.float32, job["lr"]
     world = dist.get_world_size()
     groups = _groups(job["world_sizes"], world)

@@ -27,47 +27,9 @@ import torch.nn.functional as F
 
 from .engine import ShardedMLP, init_params, reference_model
 from .plan import Plan
+from .rank_work import DTYPES, batch, make_data, plan_models, timed_step
 
-__all__ = ["make_data", "batch", "JOBS", "main"]
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-# ---------------------------------------------------------------------- data (the shared store)
-
-def make_data(spec: dict, n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every rank builds the same data set: ``{"kind": "mnist", "n", "root"}`` or ``{"kind": "synthetic", "n", "seed"}``."""
-    if spec["kind"] == "mnist":
-        from mpnn.data import load_mnist
-        from mpnn.data.mnist import to_tensor
-        images, labels = load_mnist("train", root=spec.get("root"))
-        n = int(spec["n"])
-        return to_tensor(images[:n], scale="unit", shape="flat"), labels[:n]
-    if spec["kind"] == "synthetic":
-        g = torch.Generator().manual_seed(int(spec["seed"]))
-        x = torch.randn(int(spec["n"]), n_in, generator=g, dtype=torch.float64)
-        w = torch.randn(n_in, n_out, generator=g, dtype=torch.float64)
-        return x.float(), (x @ w).argmax(1)
-    raise ValueError(f"unknown data kind {spec['kind']!r}; use 'mnist' or 'synthetic'")
-
-
-def batch(x: torch.Tensor, y: torch.Tensor, step: int, size: int, seed: int):
-    """Batch of step ``step``: a function of (seed, step) only, so a restarted run sees the same batches."""
-    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
-    idx = torch.randperm(x.shape[0], generator=g)[:size]
-    return x[idx], y[idx]
-
-
-def _io_written() -> int | None:
-    """Bytes this process passed to write()/writev() (gloo's TCP pairs use writev): /proc/self/io wchar."""
-    try:
-        for line in Path("/proc/self/io").read_text().splitlines():
-            if line.startswith("wchar:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
+__all__ = ["JOBS", "main"]
 
 # ---------------------------------------------------------------------- jobs
 
@@ -126,38 +88,6 @@ def job_train(job: dict, rank: int, device) -> dict:
     return {"start": start, "losses": losses, "final": {k: v.cpu() for k, v in model.shard_state().items()}}
 
 
-def _timed_step(model: ShardedMLP, xb, yb, lr: float, device) -> dict:
-    """One training step of a sharded model after a barrier: start, head's forward end, end, traffic."""
-    model.stats.reset()
-    io0, t0 = _io_written(), time.perf_counter()
-    model.zero_grad()
-    logits = model.forward(xb)
-    t_fwd = time.perf_counter()
-    grad = None
-    if logits is not None:
-        logits.requires_grad_(True)
-        (grad,) = torch.autograd.grad(F.cross_entropy(logits, yb.to(device)), logits)
-    model.backward(grad)
-    model.sgd_step(lr)
-    t1, io1 = time.perf_counter(), _io_written()
-    return {"t0": t0, "t_fwd": t_fwd if logits is not None else None, "t1": t1,
-            "wire_bytes": None if io0 is None else io1 - io0, **model.stats.as_dict()}
-
-
-def plan_models(job: dict, rank: int, device) -> tuple:
-    """The set-up every interleaved timing job shares: ``job["plans"]``, the data, the initial parameters
-    and this rank's :class:`ShardedMLP` of each plan (None where the plan has fewer ranks).
-    Returns ``(plans, x, y, params, models)``."""
-    dtype = DTYPES[job.get("dtype", "float32")]
-    plans = [Plan.from_dict(pd) for pd in job["plans"]]
-    sizes = plans[0].sizes
-    x, y = make_data(job["data"], sizes[0], sizes[-1])
-    params = init_params(sizes, job["seed"], dtype)
-    models = [ShardedMLP(p, rank, params=params, device=device, dtype=dtype, timeout_s=job["op_timeout_s"])
-              if rank < p.world_size else None for p in plans]
-    return plans, x, y, params, models
-
-
 def job_interleaved(job: dict, rank: int, device) -> dict:
     """Interleaved timing of several plans (and the single-process step) in one group.
 
@@ -183,7 +113,7 @@ def job_interleaved(job: dict, rank: int, device) -> dict:
             dist.barrier()
             row = None
             if j < len(plans) and models[j] is not None:
-                row = _timed_step(models[j], xb, yb, lr, device)
+                row = timed_step(models[j], xb, yb, lr, device)
             elif j == len(plans) and ref is not None:
                 xr, yr = xb.to(device, dtype), yb.to(device)
                 t0 = time.perf_counter()

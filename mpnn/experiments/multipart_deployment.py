@@ -35,7 +35,7 @@ from mpnn.deploy.cost import (Hardware, critical_fraction, fit_latency, neuron_w
 from mpnn.deploy.engine import assemble, init_params, reference_model
 from mpnn.deploy.launch import DeployError, launch, leftover, torchrun
 from mpnn.deploy.plan import Plan, PlanError, make_plan
-from mpnn.deploy.worker import batch, make_data
+from mpnn.deploy.rank_work import batch, make_data
 from mpnn.runtime import plots, verdicts
 
 __all__ = ["plans_for", "parameters_per_rank", "metadata_lines", "figure_ownership", "try_plans",
@@ -114,7 +114,7 @@ def _linears(net: torch.nn.Sequential) -> list[torch.nn.Linear]:
 
 
 def batches_in_fit_order(x, y, steps: int, batch_size: int, seed: int):
-    """The workers' batches of steps ``0..steps-1`` (:func:`mpnn.deploy.worker.batch`), laid out so
+    """The workers' batches of steps ``0..steps-1`` (:func:`mpnn.deploy.rank_work.batch`), laid out so
     that one epoch of ``train.fit(batch_size=len(batch), seed=seed)`` visits them in step order.
 
     With ``perm`` the permutation ``fit`` draws for that epoch, row ``perm[i]`` of the result holds
