@@ -205,3 +205,24 @@ def test_no_import_cycle_between_the_packages_modules():
     graph = import_graph()
     assert {"mpnn.deploy.rank_work", "mpnn.runtime.site"} <= set(graph)       # the graph is the package
     assert import_cycles(graph) == []
+
+
+def _figure_calls(source: str):
+    """The ``plots.show(...)`` / ``plots.show_images(...)`` calls of a code cell."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:          # a cell magic: not Python
+        return []
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("show", "show_images") and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "plots"]
+
+
+@pytest.mark.parametrize("chapter", notebooks.chapters())
+def test_every_figure_is_numbered_with_a_caption(chapter):
+    """A figure says what to look at: every figure a chapter shows has a caption (plots.show numbers it)."""
+    nb = json.loads((paths.ROOT / "book" / f"{chapter}.ipynb").read_text())
+    missing = [ast.unparse(call)[:80] for cell in nb["cells"] if cell["cell_type"] == "code"
+               for call in _figure_calls("".join(cell["source"]))
+               if not any(k.arg == "caption" for k in call.keywords)]
+    assert not missing, f"{chapter}: figures without caption=: {missing}"

@@ -152,3 +152,34 @@ def test_explorer_shows_the_bound_chart_in_the_site_and_the_widget_in_jupyter(tm
     assert shown == ["widget"]
     with pytest.raises(ValueError, match="site_view"):
         widgets.explorer(lambda: "widget")
+
+
+def test_figures_are_numbered_per_chapter_and_carry_their_caption(tmp_path, monkeypatch):
+    from IPython.core.interactiveshell import InteractiveShell   # noqa: F401  (display needs IPython)
+    from mpnn.runtime import repro, text
+    monkeypatch.setenv("MPNN_BUILD_DIR", str(tmp_path))
+    monkeypatch.setenv("MPNN_SVG", "0")
+    shown, glued = [], {}
+    monkeypatch.setattr("IPython.display.display", lambda *a, **k: shown.append(a[0]))
+    monkeypatch.setattr(text, "glue", lambda name, value, fmt="": glued.setdefault(name, value))
+    monkeypatch.setattr(plots, "_NUMBERS", {})
+    monkeypatch.setattr(repro, "_current", repro.RunContext(chapter="demo", render="static"))
+    chart = plots.bar_ci(_grid(), "flops", low="mean", high="mean")
+    plots.show(chart, "first", caption="Look at the bars.")
+    plots.show(chart, "second", caption="Look at <the> gap.")
+    plots.show(chart, "first", caption="Shown again.")                 # keeps its number
+    html = [v["text/html"] for v in shown]
+    assert 'id="fig-first"' in html[0] and "Figure 1.</span> Look at the bars." in html[0]
+    assert "Figure 2.</span> Look at &lt;the&gt; gap." in html[1] and "Figure 1." in html[2]
+    assert glued == {"fig-first": "Figure 1", "fig-second": "Figure 2"}
+    with pytest.raises(ValueError, match="caption"):
+        plots.show(chart, "third", caption=" ")
+    monkeypatch.setattr(repro, "_current", repro.RunContext(chapter="other", render="live"))
+    shown.clear()
+    plots.show_images(torch_digits(), "digits", caption="Ten digits.")
+    assert "Figure 1." in shown[-1].data                                 # numbering starts again per chapter
+
+
+def torch_digits():
+    import torch
+    return torch.zeros(10, 28, 28, dtype=torch.uint8)

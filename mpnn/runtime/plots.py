@@ -71,15 +71,48 @@ def save(chart: alt.TopLevelMixin, name: str, svg: bool = True) -> dict:
     return spec
 
 
-def show(chart: alt.TopLevelMixin, name: str) -> None:
-    """Save the figure files and display the chart (see the module docstring)."""
+_NUMBERS: dict[str, dict[str, int]] = {}      # chapter -> figure name -> its number on the page
+
+
+def figure_number(name: str) -> int:
+    """The figure's number in its chapter, in the order first shown (a figure shown again keeps it).
+    The prose refers to it as ``{glue}`fig-<name>``` ("Figure 3"), glued by :func:`show`."""
+    numbers = _NUMBERS.setdefault(_chapter(), {})
+    return numbers.setdefault(_slug(name), len(numbers) + 1)
+
+
+def _caption(name: str, caption: str) -> tuple[int, str]:
+    if not caption or not caption.strip():
+        raise ValueError(f"figure {name!r}: give a caption that says what to look at")
+    from . import text
+    n = figure_number(name)
+    text.glue(f"fig-{_slug(name)}", f"Figure {n}")
+    return n, caption.strip()
+
+
+def _figure_html(inner: str, name: str, n: int, caption: str) -> str:
+    from html import escape
+    return (f'<figure class="mpnn-figure" id="fig-{_slug(name)}">\n{inner}\n<figcaption><span class="mpnn-fig-no">'
+            f'Figure {n}.</span> {escape(" ".join(caption.split()), quote=False)}</figcaption>\n</figure>')
+
+
+def _show_caption(n: int, caption: str) -> None:
+    from IPython.display import Markdown, display
+    display(Markdown(f"**Figure {n}.** {caption}"))
+
+
+def show(chart: alt.TopLevelMixin, name: str, *, caption: str) -> None:
+    """Save the figure files and display the chart as a numbered figure with its caption (see the
+    module docstring); ``caption`` says what to look at."""
     from IPython.display import display
+    n, caption = _caption(name, caption)
     spec = save(chart, name)
     if site_mode():
-        html = embed_html(spec, f"mpnn-{_slug(_chapter())}-{_slug(name)}")
-        display({"text/html": html, "text/plain": f"<chart {name}>"}, raw=True)
+        html = _figure_html(embed_html(spec, f"mpnn-{_slug(_chapter())}-{_slug(name)}"), name, n, caption)
+        display({"text/html": html, "text/plain": f"<Figure {n}: {name}>"}, raw=True)
     else:
         display(chart)
+        _show_caption(n, caption)
 
 
 # ---------------------------------------------------------------- builders
@@ -219,14 +252,23 @@ def image_grid(images, *, columns: int = 10, scale: int = 2, pad: int = 2) -> by
     return buf.getvalue()
 
 
-def show_images(images, name: str, **kwargs) -> None:
-    """Save ``<name>.png`` (an :func:`image_grid`) in the chapter's figure folder and display it."""
-    from IPython.display import Image, display
+def show_images(images, name: str, *, caption: str, **kwargs) -> None:
+    """Save ``<name>.png`` (an :func:`image_grid`) in the chapter's figure folder and display it as a
+    numbered figure with its caption."""
+    from html import escape
+
+    from IPython.display import HTML, Image, display
+    n, caption = _caption(name, caption)
     png = image_grid(images, **kwargs)
     folder = paths.figure_dir(_chapter())
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{_slug(name)}.png").write_bytes(png)
-    display(Image(data=png))
+    display(Image(data=png))          # the site keeps it as a file next to the page, not inline
+    if site_mode():
+        display(HTML(f'<p class="mpnn-figcaption" id="fig-{_slug(name)}"><span class="mpnn-fig-no">Figure {n}.</span> '
+                     f'{escape(" ".join(caption.split()), quote=False)}</p>'))
+    else:
+        _show_caption(n, caption)
 
 
 # ---------------------------------------------------------------- explorers without a kernel

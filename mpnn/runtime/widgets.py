@@ -33,7 +33,7 @@ def explorer(build_widget: Callable[[], object], static_view=None, *, name: str 
                          "in your browser from precomputed results"
                          + (f" ({caption})" if caption else "") + ". In Jupyter (<code>make lab</code>) the "
                          "live version recomputes.</em></p>"))
-            plots.show(view, f"{name}-site")
+            plots.show(view, f"{name}-site", caption=caption or "the explorer's settings, precomputed")
             return
         note = ("<p class='mpnn-static-note'><em>Interactive explorer: it recomputes, so it needs a kernel; "
                 "open this chapter in Jupyter (<code>make lab</code>) to use it. Here, a static picture"
@@ -43,7 +43,7 @@ def explorer(build_widget: Callable[[], object], static_view=None, *, name: str 
         if isinstance(view, str):
             display(HTML(view))
         elif view is not None:
-            plots.show(view, f"{name}-static")
+            plots.show(view, f"{name}-static", caption=caption or "a static view of the explorer")
         return
     display(build_widget())
 
