@@ -378,3 +378,27 @@ def test_the_counts_agree_on_every_page_that_shows_them():
     assert all(c.get("kind") and c.get("criterion") and c.get("verdict") for m in manifests.values()
                for c in m.get("claims", [])), "a claim without kind, criterion or verdict"
     assert re.search(r"\d", table)
+
+
+def test_the_site_is_light():
+    """Under 30 MB in all, no page over 2 MB (its HTML with the chart specs inlined)."""
+    from mpnn.runtime import site
+    assert site.size_mb(HTML) <= 30, f"the site is {site.size_mb(HTML):.1f} MB"
+    heavy = {str(p.relative_to(HTML)): p.stat().st_size for p in HTML.rglob("*.html") if p.stat().st_size > 2e6}
+    assert not heavy, f"pages over 2 MB: {heavy}"
+    assert not list(HTML.glob("_static/**/*.map")), "theme source maps are shipped"
+
+
+def test_every_document_page_links_out_to_its_sources():
+    """A reader can follow each chapter to its source document (or the original code) and find
+    every source in the references."""
+    import re
+
+    from mpnn.runtime import site
+    for chapter in site.documents():
+        text = (HTML / "book" / f"{chapter}.html").read_text()
+        assert re.search(r'href="https://(arxiv\.org/abs/\d{4}\.\d{4,5}|github\.com/)', text), \
+            f"{chapter}: no link to its source document or code"
+    refs = (HTML / "book" / "references.html").read_text()
+    links = set(re.findall(r'href="(https://[^"]+)"', refs))
+    assert len([u for u in links if "arxiv.org" in u]) >= 4 and any("github.com" in u for u in links), sorted(links)

@@ -574,7 +574,9 @@ def cmd_build(args) -> int:
     if result.returncode != 0:
         print("site build failed (warnings count as errors)", file=sys.stderr)
         return result.returncode
-    print(f"site: {out / 'html' / 'index.html'}")
+    pruned = site.prune(out / "html")
+    print(f"site: {out / 'html' / 'index.html'} ({site.size_mb(out / 'html'):.1f} MB; "
+          f"{pruned / 1e6:.1f} MB of theme source maps left out)")
     return 0
 
 

@@ -39,8 +39,22 @@ def _slug(name: str) -> str:
     return slug
 
 
+def _rounded(value, digits: int = 5):
+    """``value`` with every float rounded to ``digits`` significant digits (nested lists and dicts)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}") if value == value and abs(value) != float("inf") else value
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
 def embed_html(spec: dict, element_id: str) -> str:
-    """HTML that renders ``spec`` with the site's own vega-embed (no external requests)."""
+    """HTML that renders ``spec`` with the site's own vega-embed (no external requests). The page's
+    copy of the data keeps 5 significant digits (far below a pixel; the figure's ``.vl.json`` file
+    keeps every digit), which keeps the pages light."""
+    spec = {**spec, "datasets": _rounded(spec["datasets"])} if "datasets" in spec else spec
     payload = json.dumps(spec, separators=(",", ":")).replace("</", "<\\/")
     return (
         f'<div class="mpnn-chart" id="{element_id}"></div>\n'
