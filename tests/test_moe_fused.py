@@ -195,3 +195,11 @@ def test_the_expert_mlp_ops_pass_opcheck(how):
     torch.library.opcheck(fused.expert_mlp_backward_op,
                           (dy, p.order, p.token, weights.detach(), w1.detach(), w2.detach(), xs.detach(),
                            hid.detach(), out.detach(), p.starts, p.ends, how))
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (37, 19, 53), (128, 256, 64)])
+def test_the_yardstick_gemm_is_a_matrix_product(m, k, n):
+    g = torch.Generator().manual_seed(m + k + n)
+    a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+    ref = (a.double() @ b.double()).float()
+    torch.testing.assert_close(fused.gemm(a, b), ref, rtol=1e-5, atol=1e-5 * k ** 0.5)

@@ -89,6 +89,12 @@ def _grouped_nn(a, w, starts, offs, how):
     return F.grouped_mm(a, w, offs=offs)
 
 
+def gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` (float32, 2-D) on the book's register-blocked GEMM as one group: the second
+    yardstick the benchmarks hold against ``torch.mm`` (needs :func:`usable`)."""
+    return _grouped_nn(a, b.unsqueeze(0), torch.tensor([0, a.shape[0]]), None, "native")
+
+
 def _grouped_nt(a, w, starts, offs, how):
     """``C_e = A_e W_e^T`` for rows sorted by group: (M, N) x (E, K, N) -> (M, K)."""
     if how == "native":
