@@ -20,7 +20,7 @@ from torch import nn
 
 from mpnn import determinism, moe
 from mpnn.data import mnist
-from mpnn.runtime import stats, verdicts
+from mpnn.runtime import plots, stats, verdicts
 from mpnn.switch import LearnedSwitch, topk_mask
 from mpnn.tokens import TokenViT, ViTConfig
 from mpnn.train import fit
@@ -439,6 +439,16 @@ def capacity_curves(summary: pd.DataFrame) -> pd.DataFrame:
             quantity="test accuracy (dropless shown in the table)")])
 
 
+def figure_capacity(summary: pd.DataFrame, *, width: int = 270, height: int = 220) -> alt.FacetChart:
+    """:func:`capacity_curves` against the capacity factor, one panel per quantity (each its own y scale;
+    the panel headers name the quantity)."""
+    chart = plots.line_ci(capacity_curves(summary), "capacity factor", facet="quantity", independent_y=True,
+                          y_title="mean over seeds (95% CI)", width=width, height=height,
+                          title="dropped assignments and accuracy (dropless shown in the table)")
+    chart.facet = alt.Facet("quantity:N", title=None)
+    return chart
+
+
 def specialisation_table(study: Study, variants: list[str], labels: torch.Tensor) -> pd.DataFrame:
     """Per seed, NMI(digit; expert) of the test images' assignments (:func:`mpnn.moe.class_expert_nmi`)."""
     return pd.DataFrame([{"variant": v, "seed": i, "nmi": moe.class_expert_nmi(study.results[(v, i)].assignment, labels)}
@@ -498,8 +508,9 @@ def routing_overview(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 2)) -> p
 def figure_gumbel_max(table: pd.DataFrame) -> alt.Chart:
     """Grouped bars per expert: softmax probability next to the Gumbel top-1 selection frequency."""
     return alt.Chart(table).mark_bar().encode(
-        x=alt.X("source:N", title=None, axis=alt.Axis(labels=False)), y="probability:Q",
-        color="source:N", column=alt.Column("expert:O")).properties(
+        x=alt.X("source:N", title=None, axis=alt.Axis(labels=False)),
+        y=alt.Y("probability:Q", title="probability of selection"),
+        color=alt.Color("source:N", title=None), column=alt.Column("expert:O", title="expert")).properties(
         width=40, height=200, title="Gumbel-max: selection frequency = softmax probability")
 
 
@@ -508,9 +519,9 @@ def figure_expert_shares(curves: pd.DataFrame, n_experts: int, title: str = "") 
     long = curves.melt(id_vars=["alpha", "epoch"], value_vars=[f"expert {e}" for e in range(n_experts)],
                        var_name="expert", value_name="share")
     return alt.Chart(long).mark_area().encode(
-        x="epoch:Q", y=alt.Y("share:Q", stack="normalize"),
+        x="epoch:Q", y=alt.Y("share:Q", stack="normalize", title="share of images"),
         color=alt.Color("expert:N", scale=alt.Scale(scheme="tableau10")),
-        row=alt.Row("alpha:N", title="alpha")).properties(width=420, height=90, title=title)
+        row=alt.Row("alpha:N", title="balancing weight α")).properties(width=420, height=90, title=title)
 
 
 def figure_digit_routing(scores: torch.Tensor, labels: torch.Tensor, digit: int, k: int) -> alt.Chart:
@@ -822,7 +833,7 @@ def figure_load_shares(curves: pd.DataFrame, n_experts: int, title: str = "") ->
         id_vars=["panel", "epoch"], value_vars=[f"expert {e}" for e in range(n_experts)], var_name="expert",
         value_name="share")
     return alt.Chart(long).mark_area().encode(
-        x="epoch:Q", y=alt.Y("share:Q", stack="normalize"),
+        x="epoch:Q", y=alt.Y("share:Q", stack="normalize", title="share of tokens"),
         color=alt.Color("expert:N", scale=alt.Scale(scheme="tableau10")),
         row=alt.Row("panel:N", title=None)).properties(width=420, height=70, title=title)
 
@@ -834,10 +845,11 @@ def check_vit_seeds(vit_n_seeds: int, n_seeds: int) -> None:
 
 
 def layer_digit_frame(study: ViTStudy, variants: list[str], seed: int = 0) -> pd.DataFrame:
-    """:func:`digit_frame` of every MoE layer of the variants, with a ``panel`` column "variant, MoE layer l"."""
+    """:func:`digit_frame` of every MoE layer of the variants, with a ``model and MoE layer`` column
+    "variant, MoE layer l" (one panel each)."""
     layers = len(study.results[(variants[0], seed)].assignment)
     frame = pd.concat([digit_frame(study, variants, seed, l).assign(layer=f"MoE layer {l}") for l in range(layers)])
-    return frame.assign(panel=frame["variant"] + ", " + frame["layer"])
+    return frame.assign(**{"model and MoE layer": frame["variant"] + ", " + frame["layer"]})
 
 
 def figure_routing_bars(grid: pd.DataFrame) -> alt.Chart:
