@@ -73,7 +73,7 @@ def class_counts(splits: dict[str, torch.Tensor]) -> pd.DataFrame:
 
 def parity_table(counts: pd.DataFrame) -> pd.DataFrame:
     """Images per split and parity tag, and their share of the split."""
-    parity = counts.groupby(["split", "parity"], as_index=False)["count"].sum()
+    parity = counts.groupby(["split", "parity"], as_index=False, sort=False)["count"].sum()   # splits in given order
     parity["share"] = parity["count"] / parity.groupby("split")["count"].transform("sum")
     return parity
 
@@ -93,14 +93,18 @@ def balance_summary(counts: pd.DataFrame) -> dict:
 def figure_class_balance(counts: pd.DataFrame) -> alt.Chart:
     """Share of each digit in each split, coloured by parity tag."""
     return alt.Chart(counts).mark_bar().encode(
-        x=alt.X("digit:O"), y=alt.Y("share:Q", title="share of the split", axis=alt.Axis(format="%")),
-        color=alt.Color("parity:N"), column=alt.Column("split:N", title=None),
-        tooltip=["split", "digit", "count", alt.Tooltip("share:Q", format=".2%")]).properties(width=260, height=200)
+        x=alt.X("digit:O", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("share:Q", title="share of the split", axis=alt.Axis(format="%")),
+        color=alt.Color("parity:N", title="parity tag"),
+        column=alt.Column("split:N", title=None, sort=list(dict.fromkeys(counts["split"]))),
+        tooltip=["split", "digit", "count", alt.Tooltip("share:Q", format=".2%")]).properties(width=230, height=200)
 
 
 def figure_parity_split(parity: pd.DataFrame) -> alt.Chart:
     """Each split as one bar normalised to 100%, divided into its even and odd images."""
     return alt.Chart(parity).mark_bar().encode(
-        y=alt.Y("split:N", title=None), x=alt.X("count:Q", stack="normalize", title="share", axis=alt.Axis(format="%")),
-        color="parity:N", tooltip=["split", "parity", "count", alt.Tooltip("share:Q", format=".2%")]
+        y=alt.Y("split:N", title=None, sort=list(dict.fromkeys(parity["split"]))),
+        x=alt.X("count:Q", stack="normalize", title="share of the split", axis=alt.Axis(format="%")),
+        color=alt.Color("parity:N", title="parity tag"),
+        tooltip=["split", "parity", "count", alt.Tooltip("share:Q", format=".2%")]
     ).properties(width=420, height=80)

@@ -6,7 +6,7 @@ each trained in isolation on its own subset (:func:`mpnn.partition.train_isolate
 This module holds the chapter's data preparation (:func:`make_runs`, :func:`stack`), its training
 recipes (:func:`train_switch_net`, the centralised baselines :func:`train_pooled`, :func:`train_mlp`
 and the learned switch :func:`train_gated_neurons`), one function per experiment of the notebook,
-the explorer, the explorer's timing claim (:func:`explorer_retrain_claim`) and two figures.
+the explorer, the explorer's timing claim (:func:`explorer_retrain_claim`) and the figures.
 
 Seeds ("replicas") are stacked: replica ``s`` owns units ``s n .. s n + n - 1`` of one stack of
 neurons, so an experiment over every seed is one ``train_isolated`` call. Tensors are
@@ -739,15 +739,18 @@ def explorer_grid(sample_seed: int, test: Stacked, recipe: Recipe, tables: dict 
 
 
 def figure_explorer_site(grid: pd.DataFrame) -> alt.TopLevelMixin:
-    """The site explorer: a dropdown picks the switch table, a slider the subset sizes; the
-    precomputed heatmap of that setting is drawn (:func:`mpnn.runtime.plots.bound`)."""
+    """The site explorer: one dropdown picks the switch table, another the factor on the subset
+    sizes; the precomputed heatmap of that setting is drawn (:func:`mpnn.runtime.plots.bound`).
+    Both controls offer exactly the grid's values (a slider would offer factors in between that
+    were never computed)."""
     chart = heat_chart(grid, "accuracy", "", scheme="redyellowgreen", domain=(0.3, 0.9))
     first = f"datum.neuron == {NEURON_NAMES[0]!r} && datum.group == {GROUP_ORDER[0]!r}"
     summary = alt.Chart(grid).transform_filter(first).mark_text(
         align="left", baseline="bottom", fontWeight="bold").encode(x=alt.value(0), y=alt.value(-8), text="summary:N")
     layered = alt.layer(chart, summary).properties(title=alt.TitleParams("Accuracy per neuron and group", offset=24))
     return plots.bound(layered, grid, {"switch table": {"kind": "dropdown", "value": "the document's"},
-                                       "subset sizes x": {"kind": "slider", "name": "subset sizes x", "value": 1.0}})
+                                       "subset sizes x": {"kind": "dropdown", "name": "factor on the subset sizes",
+                                                          "value": 1.0}})
 
 
 def explorer_retrain_claim(*, sample_seed: int, test_seed: int, steps: int, lr: float, l2: float,
@@ -796,12 +799,59 @@ def heat_chart(df: pd.DataFrame, value: str, title: str, *, scheme: str = "virid
     scale = alt.Scale(scheme=scheme, domain=list(domain), clamp=True) if domain else alt.Scale(scheme=scheme)
     rect = base.mark_rect().encode(color=alt.Color(f"{value}:Q", scale=scale),
                                    tooltip=["neuron", "group", alt.Tooltip(f"{value}:Q", format=".2f"), "trained on"])
-    text = base.mark_text(fontSize=10).encode(text=alt.Text(f"{value}:Q", format=".2f"))
+    lo, hi = domain if domain else (float(df[value].min()), float(df[value].max()))
+    t = f"(datum[{value!r}] - {lo}) / {(hi - lo) or 1}"           # the value's place on the colour scale
+    dark = {"redyellowgreen": f"{t} < 0.2 || {t} > 0.8", "viridis": f"{t} < 0.5", "blues": f"{t} > 0.6"}.get(scheme)
+    ink = alt.condition(dark, alt.value("white"), alt.value("black")) if dark else alt.value("black")
+    text = base.mark_text(fontSize=10).encode(text=alt.Text(f"{value}:Q", format=".2f"), color=ink)
     box = base.transform_filter("datum['trained on'] == 'yes'").mark_rect(fill=None, stroke="red", strokeWidth=2)
     return (rect + text + box).properties(title=title, width=430, height=200)
 
 
+def figure_bars(summary: pd.DataFrame, label: str, *, title: str = "", value_title: str = "accuracy",
+                color: str | None = None, color_title: str | None = None, labels: bool = True,
+                width: int = 320) -> alt.LayerChart:
+    """Horizontal bars of the mean with 95% CI error bars (a :func:`mpnn.runtime.stats.summarise`
+    frame), one row per ``label`` in the frame's order, so long labels read without rotation."""
+    y = alt.Y(f"{label}:N", sort=None, title=None,
+              axis=alt.Axis(labelLimit=260) if labels else alt.Axis(labels=False, ticks=False))
+    tooltip = [label, alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("low:Q", format=".3f"),
+               alt.Tooltip("high:Q", format=".3f")]
+    enc = {"color": alt.Color(f"{color}:N", title=color_title or color, sort=None)} if color else {}
+    bars = alt.Chart(summary).mark_bar(opacity=0.8).encode(
+        y=y, x=alt.X("mean:Q", title=value_title), tooltip=tooltip, **enc)
+    err = alt.Chart(summary).mark_errorbar(color="black").encode(y=y, x=alt.X("low:Q", title=value_title), x2="high:Q")
+    return (bars + err).properties(title=title, width=width, height=alt.Step(24))
+
+
+def figure_collective(summary: pd.DataFrame) -> alt.LayerChart:
+    """Accuracy of every method (mean, 95% CI over seeds) on unseen people of the training groups,
+    and of the switch network on its own training samples, coloured by the test people."""
+    seen = summary.split.str.startswith("seen")
+    df = summary.assign(method=summary.method.where(~seen, summary.method + ", own training samples"))
+    return figure_bars(df, "method", title="Collective accuracy, mean and 95% CI over seeds",
+                       color="split", color_title="test people")
+
+
 def figure_misalignment(summary: pd.DataFrame) -> alt.HConcatChart:
-    """Accuracy and specialisation index (mean, 95% CI) of every switch, side by side."""
-    return alt.hconcat(*[plots.bar_ci(summary[summary.metric == m], "switch", title=m, y_title=m, zero=False, width=300)
-                         for m in ["accuracy", "specialisation index"]])
+    """Accuracy and specialisation index (mean, 95% CI) of every switch, side by side (the rows of
+    the two panels are the same switches, labelled once)."""
+    return alt.hconcat(*[figure_bars(summary[summary.metric == m], "switch", title=m, value_title=m,
+                                     labels=i == 0, width=230)
+                         for i, m in enumerate(["accuracy", "specialisation index"])])
+
+
+def figure_curve(summary: pd.DataFrame, x: str, color: str | None = None, *, log_x: bool = True,
+                 **kwargs) -> alt.LayerChart:
+    """:func:`mpnn.runtime.plots.line_ci` with one x tick at every value the run measured (a log
+    axis would otherwise crowd its labels or label values that were never run); ``kwargs`` go to
+    ``line_ci`` (x_title, y_title, title)."""
+    chart = plots.line_ci(summary, x, color, log_x=log_x, **kwargs)
+    ticks = sorted(summary[x].unique().tolist())
+    lo, hi = ticks[0], ticks[-1]
+    margin = (hi - lo) * 0.04 or 1
+    domain = [lo / 1.2, hi * 1.2] if log_x else [lo - margin, hi + margin]     # the end points off the frame
+    for layer in chart.layer:
+        layer.encoding.x.axis = alt.Axis(values=ticks, format=",", grid=True)
+        layer.encoding.x.scale = alt.Scale(type="log" if log_x else "linear", domain=domain, nice=False)
+    return chart
