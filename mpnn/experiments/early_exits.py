@@ -19,7 +19,7 @@ from mpnn.data.mnist import load_mnist, to_tensor
 from mpnn.early_exit import (EarlyExitConfig, EarlyExitNet, choose_threshold, compiled_stage1_wins, count_flops,
                              early_exit_predict, exit_costs, exit_fractions, exit_logits, exit_loss, full_cost,
                              fused_stage1, normalised_entropy, predicted_speedup, sweep_metrics)
-from mpnn.runtime import stats, verdicts
+from mpnn.runtime import plots, stats, verdicts
 from mpnn.clock import interleaved_samples, median
 from mpnn.runtime.timing import paired_speedup
 from mpnn.train import History, fit, fusable
@@ -365,6 +365,30 @@ def speedup_table(speed: pd.DataFrame) -> pd.DataFrame:
                       measured.assign(kind="measured (wall time)")])
 
 
+def figure_pareto(pareto: pd.DataFrame) -> alt.LayerChart:
+    """:func:`pareto_table` drawn: test accuracy (mean, 95% CI over seeds) against relative FLOPs, one point
+    per threshold."""
+    return plots.accuracy_vs_compute(pareto, "relative FLOPs", y="accuracy",
+                                     x_title="FLOPs relative to the plain network", y_title="test accuracy",
+                                     width=440, height=280,
+                                     title="Early exits: accuracy against FLOPs (mean, 95% CI over seeds)")
+
+
+def figure_exit_fractions(sweep: pd.DataFrame) -> alt.TopLevelMixin:
+    """Fraction of test samples leaving at each exit against the threshold (mean, 95% CI over seeds)."""
+    return plots.line_ci(exit_fraction_table(sweep).rename(columns={"exit": "leaves at"}), "threshold", "leaves at",
+                         title="Fraction of test samples leaving at each exit", y_title="fraction of test samples",
+                         x_title="entropy threshold T")
+
+
+def figure_speedup(speed: pd.DataFrame) -> alt.LayerChart:
+    """Predicted (FLOPs) and measured (wall time, 95% CI) speed-up against the threshold, a rule at no speed-up."""
+    chart = plots.line_ci(speedup_table(speed).rename(columns={"kind": "speed-up"}), "threshold", "speed-up",
+                          y_title="speed-up over the plain network (x)", x_title="entropy threshold T",
+                          title="Speed-up over the plain network (first seed's model)")
+    return plots.with_rules(chart, y={"no speed-up": 1.0})
+
+
 def part_flops(model: EarlyExitNet) -> list[int]:
     """FLOPs per sample of the parts :func:`time_breakdown` times (the entropy and gather count 0)."""
     p = next(model.parameters())
@@ -410,9 +434,16 @@ def time_model_table(parts: dict, speed: pd.DataFrame, rows: Sequence[int]) -> p
 def figure_time_breakdown(breakdown: pd.DataFrame) -> alt.Chart:
     """Two stacked bars: each part's share of the FLOPs and of the wall time."""
     long = breakdown.melt(id_vars="part", value_vars=["share of time", "share of FLOPs"], var_name="measure",
-                          value_name="share")
+                          value_name="share").replace({"measure": {"share of time": "wall time",
+                                                                   "share of FLOPs": "FLOPs"}})
+    parts = list(breakdown["part"])
+    long["position"] = long["part"].map(parts.index)            # stacked in the network's order
     return alt.Chart(long).mark_bar().encode(
-        y=alt.Y("measure:N", title=None), x=alt.X("share:Q", stack="normalize"), color="part:N",
+        y=alt.Y("measure:N", title=None),
+        x=alt.X("share:Q", stack="normalize", title="share of the network's FLOPs / of its wall time"),
+        color=alt.Color("part:N", title="part of the network", sort=parts,
+                        legend=alt.Legend(orient="bottom", columns=2, labelLimit=0)),
+        order=alt.Order("position:Q"),
         tooltip=["part", alt.Tooltip("share:Q", format=".3f")]).properties(
         title="Share of FLOPs vs share of wall time per part", width=440, height=90)
 
@@ -449,6 +480,17 @@ def threshold_long(table: pd.DataFrame) -> pd.DataFrame:
                                                        "measured speed-up"], var_name="quantity")
 
 
+def figure_threshold_static(table: pd.DataFrame) -> alt.FacetChart:
+    """The explorer's static view: one panel per quantity of :func:`threshold_long` against the threshold."""
+    panel = alt.Chart(threshold_long(table)).mark_line(point=True).encode(
+        x=alt.X("threshold:Q", title="entropy threshold T"),
+        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+        tooltip=["quantity", "threshold", alt.Tooltip("value:Q", format=".4f")]).properties(width=240, height=140)
+    return panel.facet(facet=alt.Facet("quantity:N", title=None, sort=None), columns=2).resolve_scale(
+        y="independent").properties(
+        title="Accuracy, exit-1 fraction, FLOPs and measured speed-up against the threshold")
+
+
 def threshold_grid(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`threshold_table` with a ``setting`` column (the row in words) for the site explorer."""
     grid = table.copy()
@@ -460,7 +502,6 @@ def threshold_grid(table: pd.DataFrame) -> pd.DataFrame:
 
 def figure_threshold_explorer(table: pd.DataFrame):
     """The site explorer: the threshold slider moves the operating point along the accuracy/FLOPs curve."""
-    from ..runtime import plots
     grid = threshold_grid(table)
     return plots.operating_point(grid, "relative FLOPs", "accuracy",
                                  {"threshold": {"kind": "slider", "name": "entropy threshold T"}},

@@ -324,11 +324,27 @@ def pct(summary: pd.DataFrame, variant: str, routing: str = ORACLE, split: str =
     return f"{r['mean']:.2f}% (95% CI {r['low']:.2f}-{r['high']:.2f}, n={int(r['n'])})"
 
 
-def test_bars(summary: pd.DataFrame) -> pd.DataFrame:
-    """The test rows of the summary, labelled ``variant | routing (n=..)`` for a bar chart."""
+def figure_test_accuracy(summary: pd.DataFrame) -> alt.LayerChart:
+    """Test accuracy (mean, 95% CI over seeds) of every network under each routing, grouped by network, with
+    the original code's reported value as a rule."""
     test = summary[summary.split == "test"].copy()
-    test["label"] = test.variant + " | " + test.routing + " (n=" + test.n.astype(str) + ")"
-    return test
+    test["network"] = test.variant + " (n=" + test.n.astype(str) + ")"
+    order = list(dict.fromkeys(test["network"]))
+    base = alt.Chart(test).encode(
+        y=alt.Y("network:N", sort=order, title=None, axis=alt.Axis(labelLimit=0)),
+        yOffset=alt.YOffset("routing:N"),
+        color=alt.Color("routing:N", title="test images routed by",
+                        legend=alt.Legend(orient="bottom", columns=2, labelLimit=0)))
+    scale = alt.Scale(zero=False)
+    bars = base.mark_bar(opacity=0.8).encode(
+        x=alt.X("mean:Q", title="test accuracy (%)", scale=scale),
+        tooltip=["variant", "routing", "n", alt.Tooltip("mean:Q", format=".2f"), alt.Tooltip("low:Q", format=".2f"),
+                 alt.Tooltip("high:Q", format=".2f")])
+    err = base.mark_errorbar(color="black").encode(x=alt.X("low:Q", title="test accuracy (%)", scale=scale),
+                                                   x2="high:Q")
+    chart = (bars + err).properties(width=280, height=alt.Step(9),
+                                    title="Test accuracy, mean and 95% CI over seeds")
+    return plots.with_rules(chart, x={f"document: {DOCUMENT['test']:.2f}%": DOCUMENT["test"]}, color="red")
 
 
 def per_seed(results: pd.DataFrame, variant: str, routing: str = ORACLE, split: str = "test") -> np.ndarray:
@@ -378,11 +394,11 @@ def odd_blocks(Y, train_idx: torch.Tensor, epochs: int, n_train: int) -> pd.Data
 def figure_forgetting_curve(curves: pd.DataFrame, blocks: pd.DataFrame) -> alt.LayerChart:
     """Even-digit accuracy through training, mean and 95% CI, over shaded odd blocks."""
     summary = stats.summarise(curves, ["variant", "digits", "epoch"], "accuracy", bounds=(0, 1))
-    shade = alt.Chart(blocks).mark_rect(opacity=0.12, color="orange").encode(x="start:Q", x2="end:Q")
-    lines = plots.line_ci(summary, "epoch", color="variant", y_title="accuracy on even validation digits",
-                          x_title="epoch", width=560, height=300,
-                          title="Even-digit accuracy through training (orange: odd blocks of the blocked order)")
-    return shade + lines
+    shade = alt.Chart(blocks).mark_rect(opacity=0.15, color="grey").encode(x="start:Q", x2="end:Q")
+    lines = plots.line_ci(summary.rename(columns={"variant": "network"}), "epoch", color="network",
+                          y_title="accuracy on even validation digits", x_title="epoch", width=560, height=300,
+                          title="Even-digit accuracy through training (grey: odd blocks of the blocked order)")
+    return (shade + lines).configure_legend(orient="bottom", columns=2, labelLimit=0)
 
 
 def forgetting(curves: pd.DataFrame, Y, train_idx, *, epochs: int, n_train: int):
@@ -419,6 +435,16 @@ def confusion_per_tag(nets: StackedNets, models: Sequence[int], XT, YT):
     return pd.DataFrame(conf), own, cross
 
 
+def figure_confusion_per_tag(conf: pd.DataFrame) -> alt.TopLevelMixin:
+    """:func:`confusion_per_tag`'s matrices, one panel per tag."""
+    shown = conf.rename(columns={"tag": "test images routed by the tag of their true label",
+                                 "share": "share of the true digit"})
+    return plots.heatmap(shown, "predicted digit", "true digit", "share of the true digit",
+                         facet="test images routed by the tag of their true label", scheme="blues", annotate=False,
+                         fmt=".3f", width=220, height=140,
+                         title="Confusion per tag (test, routed by the true label)").resolve_scale(y="independent")
+
+
 def activation_maps(nets: StackedNets, model: int, XT, YT) -> pd.DataFrame:
     """Mean hidden activation (tag mask of the true label) per digit and grid position (x, y)."""
     act = nets.hidden(XT, models=[model])[0] * nets.masks[model][YT % 2]             # (n_test, 256)
@@ -427,6 +453,19 @@ def activation_maps(nets: StackedNets, model: int, XT, YT) -> pd.DataFrame:
     return pd.concat([pd.DataFrame({"digit": d, "x": h % grid, "y": h // grid,
                                     "activation": act[YT == d].mean(0).cpu().numpy().astype(float)})
                       for d in range(10)], ignore_index=True)
+
+
+def figure_activation_maps(maps: pd.DataFrame) -> alt.TopLevelMixin:
+    """:func:`activation_maps` drawn: one 16x16 map of the hidden grid per digit."""
+    side = int(maps["x"].max()) + 1
+    ticks = [0, side // 2, side - 1]                               # the odd half starts at side // 2
+    axis = lambda title: alt.Axis(title=title, values=ticks, labelAngle=0)
+    return alt.Chart(maps).mark_rect().encode(
+        x=alt.X("x:O", axis=axis("hidden column")), y=alt.Y("y:O", axis=axis("hidden row")),
+        color=alt.Color("activation:Q", title="mean activation", scale=alt.Scale(scheme="inferno")),
+        tooltip=["digit", "x", "y", alt.Tooltip("activation:Q", format=".3f")]).properties(width=88, height=88).facet(
+        facet=alt.Facet("digit:N", title="digit"), columns=5).properties(
+        title=f"Mean hidden activation per digit ({side}x{side} grid; columns 0-{side // 2 - 1} = tag 0)")
 
 
 def gate_split(moe: StackedNets, XT, YT):

@@ -20,13 +20,14 @@ from tqdm.auto import tqdm
 
 from mpnn import determinism
 from mpnn.data.mnist import load_mnist, to_tensor
-from mpnn.runtime import stats, verdicts
+from mpnn.runtime import plots, stats, verdicts
 from mpnn.clock import interleaved_samples, median
 from mpnn.runtime.timing import paired_speedup
 from mpnn.tokens import TokenViT, ViTConfig, evaluate_settings, keep_count, parse_setting, token_schedule, vit_flops
 from mpnn.train import History, fit, fusable
 
 SELECTION, RANDOM, MERGING = "selection (learned)", "selection (random)", "merging (ToMe)"
+REDUCTION = "token reduction"          # the legend title of the figures that tell the methods apart
 
 
 # ---------------------------------------------------------------- data and settings
@@ -263,12 +264,27 @@ def pareto_table(sweep: pd.DataFrame) -> pd.DataFrame:
     return stats.summarise(sweep[sweep.method != RANDOM], ["method", "relative FLOPs"], "accuracy")
 
 
+def figure_selection_accuracy(sweep: pd.DataFrame) -> alt.TopLevelMixin:
+    """Test accuracy (mean, 95% CI over seeds) of learned and random selection against the keep ratio."""
+    return plots.line_ci(selection_accuracy(sweep).rename(columns={"method": "tokens kept by"}), "rho",
+                         "tokens kept by", y_title="test accuracy", x_title="keep ratio ρ (share of tokens kept)",
+                         title="Token selection: test accuracy against keep ratio (mean, 95% CI)")
+
+
+def figure_pareto(sweep: pd.DataFrame) -> alt.LayerChart:
+    """Test accuracy (mean, 95% CI over seeds) against relative FLOPs, learned selection and merging."""
+    return plots.accuracy_vs_compute(pareto_table(sweep).rename(columns={"method": REDUCTION}), "relative FLOPs",
+                                     color=REDUCTION, y_title="test accuracy", x_title="FLOPs relative to all tokens",
+                                     width=420, height=280,
+                                     title="Selection vs merging: accuracy against FLOPs (mean, 95% CI)")
+
+
 def figure_measured_vs_predicted(speed: pd.DataFrame) -> alt.LayerChart:
     """Measured speed-up (95% CI) against the FLOP-predicted one per setting, with the diagonal (equal)."""
     diagonal = alt.Chart(pd.DataFrame({"x": [1, speed["predicted speed-up"].max()]})).mark_line(
         strokeDash=[4, 4], color="grey").encode(x="x:Q", y="x:Q")
     points = alt.Chart(speed).encode(x=alt.X("predicted speed-up:Q", title="predicted speed-up (FLOPs)"),
-                                     color="method:N")
+                                     color=alt.Color("method:N", title=REDUCTION))
     bars = points.mark_errorbar().encode(y=alt.Y("low:Q", title="measured speed-up"), y2="high:Q")
     marks = points.mark_point(filled=True).encode(y="measured speed-up:Q", tooltip=[
         "method", "rho", "r", "predicted speed-up", alt.Tooltip("measured speed-up:Q", format=".2f")])
@@ -326,6 +342,13 @@ def keep_frequency(model: TokenViT, x: torch.Tensor, rho: float, batch_size: int
                          "kept": (counts / len(x)).numpy()})
 
 
+def figure_keep_frequency(freq: pd.DataFrame, rho: float) -> alt.TopLevelMixin:
+    """:func:`keep_frequency`'s share of images keeping each patch position, as a map of the patch grid."""
+    shown = freq.rename(columns={"row": "patch row", "column": "patch column", "kept": "share of images keeping it"})
+    return plots.heatmap(shown, "patch column", "patch row", "share of images keeping it", width=260, height=260,
+                         annotate=False, title=f"How often each patch is kept (keep ratio ρ = {rho:g})")
+
+
 # ---------------------------------------------------------------- explorer
 
 def setting_table(sweep: pd.DataFrame, speed: pd.DataFrame) -> pd.DataFrame:
@@ -359,6 +382,14 @@ def setting_means(table: pd.DataFrame) -> pd.DataFrame:
     return table.groupby(["method", "relative FLOPs"]).mean(numeric_only=True).reset_index()
 
 
+def figure_setting_static(table: pd.DataFrame) -> alt.LayerChart:
+    """The explorer's static view: accuracy against FLOPs of every setting (means over seeds), per method."""
+    return plots.accuracy_vs_compute(setting_means(table).rename(columns={"method": REDUCTION}), "relative FLOPs",
+                                     y="accuracy", low=None, high=None, color=REDUCTION,
+                                     x_title="FLOPs relative to all tokens", y_title="test accuracy (mean over seeds)",
+                                     width=420, height=260, title="Every setting: accuracy against FLOPs")
+
+
 def setting_grid(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`setting_table` with one label per setting (``setting``) and its summary line (``summary``),
     sorted by method and FLOPs: the site explorer's grid."""
@@ -372,13 +403,12 @@ def setting_grid(table: pd.DataFrame) -> pd.DataFrame:
 def figure_setting_site(table: pd.DataFrame):
     """The token explorer for the static site: a setting dropdown moves the highlighted point along the
     accuracy/FLOPs curves of learned selection, random selection and ToMe."""
-    from mpnn.runtime import plots
     grid = setting_grid(table)
     default = grid[(grid.method == SELECTION) & (grid.rho == 0.5)]
     first = default["setting"].iloc[0] if len(default) else grid["setting"].iloc[0]
-    return plots.operating_point(grid, "relative FLOPs", "accuracy",
+    return plots.operating_point(grid.rename(columns={"method": REDUCTION}), "relative FLOPs", "accuracy",
                                  {"setting": {"kind": "dropdown", "name": "setting", "value": first}},
-                                 color="method", label="summary", x_title="FLOPs relative to all tokens",
+                                 color=REDUCTION, label="summary", x_title="FLOPs relative to all tokens",
                                  y_title="test accuracy (mean over seeds)", width=440, height=260,
                                  title="Accuracy against FLOPs: the chosen setting")
 
@@ -510,14 +540,15 @@ def figure_budget_curves(curve: pd.DataFrame) -> alt.HConcatChart:
     """Checkpoint accuracy (mean, 95% CI) against training FLOPs (fraction of the budget) and against seconds."""
     def panel(x, title):
         d = budget_curve(curve, x)
-        base = alt.Chart(d).encode(x=alt.X(f"{x}:Q", title=title), color=alt.Color("arm:N", title="training"))
+        base = alt.Chart(d).encode(x=alt.X(f"{x}:Q", title=title),
+                                   color=alt.Color("arm:N", title="training", legend=alt.Legend(orient="bottom")))
         band = base.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title="test accuracy (checkpoint images)",
                                                           scale=alt.Scale(zero=False)), y2="high:Q")
         line = base.mark_line(point=True).encode(y="mean:Q", tooltip=["arm", "step", x, alt.Tooltip("mean:Q", format=".4f")])
-        return (band + line).properties(width=330, height=260)
-    return alt.hconcat(panel("budget fraction", "training FLOPs / all-token budget"),
-                       panel("step seconds", "training seconds (steps x measured step time, 1 thread)")).properties(
-        title="Accuracy during training: all tokens vs training on the kept tokens (mean, 95% CI)")
+        return (band + line).properties(width=250, height=240)
+    return alt.hconcat(panel("budget fraction", "training FLOPs (share of the all-token budget)"),
+                       panel("step seconds", "training seconds (steps x measured step time)")).properties(
+        title="Accuracy during training: all tokens vs the kept tokens (mean, 95% CI)")
 
 
 def train_step_time(model: TokenViT, x: torch.Tensor, y: torch.Tensor, rho: float, repeats: int = 31) -> dict:
