@@ -4,8 +4,8 @@ Per chapter: profile, status, device, duration, threads and the compiled kernels
 machine (CPU model, ISA extensions, torch's CPU kernels) and the package versions; every claim with
 its kind, criterion, verdict and expected verdict. The verdict counts come from the same code as the
 findings page (:func:`mpnn.runtime.site.findings_rows`, :func:`mpnn.runtime.verdicts.count_table`).
-Manifests written before claims had a kind and a verdict are read too: their claims are reported as
-lacking them, never dropped silently.
+A claim that does not state its kind, criterion or verdict is reported as lacking it, never dropped
+silently.
 """
 from __future__ import annotations
 
@@ -176,7 +176,9 @@ def book_run_summary(book_run: dict | None) -> str:
 
 
 def figure_durations(overview: pd.DataFrame) -> alt.Chart:
+    """One bar per chapter: how long it took to execute in this build, coloured by its profile."""
     return alt.Chart(overview).mark_bar().encode(
-        x=alt.X("duration (s):Q"), y=alt.Y("chapter:N", sort=None), color="profile:N",
+        x=alt.X("duration (s):Q", title="duration in seconds"), y=alt.Y("chapter:N", sort=None),
+        color=alt.Color("profile:N", title="profile"),
         tooltip=["chapter", "profile", "status", "duration (s)", "claims"]).properties(
         width=420, height=24 * len(overview), title="execution time per chapter")

@@ -38,6 +38,10 @@ HELDOUT_BITS = 3                # every held-out setting lives on the 8 patterns
 METRICS = ("comp_error", "noncomp_error", "digit_acc", "number_acc_comp", "number_acc_noncomp")
 COMP_CHANCE = 0.90              # compositional error of predicting the mean target (0.1 per digit slot)
 ACCURACIES = ("digit_acc", "number_acc_comp", "number_acc_noncomp")    # bounded in [0, 1]
+METRIC_NAMES = {"comp_error": "compositional error", "noncomp_error": "non-compositional error"}
+PENALTY_NAMES = {"weight_decay": "weight decay", "dropout": "dropout", "l1": "L1, all weights",
+                 "cross_l1": "L1, cross block"}
+COUPLING_TITLE = "coupling: norm of Gamma_x -> Omega_y"
 
 
 def band(values, axis: int = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -118,6 +122,14 @@ def singular_value_bands(modes, fit: ModeFit, epochs: int, points: int = 150) ->
     return pd.DataFrame(rows)
 
 
+def figure_singular_values(bands: pd.DataFrame, n_runs: int):
+    """Learned mode strengths against eq. 1, one panel per distinct mode (:func:`singular_value_bands`)."""
+    facet = "mode (singular value s)"
+    return plots.line_ci(bands.rename(columns={"mode": facet}), "epoch", color="curve", facet=facet, columns=2,
+                         independent_y=True, y_title="mode strength u", width=220, height=170,
+                         title=f"Dense network: learned singular values vs closed form ({n_runs} runs, mean and 95% CI)")
+
+
 # ----------------------------------------------------------------------- blocks of the learned map
 
 def block_norm_curves(norms: dict[str, torch.Tensor], epochs: int, points: int = 100) -> pd.DataFrame:
@@ -129,6 +141,13 @@ def block_norm_curves(norms: dict[str, torch.Tensor], epochs: int, points: int =
         rows += [{"epoch": int(t), "architecture": arch, "block": name, "mean": mean_[i, b], "low": lo_[i, b],
                   "high": hi_[i, b]} for i, t in enumerate(ts) for b, name in enumerate(D.BLOCKS)]
     return pd.DataFrame(rows)
+
+
+def figure_block_norms(curves: pd.DataFrame):
+    """The four block norms over training (:func:`block_norm_curves`), one panel per architecture."""
+    return plots.line_ci(curves.rename(columns={"block": "block of the map"}), "epoch", color="block of the map",
+                         facet="architecture", columns=2, y_title="Frobenius norm",
+                         width=220, height=150)
 
 
 def final_norm_table(norms: dict[str, torch.Tensor]) -> pd.DataFrame:
@@ -241,6 +260,15 @@ def heldout_bands(heldout: dict, epochs: int, points: int = 50) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def figure_heldout_losses(bands: pd.DataFrame):
+    """Train and test losses of both architectures over training (:func:`heldout_bands`), one panel
+    per setting and output part."""
+    names = {"panel": "setting (n1, n2, k1, k2, r) and output", "curve": "architecture, patterns"}
+    return plots.line_ci(bands.rename(columns=names), "epoch", color=names["curve"], facet=names["panel"], columns=2,
+                         independent_y=True, y_title="loss", width=220, height=140,
+                         title="Held-out patterns: loss per setting and output, mean and 95% CI")
+
+
 def heldout_table(heldout: dict, full: torch.Tensor, settings=HELDOUT_SETTINGS) -> pd.DataFrame:
     """Final held-out compositional loss per setting with an Omega_y (``n2 > 0``) and architecture,
     over all runs and over the runs whose training patterns span Omega (``full``)."""
@@ -286,7 +314,7 @@ def figure_closed_form(n1: int, n2: int, k1: int, k2: int, r: float, *, lr: floa
     curves = closed_form_curves(n1, n2, k1, k2, r, lr=lr, epochs=epochs)
     coupling = D.converged_coupling(n2, k1, r, 2 ** n1)
     chart = plots.line_ci(curves, "epoch", color="mode", y="u", low="u", high="u", y_title="mode strength",
-                          width=480, height=260,
+                          width=420, height=260,
                           title=f"n1={n1} n2={n2} k1={k1} k2={k2} r={r}: dense ||Gamma_x->Omega_y|| at convergence "
                                 f"= {coupling:.3f}")
     return plots.with_rules(chart, y={f"s/d = {m.target:.3f}": m.target for m in D.mode_spectrum(n1, n2, k1, k2, r)})
@@ -607,8 +635,9 @@ def error_curves(rows: pd.DataFrame) -> pd.DataFrame:
 
 def figure_cmnist_errors(curves: pd.DataFrame, title: str):
     """Compositional error (with the chance level) next to the non-compositional error, over epochs."""
-    panel = lambda metric: plots.line_ci(curves[curves.metric == metric], "epoch", color="curve", title=metric,
-                                         y_title="normalised error", width=300, height=220)
+    curves = curves.rename(columns={"curve": "model, images"})
+    panel = lambda metric: plots.line_ci(curves[curves.metric == metric], "epoch", color="model, images",
+                                         title=METRIC_NAMES[metric], y_title="normalised error", width=220, height=200)
     comp = plots.with_rules(panel("comp_error"), y={f"chance {COMP_CHANCE:.2f}": COMP_CHANCE})
     return (comp | panel("noncomp_error")).properties(title=title)
 
@@ -722,8 +751,10 @@ def nonlinear_norm_frame(norms: dict[tuple[str, str], torch.Tensor]) -> pd.DataF
 
 def figure_nonlinear_norms(frame: pd.DataFrame):
     """Heat map of the mean Jacobian block norm, one panel per hidden activation."""
-    return plots.heatmap(frame, "block", "architecture", "mean", facet="activation", width=260, height=120,
-                         fmt=".3f", title="Block norms of the input-output Jacobian (RMS over patterns, mean over runs)")
+    frame = frame.rename(columns={"mean": "block norm", "activation": "hidden activation"})
+    return plots.heatmap(frame, "block", "architecture", "block norm", facet="hidden activation", columns=3,
+                         width=150, height=110, fmt=".3f",
+                         title="Block norms of the input-output Jacobian (RMS over patterns, mean over runs)")
 
 
 def heldout_nonlinear(data: D.CompositionalData, seeds: Sequence[int], *, n_train: int, hidden: int, lr: float,
@@ -755,7 +786,8 @@ def heldout_nonlinear_summary(rows: pd.DataFrame) -> pd.DataFrame:
 
 def figure_heldout_nonlinear(summary: pd.DataFrame):
     """Held-out compositional loss per activation and architecture (bars, 95% CI)."""
-    return plots.bar_ci(summary, "case", color="architecture", y_title="held-out compositional loss",
+    return plots.bar_ci(summary.rename(columns={"case": "activation, architecture"}), "activation, architecture",
+                        color="architecture", y_title="held-out compositional loss",
                         title="Held-out patterns, setting (3,2,1,1,2), runs spanning Omega", width=380, height=220)
 
 
@@ -807,10 +839,11 @@ def regularisation_summary(rows: pd.DataFrame) -> pd.DataFrame:
 
 def figure_regularisation(summary: pd.DataFrame):
     """Held-out compositional loss and coupling norm against the penalty strength, one panel per penalty."""
-    reg = summary[summary.penalty != "none"]
-    panel = lambda m, t: plots.line_ci(reg[reg.metric == m], "strength", color="penalty", facet="penalty", columns=4,
-                                       log_x=True, independent_y=False, y_title=t, width=170, height=150)
-    return panel("test_comp", "held-out compositional loss") & panel("coupling", "||Gamma_x -> Omega_y||")
+    reg = summary[summary.penalty != "none"].assign(penalty=lambda d: d.penalty.map(PENALTY_NAMES))
+    panel = lambda m, t: plots.line_ci(reg[reg.metric == m], "strength", facet="penalty", columns=4, log_x=True,
+                                       independent_y=False, x_title="penalty strength", y_title=t, width=120,
+                                       height=130)
+    return panel("test_comp", "held-out compositional loss") & panel("coupling", COUPLING_TITLE)
 
 
 def penalty_extremes(summary: pd.DataFrame, penalty: str, metric: str) -> tuple[float, float]:
@@ -873,9 +906,9 @@ def figure_compositional_sweep(rows: pd.DataFrame, diffs: pd.DataFrame):
     the compositional share of the target (log axis)."""
     err = stats.summarise(rows, ["model", "share"], "comp_error")
     left = plots.line_ci(err, "share", color="model", log_x=True, zero=False, y_title="compositional test error",
-                         x_title="compositional share of the target 3 / (3 + scale^2)", width=300, height=220)
+                         x_title="compositional share of the target", width=240, height=200)
     right = plots.with_rules(plots.line_ci(diffs, "share", log_x=True, zero=False, y_title="split minus dense (paired)",
-                                           x_title="compositional share of the target", width=300, height=220),
+                                           x_title="compositional share of the target", width=240, height=200),
                              y={"no difference": 0.0})
     return (left | right).properties(title="CMNIST: where the split architecture's advantage appears")
 
@@ -930,7 +963,7 @@ def figure_regularisation_explorer(grid: pd.DataFrame, penalty: str | None = Non
         g = g.assign(selected=(g.penalty == penalty) & (g.level == level))
         controls = {"selected": {"kind": "checkbox", "value": True}}
     return plots.operating_point(g, "coupling", "test_comp", controls, color="penalty", label="setting",
-                                 x_title="||Gamma_x -> Omega_y|| (coupling)", y_title="held-out compositional loss",
+                                 x_title=COUPLING_TITLE, y_title="held-out compositional loss",
                                  title="Regularisation: coupling against held-out compositional loss", zero=True)
 
 
