@@ -407,31 +407,35 @@ def step_ms_table(overhead: dict, world_sizes) -> pd.DataFrame:
 def figure_cost_vs_ranks(step_ms: pd.DataFrame, traffic: pd.DataFrame, world_sizes) -> alt.HConcatChart:
     """Left: ms per step against P (median, quartile band). Right: bytes per step, measured
     (points) and the volume model (dashed)."""
+    ranks_axis = alt.Axis(values=sorted(set(world_sizes)), format="d")
     times = plots.line_ci(step_ms, "ranks", "strategy", y="median", low="q25", high="q75",
-                          title="Time per training step (forward + backward + SGD)",
+                          title="Time per training step", width=250, height=240,
                           y_title="ms per step (median, quartiles over rounds)", x_title="number of ranks P")
-    times.layer[0] = times.layer[0].encode(
-        x=alt.X("ranks:Q", scale=alt.Scale(domain=[min(world_sizes), max(world_sizes)])))
+    for i in range(len(times.layer)):
+        times.layer[i] = times.layer[i].encode(x=alt.X("ranks:Q", title="number of ranks P", axis=ranks_axis,
+                                                       scale=alt.Scale(domain=[min(world_sizes), max(world_sizes)])))
     nw = traffic[["strategy", "ranks", "bytes", "model_bytes"]]
     pts = alt.Chart(nw).mark_point(size=80, filled=True).encode(
-        x=alt.X("ranks:Q", title="number of ranks P"), y=alt.Y("bytes:Q", title="bytes sent per step (all ranks)"),
-        color="strategy:N", tooltip=list(nw.columns))
+        x=alt.X("ranks:Q", title="number of ranks P", axis=ranks_axis),
+        y=alt.Y("bytes:Q", title="bytes sent per step (all ranks)"),
+        color=alt.Color("strategy:N", title="strategy"), tooltip=list(nw.columns))
     lines = alt.Chart(nw).mark_line(strokeDash=[4, 3]).encode(x="ranks:Q", y="model_bytes:Q", color="strategy:N")
-    volume_chart = (lines + pts).properties(title="Bytes per step: measured (points) and volume model (dashed)",
-                                            width=380, height=260)
-    return alt.hconcat(times.resolve_scale(y="shared"), volume_chart)
+    volume_chart = (lines + pts).properties(title="Bytes per step: measured and model",
+                                            width=250, height=240)
+    return alt.hconcat(times.resolve_scale(y="shared"), volume_chart).configure_legend(orient="bottom")
 
 
 def figure_time_breakdown(latency: dict) -> alt.Chart:
     """Stacked bars per (strategy, P): the median step split into compute and the busiest rank's
     waiting time on transfers (communication)."""
     brk = pd.DataFrame(latency["points"])
-    brk = brk.assign(compute_ms=(brk.step_s - brk.comm_s).clip(lower=0) * 1e3, communication_ms=brk.comm_s * 1e3)
-    long = brk[["strategy", "ranks", "compute_ms", "communication_ms"]].melt(["strategy", "ranks"], var_name="part",
-                                                                             value_name="ms")
+    brk = brk.assign(compute=(brk.step_s - brk.comm_s).clip(lower=0) * 1e3, communication=brk.comm_s * 1e3)
+    long = brk[["strategy", "ranks", "compute", "communication"]].melt(["strategy", "ranks"], var_name="part",
+                                                                       value_name="ms")
     return alt.Chart(long).mark_bar().encode(
-        x=alt.X("ranks:O", title="P"), y=alt.Y("ms:Q", title="ms per step (median over rounds)"),
-        color=alt.Color("part:N", title=None), column=alt.Column("strategy:N", title=None),
+        x=alt.X("ranks:O", title="ranks P", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("ms:Q", title="ms per step (median over rounds)"), color=alt.Color("part:N", title="part of the step"),
+        column=alt.Column("strategy:N", title=None),
         tooltip=["strategy", "ranks", "part", alt.Tooltip("ms:Q", format=".2f")],
     ).properties(width=110, height=220, title="Where a step's time goes (busiest rank's waiting time = communication)")
 
@@ -444,7 +448,10 @@ def figure_latency_model(latency: dict) -> alt.LayerChart:
     diag = alt.Chart(pd.DataFrame({"x": lim})).mark_line(color="gray", strokeDash=[3, 3]).encode(x="x:Q", y="x:Q")
     pts = alt.Chart(fit_rows).mark_point(filled=True, size=60).encode(
         x=alt.X("measured_ms:Q", title="measured ms per step (median)"), y=alt.Y("predicted_ms:Q", title="model ms per step"),
-        color="strategy:N", shape="ranks:N", tooltip=["strategy", "ranks", "measured_ms", "predicted_ms", "rel_err"])
+        color=alt.Color("strategy:N", title="strategy"), shape=alt.Shape("ranks:N", title="ranks P"),
+        tooltip=["strategy", "ranks", alt.Tooltip("measured_ms:Q", title="measured ms", format=".2f"),
+                 alt.Tooltip("predicted_ms:Q", title="model ms", format=".2f"),
+                 alt.Tooltip("rel_err:Q", title="relative error", format=".0%")])
     return (diag + pts).properties(title="Latency model against the measurements", width=360, height=300)
 
 
@@ -477,7 +484,8 @@ def figure_projection(proj: dict) -> alt.LayerChart:
     """Projected step time against servers (log-log), with a rule at the fewest servers that hold the model."""
     line = alt.Chart(proj["table"]).mark_line().encode(
         x=alt.X("servers:Q", scale=alt.Scale(type="log"), title="servers P"),
-        y=alt.Y("seconds per step:Q", scale=alt.Scale(type="log")), color="split:N", strokeDash="split:N")
+        y=alt.Y("seconds per step:Q", scale=alt.Scale(type="log"), title="seconds per step"),
+        color=alt.Color("split:N", title="split"), strokeDash=alt.StrokeDash("split:N", title="split"))
     rule = alt.Chart(pd.DataFrame({"servers": [proj["need"]]})).mark_rule(color="red").encode(x="servers:Q")
     return (line + rule).properties(title=f"Projected step time, {proj['curves']['params'] / 1e9:.0f} B-parameter MLP "
                                           "(red: fewest servers whose memory holds it)", width=480, height=300)
@@ -762,14 +770,15 @@ def figure_network(df: pd.DataFrame) -> alt.HConcatChart:
     med["split"] = np.where(med.strategy == "single process", "single process", med.strategy + " P=" + med.ranks.astype(str))
     order = list(dict.fromkeys(med.name))
     x = alt.X("name:N", sort=order, title="emulated link (uplink rate, one-way latency)")
-    base = alt.Chart(med).encode(x=x, color=alt.Color("split:N", title=None))
+    base = alt.Chart(med).encode(x=x, color=alt.Color("split:N", title="configuration",
+                                                      legend=alt.Legend(orient="bottom", columns=5)))
     ms = (base.mark_line(point=True).encode(y=alt.Y("ms:Q", scale=alt.Scale(type="log"), title="ms per step (median)"),
                                             tooltip=["name", "split", alt.Tooltip("ms:Q", format=".1f")])
-          + base.mark_rule().encode(y="q25:Q", y2="q75:Q")).properties(width=330, height=260, title="Step time")
+          + base.mark_rule().encode(y="q25:Q", y2="q75:Q")).properties(width=250, height=240, title="Step time")
     tp = base.mark_line(point=True).encode(y=alt.Y("samples_per_s:Q", scale=alt.Scale(type="log"),
                                                    title="training samples per second (median)"),
                                            tooltip=["name", "split", alt.Tooltip("samples_per_s:Q", format=".0f")]
-                                           ).properties(width=330, height=260, title="Throughput")
+                                           ).properties(width=250, height=240, title="Throughput")
     return alt.hconcat(ms, tp)
 
 
@@ -782,7 +791,8 @@ def figure_network_fit(net: dict) -> alt.LayerChart:
     sc = alt.Scale(type="log", domain=lim)
     p = alt.Chart(pts).mark_point(filled=True, size=60).encode(
         x=alt.X("measured_ms:Q", scale=sc, title="measured ms per step (median)"),
-        y=alt.Y("predicted_ms:Q", scale=sc, title="model ms per step"), color="split:N", shape="name:N",
+        y=alt.Y("predicted_ms:Q", scale=sc, title="model ms per step"),
+        color=alt.Color("split:N", title="configuration"), shape=alt.Shape("name:N", title="emulated link"),
         tooltip=["name", "split", alt.Tooltip("measured_ms:Q", format=".1f"), alt.Tooltip("predicted_ms:Q", format=".1f")])
     return (diag + p).properties(width=380, height=320, title="Latency model across emulated links")
 
@@ -795,7 +805,7 @@ def figure_sync(sync: pd.DataFrame) -> alt.Chart:
     med["link"] = med.rate_mbps.map(lambda r: f"{r / 1000:g} Gb/s" if r >= 1000 else f"{r:g} Mb/s")
     order = [f"every {k}" for k in sorted(k for k in med.k.unique() if k)] + ["never"]
     return alt.Chart(med).mark_line(point=True).encode(
-        x=alt.X("interval:N", sort=order, title="synchronisation to the shared store"),
+        x=alt.X("interval:N", sort=order, title="synchronisation to the shared store", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("ms:Q", title="ms per training step (median)"), color=alt.Color("link:N", title="uplink"),
         tooltip=["link", "interval", alt.Tooltip("ms:Q", format=".1f")],
     ).properties(width=380, height=260, title="Parameter synchronisation overhead")
@@ -885,8 +895,9 @@ def figure_scaling(meta: pd.DataFrame, coord: pd.DataFrame, sim: pd.DataFrame) -
     m["which"] = m.strategy + ": " + m.which.map({"entries_max": "busiest server", "entries_total": "all servers"})
     left = alt.Chart(m).mark_line(point=True).encode(
         x=alt.X("servers:Q", scale=alt.Scale(type="log"), title="servers P"),
-        y=alt.Y("entries:Q", scale=alt.Scale(type="log"), title="metadata entries"), color=alt.Color("which:N", title=None),
-        tooltip=["which", "servers", "entries"]).properties(width=330, height=260, title="Metadata size")
+        y=alt.Y("entries:Q", scale=alt.Scale(type="log"), title="metadata entries"),
+        color=alt.Color("which:N", title=None, legend=alt.Legend(orient="bottom", columns=2, labelLimit=300)),
+        tooltip=["which", "servers", "entries"]).properties(width=250, height=240, title="Metadata size")
     measured = coord.groupby("P").coordination_s.median().reset_index().assign(ms=lambda d: d.coordination_s * 1e3,
                                                                                source=f"measured (127.0.0.1, {os.cpu_count()} cores)")
     simulated = sim.assign(ms=sim.coordination_s * 1e3, P=sim.servers, source="simulated (one core per server)")
@@ -894,9 +905,10 @@ def figure_scaling(meta: pd.DataFrame, coord: pd.DataFrame, sim: pd.DataFrame) -
     right = alt.Chart(both).mark_line(point=True).encode(
         x=alt.X("P:Q", scale=alt.Scale(type="log"), title="servers P"),
         y=alt.Y("ms:Q", scale=alt.Scale(type="log"), title="ms per step (barrier + all-reduce)"),
-        color=alt.Color("source:N", title=None), tooltip=["source", "P", alt.Tooltip("ms:Q", format=".2f")],
-    ).properties(width=330, height=260, title="Per-step coordination")
-    return alt.hconcat(left, right)
+        color=alt.Color("source:N", title=None, legend=alt.Legend(orient="bottom", columns=1, labelLimit=300)),
+        tooltip=["source", "P", alt.Tooltip("ms:Q", format=".2f")],
+    ).properties(width=250, height=240, title="Per-step coordination")
+    return alt.hconcat(left, right).resolve_scale(color="independent")
 
 
 # ---------------------------------------------------------------------- PyTorch's engines side by side
@@ -1071,23 +1083,25 @@ def peers_table(result: dict, eq: pd.DataFrame) -> pd.DataFrame:
     }).sort_values(["split", "ranks"], kind="stable").reset_index(drop=True)
 
 
-def figure_peers(table: pd.DataFrame) -> alt.HConcatChart:
-    """Left: ms per step against P per engine (quartile bars). Right: socket kB per step."""
+def figure_peers(table: pd.DataFrame) -> alt.VConcatChart:
+    """Top: ms per step against P per engine (quartile bars). Bottom: socket kB per step. One panel per split."""
     t = table.assign(lo=lambda d: d["quartiles (ms)"].str.split("-").str[0].astype(float),
                      hi=lambda d: d["quartiles (ms)"].str.split("-").str[1].astype(float))
-    base = alt.Chart(t).encode(x=alt.X("ranks:O", title="ranks P"), color=alt.Color("engine:N", legend=alt.Legend(orient="bottom", columns=2)),
-                               xOffset="engine:N")
+    legend = alt.Legend(orient="bottom", columns=2, labelLimit=300)
+    base = alt.Chart(t).encode(x=alt.X("ranks:O", title="ranks P", axis=alt.Axis(labelAngle=0)),
+                               color=alt.Color("engine:N", title="engine", legend=legend), xOffset="engine:N")
     times = (base.mark_bar().encode(y=alt.Y("ms per step:Q", title="ms per step (median over rounds)"),
                                     tooltip=["engine", "ranks", alt.Tooltip("ms per step:Q", format=".1f"),
                                              "quartiles (ms)", alt.Tooltip("x book engine:Q", format=".2f")])
              + base.mark_rule(color="black").encode(y="lo:Q", y2="hi:Q"))
-    kb = base.mark_bar().encode(y=alt.Y("socket kB per step:Q", title="bytes written to sockets per step (kB, all ranks)"),
+    kb = base.mark_bar().encode(y=alt.Y("socket kB per step:Q", title="kB written to sockets per step"),
                                 tooltip=["engine", "ranks", alt.Tooltip("socket kB per step:Q", format=".0f"), "transfers per step"])
-    return alt.hconcat(
-        times.properties(width=260, height=240).facet(column=alt.Column("split:N", title=None)).properties(
+    split = alt.Column("split:N", title=None, header=alt.Header(labelExpr="datum.value + ' split'"))
+    return alt.vconcat(
+        times.properties(width=260, height=200).facet(column=split).properties(
             title="Step time: the book's engine against PyTorch's"),
-        kb.properties(width=260, height=240).facet(column=alt.Column("split:N", title=None)).properties(
-            title="Bytes on the wire per training step"))
+        kb.properties(width=260, height=200).facet(column=split).properties(
+            title="Bytes on the wire per training step (all ranks)"))
 
 
 def network_available() -> tuple[bool, str]:

@@ -7,6 +7,7 @@ and ``threads``; ``python -m mpnn bench`` writes the same file.
 from __future__ import annotations
 
 import json
+import math
 
 import altair as alt
 import pandas as pd
@@ -58,23 +59,53 @@ def reference_drift(results: dict) -> float:
     return max(a, b) / min(a, b)
 
 
-def figure_case(case: str, frame: pd.DataFrame) -> alt.Chart:
-    """Median time of every variant (log scale), grouped by the case's swept size if it has one."""
+PARAMETER_WORDS = {"k": "experts per token k", "n_experts": "experts", "kind": "kind of layer",
+                   "replicas": "models trained together", "exit_fraction": "share of the batch leaving early",
+                   "world_size": "ranks", "rho": "share of tokens kept", "r": "tokens merged per block",
+                   "n": "samples"}
+
+
+def parameter_words(name: str) -> str:
+    """A swept parameter's name as words, for an axis title."""
+    return PARAMETER_WORDS.get(name, name.replace("_", " "))
+
+
+def figure_case(case: str, frame: pd.DataFrame, parameters: list[str] | None = None) -> alt.Chart:
+    """Median time of every variant (log scale, bars from a power of ten below the fastest), grouped by
+    the case's swept sizes (``parameters``: the case's parameter names; default: none)."""
     frame = frame.dropna(axis=1, how="all").copy()
     ratio = [c for c in frame.columns if c.startswith("ratio_to_") and frame[c].notna().any()][0]
-    sizes = [c for c in frame.columns if c not in TIMING_COLUMNS and not c.startswith("ratio_to_")
-             and frame[c].nunique() > 1 and pd.api.types.is_numeric_dtype(frame[c])]
+    sizes = [c for c in (parameters or []) if c in frame.columns and frame[c].nunique() > 1]
     frame["time (ms)"] = frame["median_s"] * 1e3
-    x = alt.X(f"{sizes[0]}:O") if sizes else alt.X("variant:N")
+    if sizes:
+        frame["setting"] = frame[sizes].apply(lambda r: ", ".join(f"{v:g}" if pd.api.types.is_number(v) else str(v)
+                                                                  for v in r), axis=1)
+        x = alt.X("setting:O", sort=None, title=", ".join(parameter_words(c) for c in sizes),
+                  axis=alt.Axis(labelAngle=0 if frame["setting"].nunique() <= 4 else -40))
+    else:
+        x = alt.X("variant:N", title=None, axis=alt.Axis(labels=False, ticks=False))
+    floor = 10.0 ** math.floor(math.log10(frame["time (ms)"].min()))
+    top = 10.0 ** math.ceil(math.log10(frame["time (ms)"].max()))
+    order = list(dict.fromkeys(frame["variant"]))           # the book's variant first, as the harness ran them
     return alt.Chart(frame).mark_bar().encode(
-        x=x, xOffset="variant:N", y=alt.Y("time (ms):Q", scale=alt.Scale(type="log")), color="variant:N",
-        tooltip=["variant", "time (ms)", ratio] + sizes).properties(title=case, width=260, height=180)
+        x=x, xOffset=alt.XOffset("variant:N", sort=order),
+        y=alt.Y("time (ms):Q", scale=alt.Scale(type="log", domain=[floor, top]), title="median time per call (ms)"),
+        y2=alt.datum(floor),
+        color=alt.Color("variant:N", sort=order, title="variant",
+                        legend=alt.Legend(orient="bottom", columns=1, labelLimit=240)),
+        tooltip=["variant", alt.Tooltip("time (ms):Q", format=".3g"), alt.Tooltip(f"{ratio}:Q", format=".2f")] + sizes,
+    ).properties(title=case, width=250, height=180)
 
 
-def figure_cases(rows: pd.DataFrame) -> list[alt.HConcatChart]:
-    """Every case's chart, two per row."""
-    charts = [figure_case(name, frame) for name, frame in rows.groupby("case", sort=False)]
-    return [alt.hconcat(*charts[i:i + 2]).resolve_scale(color="independent") for i in range(0, len(charts), 2)]
+def figure_cases(rows: pd.DataFrame, parameters: dict[str, list[str]] | None = None
+                 ) -> list[tuple[list[str], alt.HConcatChart]]:
+    """Every case's chart, two per row: ``(the row's case names, the row's chart)``; ``parameters``
+    names each case's swept sizes (:func:`case_parameters`)."""
+    cases = list(rows.groupby("case", sort=False))
+    charts = [figure_case(name, frame, (parameters or {}).get(name)) for name, frame in cases]
+    return [([name for name, _ in cases[i:i + 2]],
+             alt.hconcat(*charts[i:i + 2]).resolve_scale(color="independent", xOffset="independent"))
+            for i in range(0, len(charts), 2)]
 
 
 def limit_table(results: dict) -> pd.DataFrame:
@@ -110,19 +141,23 @@ def native_over_torch(results: dict) -> float | None:
 def figure_machine_limit(table: pd.DataFrame, results: dict | None = None) -> alt.LayerChart:
     """One chart: every kernel's achieved GFLOP/s as a fraction of the dense reference (1 = the first rule;
     the second rule, if ``results`` has it, is the book's own GEMM on the same product)."""
-    table = table.assign(kernel=table["case"] + " [" + table["setting"] + "] " + table["variant"])
-    points = alt.Chart(table).mark_point(filled=True, size=60).encode(
-        x=alt.X("fraction of torch.mm:Q", scale=alt.Scale(type="log"), title="achieved GFLOP/s / torch.mm GFLOP/s"),
-        y=alt.Y("kernel:N", sort=None, title=None), color=alt.Color("sizes:N", title="sizes"),
-        shape="sizes:N", tooltip=["case", "setting", "variant", "sizes", alt.Tooltip("gflops:Q", format=".2f"),
-                                  alt.Tooltip("fraction of torch.mm:Q", format=".2f")])
+    # (a field name with a dot reads as a nested field in Vega-Lite: the chart's copy names it "fraction")
+    table = table.assign(kernel=table["case"] + ": " + table["variant"] + " [" + table["setting"] + "]",
+                         fraction=table["fraction of torch.mm"])
+    points = alt.Chart(table.drop(columns="fraction of torch.mm")).mark_point(filled=True, size=60).encode(
+        x=alt.X("fraction:Q", scale=alt.Scale(type="log"), title="achieved GFLOP/s / torch.mm GFLOP/s"),
+        y=alt.Y("kernel:N", sort=None, title=None, axis=alt.Axis(labelLimit=260)),
+        color=alt.Color("sizes:N", title="sizes"),
+        shape=alt.Shape("sizes:N", title="sizes"),
+        tooltip=["case", "setting", "variant", "sizes", alt.Tooltip("gflops:Q", title="GFLOP/s", format=".2f"),
+                 alt.Tooltip("fraction:Q", title="fraction of torch.mm", format=".2f")])
     rules = pd.DataFrame({"x": [1.0], "reference": ["torch.mm"]})
     native = native_over_torch(results) if results is not None else None
     if native is not None:
         rules = pd.concat([rules, pd.DataFrame({"x": [native], "reference": ["the book's GEMM (mpnn.moe.fused)"]})])
     rule = alt.Chart(rules).mark_rule(strokeDash=[5, 3], color="gray").encode(
         x="x:Q", tooltip=["reference", alt.Tooltip("x:Q", format=".2f")])
-    return (points + rule).properties(width=420, height=max(120, 14 * table["kernel"].nunique()),
+    return (points + rule).properties(width=320, height=max(120, 14 * table["kernel"].nunique()),
                                       title="how close each kernel gets to the machine (dense torch.mm = 1)")
 
 
