@@ -39,7 +39,7 @@ from typing import Sequence
 
 import torch
 
-from mpnn.determinism import cpu_threads
+from mpnn.infra.determinism import cpu_threads
 
 __all__ = [
     "CompositionalData", "Mode", "LinearTrajectory", "ARCHITECTURES", "BLOCKS",

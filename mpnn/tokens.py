@@ -19,7 +19,7 @@ The image is cut into ``(28/p)^2`` patches of ``p x p`` pixels, each a token. Tw
 :func:`vit_flops` counts FLOPs per sample (2 per multiply-add in linear layers and attention matmuls,
 the ToMe similarity matrix and the scorer; LayerNorm, softmax and GELU are not counted).
 :func:`evaluate_settings` gives the accuracy of many inference settings in one pass. The chapter's training
-recipe (:func:`mpnn.train.fit`) and its latency measurements live in ``mpnn.experiments.token_selection``.
+recipe (:func:`mpnn.infra.train.fit`) and its latency measurements live in ``mpnn.experiments.token_selection``.
 """
 from __future__ import annotations
 

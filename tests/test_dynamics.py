@@ -5,8 +5,6 @@ import pytest
 import torch
 
 from mpnn import dynamics as D
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     with D.single_thread():          # tiny matrices: threads only add overhead

@@ -268,7 +268,7 @@ def test_run_seeds_agrees_with_the_skipping_inference_and_retraining():
         assert row["drop at T*"] == pytest.approx(exit2_test - acc(data.XT, data.YT, t_star))
     assert runs.per_seed["exit 1 accuracy"].min() > 0.5      # the data is learnable: the thresholds matter
     # the seed alone decides the run: seeding and training again gives the same weights
-    from mpnn import determinism
+    from mpnn.infra import determinism
     determinism.seed_everything(6)
     again = EarlyExitNet(config)
     ex.train(again, data.X, data.Y, epochs=2, batch_size=32, lr=1e-2, exit_weights=(1.0, 1.0), seed=6)
@@ -433,7 +433,8 @@ def test_fused_stage1_rejects_other_layouts(model, x):
 
 # ---------------------------------------------------------------- the compiled stage-1 kernel
 
-from mpnn import native, stage1_kernel  # noqa: E402
+from mpnn.early_exit import stage1_kernel  # noqa: E402
+from mpnn.infra import native  # noqa: E402
 
 needs_kernel = pytest.mark.skipif(stage1_kernel.kernel() is None, reason="no C++ compiler (torch path only)")
 

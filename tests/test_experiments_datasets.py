@@ -2,7 +2,7 @@
 import pandas as pd
 import torch
 
-from mpnn import paths
+from mpnn.infra import paths
 from mpnn.experiments import datasets as E
 
 

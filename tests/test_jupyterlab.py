@@ -25,8 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from mpnn import paths
-
+from mpnn.infra import paths
 CHROMIUM = os.environ.get("MPNN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 REQUIRED = os.environ.get("MPNN_REQUIRE_LAB") == "1"
 KERNEL = "mpnn"

@@ -1,12 +1,15 @@
 """The folder tree is the architecture: three floors, and the rules between them.
 
-* mechanisms -- ``mpnn/*.py``, ``mpnn/data``, ``mpnn/deploy``: the ideas, importable alone;
+* mechanisms -- ``mpnn/*.py`` and the mechanism folders (``tagnet``, ``early_exit``, ``moe``, ``deploy``,
+  ``data``), standing on ``mpnn/infra`` (paths, determinism, the one timer, compiled kernels, the
+  training loop): the ideas, importable alone;
 * experiments -- ``mpnn/experiments/<chapter>.py``: one module per chapter, named like its notebook;
 * runtime -- ``mpnn/runtime``: runner, run record, plots, widgets, statistics, benchmarks, timing.
 
 Notebooks tell the story: no function or class in a code cell longer than
 :data:`NOTEBOOK_FUNCTION_LINES` lines, and no chart built by hand (figures come from
-``mpnn.runtime.plots`` builders or the chapter's experiment module).
+``mpnn.runtime.plots`` builders or the chapter's experiment module). No import cycle, function-local
+imports included; the runtime names no chapter.
 """
 import ast
 import json
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mpnn import paths
+from mpnn.infra import paths
 from mpnn.runtime import notebooks
 
 PACKAGE = paths.ROOT / "mpnn"
@@ -226,3 +229,42 @@ def test_every_figure_is_numbered_with_a_caption(chapter):
                for call in _figure_calls("".join(cell["source"]))
                if not any(k.arg == "caption" for k in call.keywords)]
     assert not missing, f"{chapter}: figures without caption=: {missing}"
+
+
+def test_the_runtime_names_no_chapter():
+    """What is special about a chapter (it runs last, it shows the benchmarks, its document) is in its
+    notebook metadata ``mpnn``, never a chapter name in the runtime's code."""
+    names = set(notebooks.chapters())
+
+    def keys(tree):     # "datasets" as a Vega-Lite spec's key is not the chapter
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Subscript):
+                yield node.slice
+            elif isinstance(node, ast.Compare):
+                yield node.left
+            elif isinstance(node, ast.Dict):
+                yield from node.keys
+    found = []
+    for p in (PACKAGE / "runtime").glob("*.py"):
+        tree = ast.parse(p.read_text())
+        skip = {id(k) for k in keys(tree)}
+        found += [(p.name, node.value) for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                  and isinstance(node.value, str) and node.value in names and id(node) not in skip]
+    assert not found, found
+    assert [c for c in names if notebooks.chapter_settings(c)["run_last"]] == ["reproducibility"]
+    assert [c for c in names if notebooks.chapter_settings(c)["benchmarks"]] == ["performance"]
+
+
+def test_infrastructure_imports_no_idea():
+    """``mpnn.infra`` is the ground floor: it imports no mechanism, experiment or runtime module."""
+    graph = import_graph()
+    above = {m: sorted(t for t in targets if not t.startswith("mpnn.infra"))
+             for m, targets in graph.items() if m.startswith("mpnn.infra")}
+    assert not any(above.values()), above
+
+
+@pytest.mark.parametrize("chapter", notebooks.chapters())
+def test_every_cell_has_its_own_id(chapter):
+    """nbformat 4.5 cells carry ids (a missing one is a warning today and an error in future nbformat)."""
+    ids = [c.get("id") for c in json.loads((paths.ROOT / "book" / f"{chapter}.ipynb").read_text())["cells"]]
+    assert all(ids) and len(set(ids)) == len(ids)

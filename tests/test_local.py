@@ -1,10 +1,10 @@
-"""mpnn.local: connectivity of the 16x16 grid over 28x28 inputs, forward against naive references."""
+"""mpnn.tagnet.local: connectivity of the 16x16 grid over 28x28 inputs, forward against naive references."""
 import math
 
 import pytest
 import torch
 
-from mpnn.local import LocallyConnected, window_index
+from mpnn.tagnet.local import LocallyConnected, window_index
 
 
 def naive_window(x, y, grid=16, image=28, window=5, stride=1, offset=0):

@@ -3,7 +3,8 @@ for the expert MLPs, the torch routing and planning functions, and the pure-torc
 import pytest
 import torch
 
-from mpnn import moe, native
+from mpnn import moe
+from mpnn.infra import native
 from mpnn.moe import dispatch, fused, gates
 
 pytestmark = pytest.mark.skipif(not fused.usable(torch.zeros(1)), reason="no C++ compiler")

@@ -81,7 +81,7 @@ def test_decide_overhead_and_latency_model_on_known_times():
 
 def test_fit_visits_the_workers_batches_in_step_order():
     import torch
-    from mpnn import train
+    from mpnn.infra import train
     from mpnn.deploy.rank_work import batch, make_data
     x, y = make_data(DATA, SIZES[0], SIZES[-1])
     x_fit, y_fit, rows = E.batches_in_fit_order(x, y, 5, BATCH, SEED)

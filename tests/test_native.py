@@ -1,12 +1,10 @@
-"""mpnn.native: measured choices, loud failures, a cache keyed on the CPU and private to the user."""
+"""mpnn.infra.native: measured choices, loud failures, a cache keyed on the CPU and private to the user."""
 import os
 import warnings
 
 import pytest
 
-from mpnn import native
-
-
+from mpnn.infra import native
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MPNN_CACHE_DIR", str(tmp_path))
@@ -32,7 +30,7 @@ class FakeClock:
 
 
 def test_choose_takes_the_faster_path_and_remembers_it_on_disk(cache, monkeypatch):
-    from mpnn import clock as timer
+    from mpnn.infra import clock as timer
     clock = FakeClock()
     monkeypatch.setattr(timer.time, "perf_counter", clock)
     _sleeper = clock.costing
@@ -109,8 +107,9 @@ def test_kernel_sources_ship_as_files():
 
 
 def test_a_made_choice_never_runs_the_set_up_for_measuring(cache, monkeypatch):
+    from mpnn.infra import clock as timer
     clock = FakeClock()
-    monkeypatch.setattr(native.time, "perf_counter", clock)
+    monkeypatch.setattr(timer.time, "perf_counter", clock)
     built = []
 
     def candidates():

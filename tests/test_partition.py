@@ -5,8 +5,6 @@ import pytest
 import torch
 
 from mpnn import partition as P
-
-
 def _data(n=120, d=4, units=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=torch.float64)

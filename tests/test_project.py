@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from mpnn import paths
+from mpnn.infra import paths
 from mpnn.runtime import repro, notebooks, plots
 
 ROOT = paths.ROOT

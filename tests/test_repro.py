@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpnn import determinism
+from mpnn.infra import determinism
 from mpnn.runtime import repro, stats
 
 

@@ -8,7 +8,7 @@ import time
 import nbformat
 import pytest
 
-from mpnn import paths
+from mpnn.infra import paths
 from mpnn.runtime import cli, notebooks
 from mpnn.runtime.notebooks import ChapterError
 
@@ -207,7 +207,8 @@ def test_the_kernel_context_carries_a_chapters_declared_threads(tmp_path, monkey
 def test_the_kernel_context_gets_the_runners_threads_otherwise(tmp_path, monkeypatch):
     _book_with(tmp_path, monkeypatch, {})
     assert cli.run_context("demo", {}, "default", threads=2)["threads"] == 2
-    assert notebooks.chapter_settings("demo") == {"pause_for_timing": True, "threads": None}
+    assert notebooks.chapter_settings("demo") == {"pause_for_timing": True, "threads": None, "run_last": False,
+                                                  "benchmarks": False}
 
 
 def test_unknown_notebook_settings_are_rejected(tmp_path, monkeypatch):

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mpnn import paths
-
+from mpnn.infra import paths
 HTML = paths.build_dir() / "html"
 CHROMIUM = os.environ.get("MPNN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 REQUIRED = os.environ.get("MPNN_REQUIRE_SITE") == "1"

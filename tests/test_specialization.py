@@ -8,7 +8,7 @@ import torch
 
 from mpnn import dynamics as D
 from mpnn.data import cmnist as data_cmnist
-from mpnn.determinism import spawn_seeds
+from mpnn.infra.determinism import spawn_seeds
 from mpnn.experiments import specialization as E
 from mpnn.runtime import stats
 from mpnn.towers import init_normal

@@ -1,11 +1,11 @@
-"""mpnn.stacked_nets: stacked blocks give back the modules' weights, and batched routed inference
+"""mpnn.tagnet.stacked_nets: stacked blocks give back the modules' weights, and batched routed inference
 equals each module's own forward."""
 import pytest
 import torch
 
 from mpnn import tagnet
-from mpnn.stacked_nets import StackedNets
-from mpnn.stacked_sgd import StackedSGD
+from mpnn.tagnet.stacked_nets import StackedNets
+from mpnn.tagnet.stacked_sgd import StackedSGD
 
 from test_tagnet import data
 

@@ -1,4 +1,4 @@
-"""mpnn.stacked_sgd: lock-step per-sample SGD against the autograd loop, a numpy step, solo runs,
+"""mpnn.tagnet.stacked_sgd: lock-step per-sample SGD against the autograd loop, a numpy step, solo runs,
 and the numbers of the trainer before it was split into routing / inputs / step loops."""
 import copy
 import hashlib
@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from mpnn import determinism, native, stacked_sgd, tagnet
-from mpnn.stacked_sgd import StackedSGD
+from mpnn import tagnet
+from mpnn.infra import determinism, native
+from mpnn.tagnet import stacked_sgd
+from mpnn.tagnet.stacked_sgd import StackedSGD
 
 from test_tagnet import numpy_step
 

@@ -8,7 +8,7 @@ from scipy import stats as st
 
 from mpnn import tagnet
 from mpnn.experiments import tag_partitioning as tp
-from mpnn.stacked_nets import StackedNets
+from mpnn.tagnet.stacked_nets import StackedNets
 
 from test_tagnet import data as images
 

@@ -4,8 +4,6 @@ import pytest
 import torch
 
 from mpnn import tagnet
-
-
 def data(n=120, seed=0):
     g = torch.Generator().manual_seed(seed)
     X = torch.randint(0, 256, (n, 784), generator=g, dtype=torch.uint8).float() / 255

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from mpnn.runtime import cli, timing
-from mpnn.clock import interleaved_samples
+from mpnn.infra.clock import interleaved_samples
 from mpnn.runtime.timing import median_ci, paired_speedup
 
 
 def test_the_one_timer_alternates_the_order_loops_short_calls_and_takes_the_median(monkeypatch):
-    from mpnn import clock
+    from mpnn.infra import clock
     calls = []
     ticks = iter([0, 1, 10, 30, 100, 105, 200, 210, 300, 303, 400, 440])   # perf_counter readings
     monkeypatch.setattr(clock.time, "perf_counter", lambda: next(ticks))

@@ -401,7 +401,7 @@ def test_run_seeds_reproduces_training_and_evaluation():
     runs = ex.run_seeds(data, SMALL, [3, 4], settings, epochs=1, batch_size=16, lr=1e-3, train_rhos=(1.0, 0.5),
                         full_tokens_fraction=0.3, noise=(1.0, 0.0), device="cpu")
     assert len(runs.sweep) == 2 * len(settings)
-    from mpnn import determinism
+    from mpnn.infra import determinism
     determinism.seed_everything(4)
     again = TokenViT(SMALL)
     ex.train(again, data.X, data.Y, epochs=1, batch_size=16, lr=1e-3, train_rhos=(1.0, 0.5),

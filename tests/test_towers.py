@@ -5,7 +5,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpnn import towers as T
-
 KERNELS = ((9, 27), (7, 21), (5, 15))
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mpnn.train import fit, permutations
+from mpnn.infra.train import fit, permutations
 
 
 def _data(n=50, d=3, seed=0):

@@ -1,8 +1,8 @@
-"""mpnn.train.fusable: when the fused Adam/AdamW kernel applies, and that it then trains like the plain one."""
+"""mpnn.infra.train.fusable: when the fused Adam/AdamW kernel applies, and that it then trains like the plain one."""
 import pytest
 import torch
 
-from mpnn.train import fusable
+from mpnn.infra.train import fusable
 
 
 def test_float_parameters_on_the_cpu_are_fusable():

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from mpnn import moe, native
+from mpnn import moe
+from mpnn.infra import native
 from mpnn.experiments import conditional_computation as cc
 from mpnn.moe import fused
 from mpnn.runtime.bench import case

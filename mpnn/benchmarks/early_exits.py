@@ -2,10 +2,10 @@
 
 ``ratio_to_early_exit`` of the ``full`` variant is the measured speed-up; ``predicted_speedup`` (FLOPs)
 is stored with it, so measured / predicted is the fraction of the FLOP saving that turns into time.
-Block 1 and exit 1 run as the book runs them: the compiled per-image kernel (:mod:`mpnn.stage1_kernel`)
+Block 1 and exit 1 run as the book runs them: the compiled per-image kernel (:mod:`mpnn.early_exit.stage1_kernel`)
 where it can serve and measures faster on this machine (:func:`mpnn.early_exit.compiled_stage1_wins`); the
 ``-torch-block1`` variants run the same two calls on the torch path
-(:func:`mpnn.native.disabled`), so the ratio of ``full-torch-block1`` to ``early_exit-torch-block1``
+(:func:`mpnn.infra.native.disabled`), so the ratio of ``full-torch-block1`` to ``early_exit-torch-block1``
 is the speed-up without the kernel, in the same run.
 The threshold is set to the entropy quantile that makes exactly ``exit_fraction`` of the batch leave
 at the first exit, so the case does not need a trained model.
@@ -18,7 +18,7 @@ kernel's zero taps (its 6x6 phase windows, :func:`mpnn.early_exit.phase_weights`
 """
 import torch
 
-from mpnn import native
+from mpnn.infra import native
 from mpnn.runtime.bench import case
 from mpnn.early_exit import (EarlyExitNet, early_exit_predict, exit_costs, full_cost, normalised_entropy,
                              predicted_speedup)

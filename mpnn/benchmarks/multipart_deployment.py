@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mpnn.runtime.bench import case
-from mpnn.determinism import cpu_threads
+from mpnn.infra.determinism import cpu_threads
 from mpnn.deploy import STRATEGIES, init_params, reference_model
 from mpnn.experiments.multipart_deployment import step_times
 

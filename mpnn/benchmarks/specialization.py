@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from mpnn import dynamics as D
-from mpnn.determinism import resolve_device
+from mpnn.infra.determinism import resolve_device
 from mpnn.experiments import specialization as E
 from mpnn.runtime.bench import case
 from mpnn.towers import init_normal

@@ -1,7 +1,7 @@
 """Per-sample SGD of the tag-partitioned network (the even/odd tag partitioning note): steps per second.
 
 Variants of ``tag/per-sample-sgd`` (each callable runs ``steps`` per-sample updates of every network):
-``stacked`` (:class:`mpnn.stacked_sgd.StackedSGD`: hand-written forward/backward, ``networks`` models in
+``stacked`` (:class:`mpnn.tagnet.stacked_sgd.StackedSGD`: hand-written forward/backward, ``networks`` models in
 lock-step, by the fused C++ step loop where it builds and measures faster on this machine; 1 is one
 network alone, 15 a lock-step group, 25 the chapter's default local pass: 10 faithful seeds + 3 seeds
 x 5 controls), ``stacked-torch`` (the same trainer forced onto its pure-torch step loop,
@@ -15,7 +15,7 @@ half (``Hb = 128`` units, ``K = 25`` window taps, ``C = 10`` outputs), multiply-
 (``W2 += lr e a^T``) + ``2 K Hb`` (``W1 += lr d x^T``) = ``4 K Hb + 6 C Hb`` = 20,480; the O(Hb + C)
 activations, softmax, biases and clamps are not counted, nor the idle half (which the masked
 autograd loop computes). ``tag/minibatch-epoch`` times one epoch of mini-batch SGD with autograd (batch 64,
-:func:`mpnn.experiments.tag_partitioning.minibatch_sgd`, i.e. :func:`mpnn.train.fit`), the
+:func:`mpnn.experiments.tag_partitioning.minibatch_sgd`, i.e. :func:`mpnn.infra.train.fit`), the
 non-faithful but common alternative, against a per-sample epoch of the stacked trainer.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from mpnn import tagnet
 from mpnn.experiments.tag_partitioning import minibatch_sgd
 from mpnn.runtime.bench import case
-from mpnn.stacked_sgd import StackedSGD
+from mpnn.tagnet.stacked_sgd import StackedSGD
 
 
 def _data(n: int, seed: int = 0):

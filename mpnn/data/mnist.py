@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .. import paths
+from ..infra import paths
 
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),

@@ -2,7 +2,7 @@
 and research trends*): mixture-of-experts on MNIST.
 
 The chapter's data (flattened, standardised MNIST), its one training recipe (Adam on the
-cross-entropy plus the layer's balancing losses, through :func:`mpnn.train.fit`), the variants it
+cross-entropy plus the layer's balancing losses, through :func:`mpnn.infra.train.fit`), the variants it
 compares, the checks of the framework, and the tables and figures of the notebook. The layers
 themselves are :mod:`mpnn.moe`.
 """
@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpnn import determinism, moe
+from mpnn import moe
+from mpnn.infra import determinism
 from mpnn.data import mnist
 from mpnn.runtime import plots, stats, verdicts
 from mpnn.switch import LearnedSwitch, topk_mask
 from mpnn.tokens import TokenViT, ViTConfig
-from mpnn.train import fit
+from mpnn.infra.train import fit
 
 PIXELS, CLASSES = 784, 10
 UNIT = (0.0, 1.0)      # the range of accuracies, shares, normalised entropies and NMIs (bounded intervals)
@@ -117,7 +118,7 @@ class RoutingLog:
 
 
 def classification_loss(model: nn.Module, log: RoutingLog):
-    """``loss_fn`` for :func:`mpnn.train.fit`: cross-entropy plus the layer's balancing loss, logged.
+    """``loss_fn`` for :func:`mpnn.infra.train.fit`: cross-entropy plus the layer's balancing loss, logged.
 
     For a :class:`mpnn.moe.StackedMoE` the batch is (R, B, ...) and the loss one value per replica.
     """
@@ -159,7 +160,7 @@ def _evaluation(model: nn.Module, x: torch.Tensor, group: int):
 
 
 def _train(model, train, test, *, seed, epochs, batch_size, lr, progress, cpu_threads):
-    """One :func:`mpnn.train.fit` run of the recipe, evaluated on ``test`` after the last epoch."""
+    """One :func:`mpnn.infra.train.fit` run of the recipe, evaluated on ``test`` after the last epoch."""
     (x, y), (xt, _) = train, test
     log = RoutingLog()
     with determinism.cpu_threads(cpu_threads, x.device):
@@ -668,7 +669,7 @@ def vit_routing(model: nn.Module, x: torch.Tensor, batch_size: int = 1000):
 def fit_vit(model: nn.Module, train, test, *, epochs: int, batch_size: int, lr: float, seed: int,
             progress: str | None = None, cpu_threads: int | None = 1) -> ViTResult:
     """Adam (fused) with :func:`cosine_schedule` on cross-entropy + the MoE layers' balancing losses,
-    through :func:`mpnn.train.fit`; logs every step's expert load per MoE layer; evaluates on ``test``."""
+    through :func:`mpnn.infra.train.fit`; logs every step's expert load per MoE layer; evaluates on ``test``."""
     (x, y), (xt, yt) = train, test
     loads = []
 

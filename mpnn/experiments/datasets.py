@@ -8,7 +8,7 @@ import altair as alt
 import pandas as pd
 import torch
 
-from mpnn import paths
+from mpnn.infra import paths
 from mpnn.data import mnist
 
 WINDOW = 18     # the tag-partitioning network as originally written sees the top-left 18x18 pixels only

@@ -14,15 +14,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mpnn import determinism, native, stage1_kernel
+from mpnn.infra import determinism, native
+from mpnn.early_exit import stage1_kernel
 from mpnn.data.mnist import load_mnist, to_tensor
 from mpnn.early_exit import (EarlyExitConfig, EarlyExitNet, choose_threshold, compiled_stage1_wins, count_flops,
                              early_exit_predict, exit_costs, exit_fractions, exit_logits, exit_loss, full_cost,
                              fused_stage1, normalised_entropy, predicted_speedup, sweep_metrics)
 from mpnn.runtime import plots, stats, verdicts
-from mpnn.clock import interleaved_samples, median
+from mpnn.infra.clock import interleaved_samples, median
 from mpnn.runtime.timing import paired_speedup
-from mpnn.train import History, fit, fusable
+from mpnn.infra.train import History, fit, fusable
 
 MNIST_TRAIN = 60000
 
@@ -199,9 +200,9 @@ def wall_time_claim(model: EarlyExitNet, x: torch.Tensor, threshold: float, repe
 
     At ``threshold`` the plain network and the skipping inference are timed with block 1 (and exit 1) as
     the torch path (one GEMM over 6x6 windows per chunk, :func:`mpnn.early_exit.fused_stage1` under
-    :func:`mpnn.native.disabled`) and as the compiled per-image loop (:mod:`mpnn.stage1_kernel`, forced with
-    :func:`mpnn.native.forced` whatever the book's measured choice of path is on this machine), all four
-    interleaved (:func:`mpnn.clock.interleaved_samples`), one CPU thread. Each path's speed-up is
+    :func:`mpnn.infra.native.disabled`) and as the compiled per-image loop (:mod:`mpnn.early_exit.stage1_kernel`, forced with
+    :func:`mpnn.infra.native.forced` whatever the book's measured choice of path is on this machine), all four
+    interleaved (:func:`mpnn.infra.clock.interleaved_samples`), one CPU thread. Each path's speed-up is
     the median of its per-round ratios with a distribution-free 95% CI (:func:`mpnn.runtime.timing.median_ci`);
     efficiency = measured / FLOP-predicted speed-up. Three parts, each a verdict on its interval
     (:func:`mpnn.runtime.verdicts.from_interval`):
@@ -572,7 +573,7 @@ def findings(numbers: dict, per_seed: pd.DataFrame, costs: pd.DataFrame, wall: d
         ratio = cp["speedup"] / tp["speedup"]
         word = ("more" if cp["speedup_low"] > tp["speedup_high"] else "less" if cp["speedup_high"] < tp["speedup_low"]
                 else "about as much (the two intervals overlap)")
-        text += (f"; with the same part as one compiled C++ loop per image (`mpnn.stage1_kernel`) it reached "
+        text += (f"; with the same part as one compiled C++ loop per image (`mpnn.early_exit.stage1_kernel`) it reached "
                  f"{_ci(cp['speedup'], cp['speedup_low'], cp['speedup_high'], unit='x')}, {cp['efficiency']:.2f} of "
                  f"the prediction: {ratio:.2f} times the torch path's speed-up, so the kernel turned {word} of the "
                  f"same FLOP saving into time on this machine.")

@@ -4,7 +4,7 @@ The mechanisms live in :mod:`mpnn.deploy` (plans, the sharded engine, the shared
 worker processes, the launcher, the cost model); everything a rank runs is there. This module runs
 groups of ranks from the notebook's process and turns their results into tidy tables:
 
-* :func:`reference` -- the single-process network (``nn.Sequential`` trained by :func:`mpnn.train.fit`
+* :func:`reference` -- the single-process network (``nn.Sequential`` trained by :func:`mpnn.infra.train.fit`
   on the workers' batches), the yardstick of every equivalence check;
 * :func:`equivalence_and_traffic` -- one group that checks distributed against single-process
   logits, gradients and k-step parameters for every (strategy, P), and counts the bytes sent;
@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from mpnn import train
+from mpnn.infra import train
 from mpnn.deploy import checkpoint as ckpt
 from mpnn.deploy.cost import (Hardware, critical_fraction, fit_latency, neuron_wise_forward_bytes, project,
                               volume)
@@ -131,7 +131,7 @@ def batches_in_fit_order(x, y, steps: int, batch_size: int, seed: int):
 
 def reference(sizes, seed, data, batch_size, lr, steps, dtype=torch.float64):
     """Single process (``nn.Sequential`` + ``torch.optim.SGD``): logits and grads of step 0 and the
-    parameters after ``steps`` SGD steps (:func:`mpnn.train.fit`), on the same batches as the workers."""
+    parameters after ``steps`` SGD steps (:func:`mpnn.infra.train.fit`), on the same batches as the workers."""
     x, y = make_data(data, sizes[0], sizes[-1])
     net = reference_model(init_params(sizes, seed, dtype))
     xb, yb = batch(x, y, 0, batch_size, seed)

@@ -254,7 +254,7 @@ def limit_text(table: pd.DataFrame) -> str:
 
 
 def choices_table(results: dict) -> pd.DataFrame:
-    """The compiled-or-torch choices measured at first use (:func:`mpnn.native.choose`): the kind of
+    """The compiled-or-torch choices measured at first use (:func:`mpnn.infra.native.choose`): the kind of
     computation, its shape class, the path taken and every candidate's median seconds."""
     rows = []
     for c in results.get("kernel_choices", []):

@@ -14,7 +14,7 @@ import json
 import altair as alt
 import pandas as pd
 
-from mpnn import paths
+from mpnn.infra import paths
 from mpnn.runtime import cli, notebooks, site, verdicts
 
 SELF = "reproducibility"

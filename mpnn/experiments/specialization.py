@@ -5,7 +5,7 @@ patterns and CMNIST.
   singular values against eq. 1, the four blocks of the learned map, and the appendix experiment
   that trains on a few patterns and tests on the others;
 * CMNIST at paper scale: the paper's convolutional towers (:class:`mpnn.towers.ConvTowers`)
-  trained by :func:`mpnn.train.fit`;
+  trained by :func:`mpnn.infra.train.fit`;
 * CMNIST at CPU scale: one-hidden-layer towers on pooled images, every seed of a model in one
   batched pass (:class:`mpnn.towers.TowerMLP`, hand-written SGD), dense and split runs paired by seed.
 """
@@ -23,11 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from mpnn import dynamics as D
-from mpnn import train as T
+from mpnn.infra import train as T
 from mpnn.data.cmnist import (CMNIST, N_COMPOSITIONAL, N_NONCOMPOSITIONAL, NONCOMP_SCALE, compositional_share,
                               compositional_targets,
                               noncompositional_targets)
-from mpnn.determinism import spawn_seeds
+from mpnn.infra.determinism import spawn_seeds
 from mpnn.runtime import plots, stats, verdicts
 from mpnn.towers import ConvTowers, TowerMLP, init_normal, init_tower_mlp
 
@@ -383,7 +383,7 @@ def train_cmnist(kind: str, train: CMNIST, test: CMNIST, *, seeds: Sequence[int]
                  batch_size: int = 16, init_std: float = 0.01, eval_train: CMNIST | None = None, device="cpu",
                  progress: str | None = None, noncomp_scale: float = NONCOMP_SCALE
                  ) -> tuple[ConvTowers, list[dict], T.History]:
-    """Train one paper model by plain SGD (:func:`mpnn.train.fit`); ``seeds[0]`` orders the mini-batches,
+    """Train one paper model by plain SGD (:func:`mpnn.infra.train.fit`); ``seeds[0]`` orders the mini-batches,
     ``seeds[1:]`` initialise the towers (N(0, init_std^2) weights and biases).
 
     Evaluates at epoch 0 and after every epoch on ``eval_train`` (default: ``train``) and ``test``;
@@ -548,7 +548,7 @@ def train_tower_mlp(kind: str, x_train: torch.Tensor, digits_train: torch.Tensor
     """Train ``len(init_seeds)`` runs of ``kind`` together by plain SGD (:meth:`TowerMLP.sgd_step`).
 
     Run ``r`` starts from ``init_seeds[r]`` and visits the training images in the order drawn from
-    ``order_seeds[r]`` (:func:`mpnn.train.permutations`: a fresh permutation every epoch; pass the
+    ``order_seeds[r]`` (:func:`mpnn.infra.train.permutations`: a fresh permutation every epoch; pass the
     same order seeds to both kinds for paired runs). ``evals`` maps a split name to ``(x, digits)``;
     they are evaluated at epoch 0, every ``eval_every`` epochs and at the end. Returns the model and
     rows ``{model, run, epoch, split, metrics...}``. ``noncomp_scales`` (one per run, default the

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mpnn import clock, determinism
+from mpnn.infra import clock, determinism
 from mpnn import partition as P
 from mpnn.data import demographics as D
 from mpnn.runtime import plots
@@ -285,7 +285,7 @@ def train_mlp(x: torch.Tensor, y: torch.Tensor, hidden: int, *, seeds: Sequence[
               lr: float = 0.05, l2: float = 1e-3) -> MLPStack:
     """One MLP per replica on its own data, x (R, N, d), y (R, N): full-batch Adam on the mean BCE.
 
-    Full batch, not :func:`mpnn.train.fit`'s shuffled mini-batches: every step sees all N rows in
+    Full batch, not :func:`mpnn.infra.train.fit`'s shuffled mini-batches: every step sees all N rows in
     their order. The objective sums the replicas' losses; Adam is element-wise, so the stacked step
     equals R separate ones.
     """
@@ -621,7 +621,7 @@ def train_gated_neurons(x: torch.Tensor, y: torch.Tensor, n_units: int, *, seeds
 
     ``balance`` adds ``sum_i gbar_i log(n gbar_i)`` (KL of the mean gate ``gbar`` from uniform) so
     that no neuron is left without inputs. x (R, N, d), y (R, N) in {0, 1}; full-batch Adam (every
-    step sees all N rows in order, not :func:`mpnn.train.fit`'s shuffled mini-batches).
+    step sees all N rows in order, not :func:`mpnn.infra.train.fit`'s shuffled mini-batches).
     """
     if x.dim() != 3 or y.shape != x.shape[:2]:
         raise ValueError(f"need x (R, N, d) and y (R, N), got {tuple(x.shape)} and {tuple(y.shape)}")

@@ -1,9 +1,9 @@
 """Tag partitioning (the note on tag-partitioned training): the chapter's data, variants, routers, tables and figures.
 
 The mechanisms are :mod:`mpnn.tagnet` (the tag-partitioned network, eq. (1)-(2)),
-:mod:`mpnn.stacked_nets` (many networks stacked; batched routed inference) and
-:mod:`mpnn.stacked_sgd` (their per-sample SGD in lock-step). Here: the document's data split, the
-variants the chapter trains, the learned parity routers (trained with :func:`mpnn.train.fit`), the
+:mod:`mpnn.tagnet.stacked_nets` (many networks stacked; batched routed inference) and
+:mod:`mpnn.tagnet.stacked_sgd` (their per-sample SGD in lock-step). Here: the document's data split, the
+variants the chapter trains, the learned parity routers (trained with :func:`mpnn.infra.train.fit`), the
 result tables, the figures and the explorer of ``book/tag_partitioning.ipynb``.
 """
 from __future__ import annotations
@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpnn import train
+from mpnn.infra import train
 from mpnn.data import load_mnist
 from mpnn.data.mnist import to_tensor
-from mpnn.local import LocallyConnected
+from mpnn.tagnet.local import LocallyConnected
 from mpnn.runtime import plots, stats, verdicts
-from mpnn.stacked_nets import StackedNets
-from mpnn.stacked_sgd import StackedSGD
+from mpnn.tagnet.stacked_nets import StackedNets
+from mpnn.tagnet.stacked_sgd import StackedSGD
 from mpnn.switch import LearnedSwitch
 from mpnn.tagnet import PARITY, TagNet, TwoExpertMoE, make_schedule, partition_groups
 
@@ -206,7 +206,7 @@ class StackedGates(nn.Module):
 def train_routers(X: torch.Tensor, tags: torch.Tensor, train_idxs: Sequence[torch.Tensor], *,
                   seeds: Sequence[int], epochs: int = 5, batch: int = 128, lr: float = 0.1,
                   n_tags: int = 2, progress: str | None = None) -> list[LearnedSwitch]:
-    """One linear router per training set, trained to predict the tag, all in one :func:`mpnn.train.fit`.
+    """One linear router per training set, trained to predict the tag, all in one :func:`mpnn.infra.train.fit`.
 
     Router ``r`` sees ``X[train_idxs[r]]`` in the order of seed ``seeds[r]`` (momentum SGD 0.9 on
     the mean cross-entropy of ``softmax(s)`` against ``tags``); route with ``scores(x).argmax(-1)``.

@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mpnn import determinism
+from mpnn.infra import determinism
 from mpnn.data.mnist import load_mnist, to_tensor
 from mpnn.runtime import plots, stats, verdicts
-from mpnn.clock import interleaved_samples, median
+from mpnn.infra.clock import interleaved_samples, median
 from mpnn.runtime.timing import paired_speedup
 from mpnn.tokens import TokenViT, ViTConfig, evaluate_settings, keep_count, parse_setting, token_schedule, vit_flops
-from mpnn.train import History, fit, fusable
+from mpnn.infra.train import History, fit, fusable
 
 SELECTION, RANDOM, MERGING = "selection (learned)", "selection (random)", "merging (ToMe)"
 REDUCTION = "token reduction"          # the legend title of the figures that tell the methods apart
@@ -200,7 +200,7 @@ def latency_claim(model: TokenViT, x: torch.Tensor, rho: float = 1.0, r: int = 0
     """Timing claim: keeping ``rho`` of the tokens (or merging ``r`` per block, ToMe) lowers the latency.
 
     ``repeats`` rounds of the all-token model and the reduced one on ``x``, interleaved
-    (:func:`mpnn.clock.interleaved_samples`), on one CPU thread. The speed-up is the median of the
+    (:func:`mpnn.infra.clock.interleaved_samples`), on one CPU thread. The speed-up is the median of the
     per-round ratios with its distribution-free 95% CI (:func:`mpnn.runtime.timing.median_ci`); the efficiency
     is speed-up / FLOP-predicted speed-up. ``verdict`` on "the reduced model is faster": supported when the
     speed-up CI lies above ``min_speedup`` (a saving beyond timing noise), not supported when it lies below 1

@@ -112,7 +112,7 @@ TOKEN_CHOICE_PATHS = ("compiled", "compiled-grouped-gemm", "torch-grouped", "tor
 def token_choice_path(x, chosen, weights, experts: Experts, cap, layer: tuple | None = None) -> str:
     """Which implementation serves this layer's shape on this machine: the compiled kernels (with
     the book's GEMM or torch's ``grouped_mm``) or torch alone (grouped matmuls, or a loop over the
-    experts), measured once per shape class by :func:`mpnn.native.choose` (forward, and backward
+    experts), measured once per shape class by :func:`mpnn.infra.native.choose` (forward, and backward
     when gradients are on). Without the compiled kernels the torch paths are compared alone.
 
     With ``layer`` = (module, input) each candidate runs a copy of the whole module on a copy of its
@@ -125,7 +125,7 @@ def token_choice_path(x, chosen, weights, experts: Experts, cap, layer: tuple | 
     compiled = fused.usable(x, weights, experts.w1, experts.b1, experts.w2, experts.b2)
     if not compiled and not (x.device.type == "cpu" and x.dtype == torch.float32):
         return "torch-loop" if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) else "torch-grouped"
-    from mpnn import native
+    from mpnn.infra import native
     names = [p for p in TOKEN_CHOICE_PATHS if compiled or p.startswith("torch")]
     key = {"R": R, "E": E, "k": k, "tokens": 1 << max(0, (R * T - 1).bit_length()), "d": d,
            "h": experts.d_hidden, "out": experts.d_out, "capacity": cap is not None, "training": training, "compiled": compiled}
@@ -164,7 +164,7 @@ def whole_layer_candidates(module: torch.nn.Module, x: torch.Tensor, names: list
     forward and (``training``) backward of a dense random upstream gradient, as in a training step."""
     import copy
 
-    from mpnn import native
+    from mpnn.infra import native
     probe, xs, grad = copy.deepcopy(module), x.detach().clone(), {}
 
     def candidate(path):

@@ -1,4 +1,4 @@
-"""The expert MLPs of a token-choice MoE over rows sorted by expert, with fused glue (C++, :mod:`mpnn.native`).
+"""The expert MLPs of a token-choice MoE over rows sorted by expert, with fused glue (C++, :mod:`mpnn.infra.native`).
 
 For M kept assignments sorted by expert (expert e owns rows ``s_e .. s_{e+1}-1``), assignment i of
 token ``t_i`` with combine weight ``w_i``:
@@ -30,8 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mpnn import native
-
+from mpnn.infra import native
 SOURCE = native.source("moe.cpp")      # mpnn/kernels/moe.cpp
 
 _P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int

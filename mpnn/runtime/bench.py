@@ -36,8 +36,8 @@ from typing import Any, Callable
 
 import torch
 
-from .. import native, paths
-from ..clock import interleaved_samples, median
+from ..infra import native, paths
+from ..infra.clock import interleaved_samples, median
 
 REGISTRY: dict[str, "Case"] = {}
 
@@ -88,7 +88,7 @@ def time_callable(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1,
 def time_variants(variants: dict[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1,
                   min_time: float = 0.0) -> dict[str, dict[str, float]]:
     """:func:`time_callable` for every variant of a case, in interleaved rounds
-    (:func:`mpnn.clock.interleaved_samples`): a load that comes and goes slows every variant of a
+    (:func:`mpnn.infra.clock.interleaved_samples`): a load that comes and goes slows every variant of a
     round alike, so the ratios between variants hold on a shared machine."""
     samples = interleaved_samples(variants, repeats=repeats, warmup=warmup, min_time=min_time)
     return {v: _summary(t) for v, t in samples.items()}
@@ -196,7 +196,7 @@ def run_all(quick: bool = False, only: str | None = None, progress: bool = True,
     The dense reference is measured before and after the cases: if the machine's speed changed
     meanwhile (another job started), the two disagree and the ratios of that run are suspect.
     """
-    from ..determinism import cpu_threads
+    from ..infra.determinism import cpu_threads
     from .repro import git_commit
     cases = [c for c in discover().values() if only is None or only in c.name]
     if only is not None and not cases:
@@ -235,7 +235,7 @@ def run_all(quick: bool = False, only: str | None = None, progress: bool = True,
 
 def _kernel_choices() -> list[dict[str, Any]]:
     """The compiled-or-torch choices the harness's process made, with every candidate's seconds."""
-    from .. import native
+    from ..infra import native
     return native.report()["choices"]
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from .. import paths
+from ..infra import paths
 from . import bench, notebooks
 from .notebooks import ChapterError
 
@@ -417,22 +417,17 @@ def default_jobs() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-# Chapters that read other chapters' manifests run after everything else.
-RUN_LAST = ("reproducibility",)
-# The chapter that shows the benchmark harness's results; the runner runs the harness (alone,
-# before any chapter starts) with that chapter's parameters `quick`, `only`, `threads`.
-BENCH_CHAPTER = "performance"
-
-
-def run_benchmarks(params: dict[str, Any], report=print) -> float:
-    """Run the harness for the performance page and write ``_build/bench/results.json``; returns seconds."""
-    settings = notebooks.declared_parameters(BENCH_CHAPTER) | params
+def run_benchmarks(chapter: str, params: dict[str, Any], report=print) -> float:
+    """Run the harness for ``chapter`` (the page that shows it: notebook metadata ``mpnn.benchmarks``,
+    whose parameters ``quick``, ``only``, ``threads`` it takes) and write ``_build/bench/results.json``;
+    returns seconds."""
+    settings = notebooks.declared_parameters(chapter) | params
     start = time.time()
     results = bench.run_all(quick=settings["quick"], only=settings["only"] or None, threads=settings["threads"])
     if not settings["quick"]:   # the page also shows how close the CI's quick sizes get to the machine's limit
         results["quick_run"] = bench.run_all(quick=True, only=settings["only"] or None, threads=settings["threads"])
     bench.write_results(results)
-    report(f"ok benchmarks for {BENCH_CHAPTER} ({time.time() - start:.0f} s, {len(results['results'])} measurements)")
+    report(f"ok benchmarks for {chapter} ({time.time() - start:.0f} s, {len(results['results'])} measurements)")
     return time.time() - start
 
 
@@ -440,7 +435,9 @@ def run_chapters(jobs: list[tuple[str, dict]], profile: str, n_jobs: int = 1, ke
                  report=print) -> list[dict[str, Any]]:
     """Execute ``jobs`` with up to ``n_jobs`` chapters side by side; returns their outcome records.
 
-    Chapters named in :data:`RUN_LAST` start once every other chapter has finished. After a failure
+    Chapters whose notebook metadata says ``mpnn.run_last`` (they read the others' manifests) start
+    once every other chapter has finished; the benchmark harness of a chapter with
+    ``mpnn.benchmarks`` runs first, alone. After a failure
     without ``keep_going`` no new chapter starts (those running finish).
     """
     if n_jobs < 1:
@@ -448,8 +445,9 @@ def run_chapters(jobs: list[tuple[str, dict]], profile: str, n_jobs: int = 1, ke
     from tqdm.auto import tqdm
     threads = max(1, (os.cpu_count() or 1) // n_jobs)
     gate = CellGate()
-    first = [j for j in jobs if j[0] not in RUN_LAST]
-    last = [j for j in jobs if j[0] in RUN_LAST]
+    run_last = {c for c, _ in jobs if notebooks.chapter_settings(c)["run_last"]}
+    first = [j for j in jobs if j[0] not in run_last]
+    last = [j for j in jobs if j[0] in run_last]
     records: list[dict[str, Any]] = []
     stop = threading.Event()
     bar = tqdm(total=len(jobs), desc=f"chapters ({profile}, {n_jobs} at a time)", unit="chapter")
@@ -473,13 +471,13 @@ def run_chapters(jobs: list[tuple[str, dict]], profile: str, n_jobs: int = 1, ke
 
     start = time.time()
     bench_s = None
-    bench_jobs = [params for chapter, params in jobs if chapter == BENCH_CHAPTER]
+    bench_jobs = [(chapter, params) for chapter, params in jobs if notebooks.chapter_settings(chapter)["benchmarks"]]
     if bench_jobs:   # before any chapter: the harness times kernels on an otherwise idle machine
         bench.results_path().unlink(missing_ok=True)
         try:
-            bench_s = run_benchmarks(bench_jobs[0], report)
+            bench_s = run_benchmarks(*bench_jobs[0], report=report)
         except Exception as exc:   # the page then fails with "no results"; the other chapters still run
-            report(f"\nFAILED benchmarks for {BENCH_CHAPTER}: {type(exc).__name__}: {exc}")
+            report(f"\nFAILED benchmarks for {bench_jobs[0][0]}: {type(exc).__name__}: {exc}")
     with environment(kernel_env()):
         for batch in (first, last):
             pool = ThreadPoolExecutor(max_workers=n_jobs)

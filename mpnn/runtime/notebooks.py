@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .. import paths
+from ..infra import paths
 
 PROFILE_NAMES = ("smoke", "default", "full")
 
@@ -64,7 +64,8 @@ def parameters_source(notebook: Path) -> str:
     raise ChapterError(f"{notebook} has no code cell tagged 'parameters'")
 
 
-SETTINGS = {"pause_for_timing": bool, "threads": int, "document": str, "typed_numbers": dict}   # a notebook's metadata "mpnn": {...}
+SETTINGS = {"pause_for_timing": bool, "threads": int, "document": str, "typed_numbers": dict, "run_last": bool,
+            "benchmarks": bool}   # a notebook's metadata "mpnn": {...}
 
 
 def chapter_settings(chapter: str) -> dict[str, Any]:
@@ -76,14 +77,16 @@ def chapter_settings(chapter: str) -> dict[str, Any]:
     are tiny and the reduction order must not depend on the machine). ``document``: the source
     document the chapter reproduces (the findings page groups by it). ``typed_numbers``: the numbers
     its markdown may type, each with where it comes from (the document, the original code, a method
-    constant; :mod:`mpnn.runtime.text`).
+    constant; :mod:`mpnn.runtime.text`). ``run_last``: it reads the other chapters' manifests, so it
+    starts after them. ``benchmarks``: it shows the benchmark harness's results, which the runner
+    measures first, alone.
     """
     meta = json.loads(notebook_path(chapter).read_text()).get("metadata", {}).get("mpnn", {})
     for key, value in meta.items():
         if key not in SETTINGS or not isinstance(value, SETTINGS[key]):
             raise ChapterError(f"{chapter}: notebook metadata mpnn.{key}={value!r} is not one of "
                                + ", ".join(f"{k} ({t.__name__})" for k, t in SETTINGS.items()))
-    return {"pause_for_timing": True, "threads": None} | meta
+    return {"pause_for_timing": True, "threads": None, "run_last": False, "benchmarks": False} | meta
 
 
 def declared_parameters(chapter: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import re
 import altair as alt
 import pandas as pd
 
-from .. import paths
+from ..infra import paths
 from . import repro
 
 def _chapter() -> str:

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from .. import paths
-from ..determinism import resolve_device, seed_everything
+from ..infra import paths
+from ..infra.determinism import resolve_device, seed_everything
 from . import notebooks, verdicts
 
 VERSIONED_PACKAGES = ("mpnn", "torch", "torchvision", "numpy", "pandas", "scipy", "altair",
@@ -85,7 +85,7 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
 
 def machine_description() -> dict[str, Any]:
     """Where the numbers of a run come from: CPU model and ISA flags, torch's kernels and threads,
-    and which compiled kernels this process chose (:mod:`mpnn.native`)."""
+    and which compiled kernels this process chose (:mod:`mpnn.infra.native`)."""
     model, flags = cpu_model_and_flags()
     info: dict[str, Any] = {
         "cpu_model": model, "isa_flags": flags, "machine": platform.machine(), "cpu_count": os.cpu_count(),
@@ -94,7 +94,7 @@ def machine_description() -> dict[str, Any]:
         "mkl": torch.backends.mkl.is_available(), "mkldnn": torch.backends.mkldnn.is_available(),
     }
     try:
-        from .. import native
+        from ..infra import native
         info["compiled_kernels"] = native.report()
     except Exception as exc:     # the description must never stop a run
         info["compiled_kernels"] = {"error": str(exc)}

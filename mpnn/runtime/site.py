@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .. import paths
+from ..infra import paths
 from . import verdicts
 
 GLANCE_KEY = "mpnn_glance"        # metadata of the inserted markdown cell

@@ -2,7 +2,7 @@
 
 A timing claim ("wall time follows FLOPs", "fewer messages win") is a *ratio measured in one run*:
 the variants are called in turn (a, b, a, b, ...) so that a drifting machine load hits all of them
-alike, and the median of the repeats is kept (:func:`mpnn.clock.interleaved_samples`, the book's one timer).
+alike, and the median of the repeats is kept (:func:`mpnn.infra.clock.interleaved_samples`, the book's one timer).
 
 A chapter decides such a claim with a module-level function of its experiment module
 (``mpnn.experiments.<chapter>``) that takes only
@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .. import paths
+from ..infra import paths
 
 
 def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:

@@ -1,6 +1,6 @@
 """Per-sample SGD, eq. (2) of :mod:`mpnn.tagnet`, for many networks at once, hand-derived.
 
-:class:`StackedSGD` trains the ``M`` networks of a :class:`mpnn.stacked_nets.StackedNets` in
+:class:`StackedSGD` trains the ``M`` networks of a :class:`mpnn.tagnet.stacked_nets.StackedNets` in
 lock-step: step ``i`` of a schedule (T, M) feeds sample ``schedule[i, m]`` to network ``m``, and
 one step is about 25 tensor operations whatever ``M`` is. The pieces, each chosen once per
 :meth:`StackedSGD.fit`:
@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import determinism, native
+from ..infra import determinism, native
 from .stacked_nets import StackedNets
-from .tagnet import PARITY
+from .network import PARITY
 
 __all__ = ["StackedSGD", "TagRouting", "GateRouting", "WindowInputs", "TapInputs", "PixelInputs",
            "tag_steps", "gate_steps", "step_loop", "fused_kernel", "fused_tag_steps",
@@ -186,7 +186,7 @@ _FUSED_SOURCE = native.source("tag_steps.cpp")      # mpnn/kernels/tag_steps.cpp
 
 def fused_kernel():
     """The fused tag step loop (C++, :data:`_FUSED_SOURCE`), built on first use and cached by
-    :func:`mpnn.native.load`, or None where there is no C++ compiler or ``MPNN_FUSED=0`` (forces the
+    :func:`mpnn.infra.native.load`, or None where there is no C++ compiler or ``MPNN_FUSED=0`` (forces the
     pure-torch :func:`tag_steps`)."""
     import ctypes
     P, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
@@ -365,7 +365,7 @@ class StackedSGD:
     """Eq. (2) for the networks ``models`` in lock-step (one sample per network per step).
 
     ``X`` (N, P) in [0, 1] and ``y`` (N,) are held on ``device`` (default X's); the networks as a
-    :class:`~mpnn.stacked_nets.StackedNets` (``self.nets``: inference and export). ``clip`` is one
+    :class:`~mpnn.tagnet.stacked_nets.StackedNets` (``self.nets``: inference and export). ``clip`` is one
     bound for every network (``float("inf")`` switches clipping off).
     """
 
@@ -446,7 +446,7 @@ class StackedSGD:
 
     def _compiled_wins(self, kernel, schedule: torch.Tensor) -> bool:
         """Time (up to) 64 steps of ``schedule`` with the compiled and the torch step loop, on copies
-        of the networks, once per network shape on this machine (:func:`mpnn.native.choose`)."""
+        of the networks, once per network shape on this machine (:func:`mpnn.infra.native.choose`)."""
         import copy
         nets = self.nets
         key = {"models": nets.M, "hidden": nets.Hb, "local": bool(nets.local), "pixels": int(self.X.shape[1]),

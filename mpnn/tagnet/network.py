@@ -2,7 +2,7 @@
 
 Model (PARAGON ``NewNetwork`` + ``ForwardTagged``/``BackwardTagged``): input ``x`` (784 pixels
 scaled to [0, 1]), a 16x16 hidden grid of leaky-ReLU neurons (slope 0.01), each locally connected
-to a 5x5 input window (:mod:`mpnn.local`), and 10 softmax outputs fully connected to all 256
+to a 5x5 input window (:mod:`mpnn.tagnet.local`), and 10 softmax outputs fully connected to all 256
 hidden neurons and shared by both tags. A tag ``t`` (label parity) switches on hidden columns
 ``[16 t / 2, 16 (t + 1) / 2)`` through :class:`mpnn.switch.TagSwitch`; the other neurons output 0:
 
@@ -17,7 +17,7 @@ Training is per-sample gradient ascent on ``log p_y`` with every per-weight grad
 
 with ``clip`` to [-5, 5] and biases unclipped, exactly as ``BackwardTagged``. Neurons with
 ``m_t = 0`` get ``d = 0``: no update. :func:`reference_sgd` is (2) as a plain autograd loop;
-:class:`mpnn.stacked_sgd.StackedSGD` runs (2) for many networks in lock-step, hand-derived, and is
+:class:`mpnn.tagnet.stacked_sgd.StackedSGD` runs (2) for many networks in lock-step, hand-derived, and is
 tested against it. The document's order of the samples (every even digit, then every odd one, each
 epoch) is :func:`epoch_order`; :func:`make_schedule` lays out the orders of several networks.
 
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .local import LocallyConnected
-from .switch import LearnedSwitch, TagSwitch
+from ..switch import LearnedSwitch, TagSwitch
 
 __all__ = ["PARITY", "partition_groups", "parity_switch", "TagNet", "TwoExpertMoE", "reference_sgd",
            "epoch_order", "make_schedule"]

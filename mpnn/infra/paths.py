@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def _find_root() -> Path:
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]
     if (here / "_toc.yml").exists():
         return here
     for candidate in [Path.cwd(), *Path.cwd().parents]:

@@ -124,7 +124,7 @@ def build(name: str, source: str, cxx: str) -> Path:
 
 def source(filename: str) -> str:
     """The text of a kernel's C++ file shipped with the package (``mpnn/kernels/<filename>``)."""
-    return (Path(__file__).with_name("kernels") / filename).read_text()
+    return (Path(__file__).parent.parent / "kernels" / filename).read_text()
 
 
 def _failed(name: str, why: str) -> None:

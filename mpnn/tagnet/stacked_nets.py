@@ -9,7 +9,7 @@ partitions, also the MoE's experts), ``2 M`` blocks of ``Hb = H / 2`` units each
 
 with ``own[j]`` the network of block ``j`` and ``half[j]`` its half; MoE gates ``Wg`` (M, 2, P),
 ``bg`` (M, 2). A trainer may reorder the blocks (:meth:`StackedNets.order_blocks`) so that the
-halves one step needs form one slice (see :mod:`mpnn.stacked_sgd`); :meth:`StackedNets.dense`
+halves one step needs form one slice (see :mod:`mpnn.tagnet.stacked_sgd`); :meth:`StackedNets.dense`
 gives the weights back in the modules' unit order, whatever the block order.
 
 Inference computes the hidden layer of every chosen network once and reads the logits of several
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tagnet import PARITY, TwoExpertMoE, partition_groups
+from .network import PARITY, TwoExpertMoE, partition_groups
 
 __all__ = ["StackedNets"]
 

@@ -14,7 +14,7 @@ Scardapane et al. (2024) this is depth sparsity: a per-sample binary mask over t
 the batch, so the later stages run on fewer rows. :func:`exit_costs` counts the FLOPs a sample pays
 when it leaves at each exit (2 FLOPs per multiply-add of every ``Conv2d`` and ``Linear``; ReLU, pooling and
 the entropy are not counted), from which :func:`predicted_speedup` gives the FLOP-predicted speed-up.
-:func:`exit_loss` is the training objective above; the chapter trains it with :func:`mpnn.train.fit`
+:func:`exit_loss` is the training objective above; the chapter trains it with :func:`mpnn.infra.train.fit`
 (``mpnn.experiments.early_exits``), which also measures the wall time.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from . import stage1_kernel
 __all__ = [
     "EarlyExitConfig", "EarlyExitNet", "ExitResult", "normalised_entropy", "early_exit_predict",
     "fused_stage1", "fused_exit1", "phase_weights", "exit_decisions", "exit_fractions", "count_flops", "exit_costs", "full_cost", "predicted_speedup",
-    "exit_loss", "exit_logits", "sweep_metrics", "choose_threshold",
+    "exit_loss", "exit_logits", "sweep_metrics", "choose_threshold", "compiled_stage1_wins",
 ]
 
 
@@ -148,7 +148,7 @@ def fused_stage1(model: "EarlyExitNet", x: torch.Tensor, with_exit: bool = True,
     features as a channels-last (B, C, 14, 14) view of a contiguous (B, 14, 14, C) tensor, and the (B, classes)
     exit-1 logits (None unless ``with_exit``). No autograd (inference only; training uses ``model.forward``).
     Where it can (float32 on the CPU, a C++ compiler) the compiled per-image loop of
-    :mod:`mpnn.stage1_kernel` computes the same equations (direct convolution, no zero taps); else this
+    :mod:`mpnn.early_exit.stage1_kernel` computes the same equations (direct convolution, no zero taps); else this
     torch path.
     """
     _check_fusable(model)
@@ -160,13 +160,13 @@ def fused_stage1(model: "EarlyExitNet", x: torch.Tensor, with_exit: bool = True,
 
 
 def compiled_stage1_wins(model: "EarlyExitNet", x: torch.Tensor, chunk: int = FUSED_CHUNK) -> bool:
-    """Does the compiled stage-1 loop serve ``x`` here: it can (:func:`mpnn.stage1_kernel.usable`) and,
+    """Does the compiled stage-1 loop serve ``x`` here: it can (:func:`mpnn.early_exit.stage1_kernel.usable`) and,
     measured once per channel count and batch-size class on this machine on (up to 512 of) these
-    images, it runs faster than the chunked torch path (:func:`mpnn.native.choose`)?"""
+    images, it runs faster than the chunked torch path (:func:`mpnn.infra.native.choose`)?"""
     conv, head = model.stages[0][0], model.exits[0][-1]
     if not stage1_kernel.usable(x, conv, head):
         return False
-    from . import native
+    from ..infra import native
     key = {"channels": conv.out_channels, "classes": head.out_features,
            "rows": 1 << max(0, (x.shape[0] - 1).bit_length())}
 
@@ -199,7 +199,7 @@ def fused_exit1(model: "EarlyExitNet", x: torch.Tensor, threshold: float,
     Only the rows that stay are written out (gathered once, while the chunk is in the cache). Returns the
     exit-1 logits of all B rows, the staying rows' stage-1 features (n, C, 14, 14) channels-last, and
     their row numbers (n,) int64 in increasing order. Block 1, exit 1, the entropy and the gather run in
-    one compiled loop per image where :mod:`mpnn.stage1_kernel` can serve, else chunk by chunk in torch.
+    one compiled loop per image where :mod:`mpnn.early_exit.stage1_kernel` can serve, else chunk by chunk in torch.
     """
     _check_fusable(model)
     conv, head = model.stages[0][0], model.exits[0][-1]

@@ -2,7 +2,7 @@
 the exit decision and the gather of the rows that stay (:func:`mpnn.early_exit.fused_exit1`).
 
 Per image, in registers and the L1 cache (C channels, K classes, GCC vector extensions, 8 or 16 floats per
-vector, built by :mod:`mpnn.native`):
+vector, built by :mod:`mpnn.infra.native`):
 
 * block 1, ``conv5x5(1 -> C, pad 2) + ReLU + maxpool2`` channels last: pooled ``(h, w)`` is
   ``relu(b + max_{di, dj in {0,1}} sum_{r, c < 5} x_pad[2h + di + r][2w + dj + c] W[r][c])`` (bias and
@@ -24,7 +24,7 @@ import ctypes
 
 import torch
 
-from . import native
+from ..infra import native
 
 SOURCE = native.source("stage1.cpp")      # mpnn/kernels/stage1.cpp
 

@@ -1,7 +1,7 @@
 """The book's one timer: interleaved rounds of wall-clock samples.
 
 Every timing in the book (benchmarks, timing claims, the measured kernel choices of
-:mod:`mpnn.native`) calls :func:`interleaved_samples`. Each round calls every callable, in the
+:mod:`mpnn.infra.native`) calls :func:`interleaved_samples`. Each round calls every callable, in the
 given order on even rounds and reversed on odd ones (a b, b a, ...), so that a drifting machine
 load and any first-/second-call effect hit all of them alike, and round ``i`` of two callables
 gives one paired ratio. A call shorter than ``min_time`` is looped inside its sample, so that timer
