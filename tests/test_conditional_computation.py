@@ -175,7 +175,8 @@ def test_predictions_in_order_maps_back_to_the_original_index():
 def test_prepare_mnist_subsets_and_standardises(monkeypatch):
     images = torch.arange(20 * 28 * 28, dtype=torch.int64).remainder(256).to(torch.uint8).view(20, 28, 28)
     labels = torch.arange(20) % 10
-    monkeypatch.setattr(cc.mnist, "load_mnist", lambda split, root=None: (images, labels))
+    from mpnn.data import mnist
+    monkeypatch.setattr(mnist, "load_mnist", lambda split, root=None: (images, labels))
     (x, y), (xt, yt) = cc.prepare_mnist(5, None, seed=3)
     idx = torch.randperm(20, generator=torch.Generator().manual_seed(3))[:5]
     assert torch.equal(y, labels[idx]) and x.shape == (5, 784) and len(yt) == 20

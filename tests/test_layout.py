@@ -53,18 +53,34 @@ def test_mechanisms_import_no_experiment_and_no_runtime(path):
     assert not bad, f"{path.relative_to(paths.ROOT)} is a mechanism but imports {bad}"
 
 
+def _experiment_units() -> dict[str, list[Path]]:
+    """Chapter name -> the files of its experiment code: ``<chapter>.py``, or a package
+    ``<chapter>/`` (one module per section of the notebook) for a long chapter."""
+    units = {p.stem: [p] for p in (PACKAGE / "experiments").glob("*.py") if p.name != "__init__.py"}
+    units |= {p.name: sorted(p.glob("*.py")) for p in (PACKAGE / "experiments").iterdir()
+              if p.is_dir() and (p / "__init__.py").exists()}
+    return units
+
+
 def test_every_chapter_has_its_experiment_module_and_nothing_else_is_there():
     chapters = set(notebooks.chapters())
-    modules = {p.stem for p in (PACKAGE / "experiments").glob("*.py") if p.name != "__init__.py"}
+    modules = set(_experiment_units())
     assert modules <= chapters, f"experiment modules not named after a chapter: {sorted(modules - chapters)}"
     assert chapters <= modules, f"chapters without mpnn/experiments/<chapter>.py: {sorted(chapters - modules)}"
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE / "experiments").glob("*.py")), ids=lambda p: p.stem)
-def test_an_experiment_imports_no_other_chapter(path):
-    others = sorted(m for m in imported_modules(path)
-                    if m.startswith("mpnn.experiments.") and m.split(".")[2] != path.stem)
-    assert not others, f"{path.stem} imports other chapters' code {others}: move what they share into a mechanism"
+@pytest.mark.parametrize("chapter", sorted(_experiment_units()))
+def test_an_experiment_imports_no_other_chapter(chapter):
+    others = sorted({m for path in _experiment_units()[chapter] for m in imported_modules(path)
+                     if m.startswith("mpnn.experiments.") and m.split(".")[2] != chapter})
+    assert not others, f"{chapter} imports other chapters' code {others}: move what they share into a mechanism"
+
+
+@pytest.mark.parametrize("path", [p for files in _experiment_units().values() for p in files if len(files) > 1],
+                         ids=lambda p: f"{p.parent.name}.{p.stem}")
+def test_a_chapter_package_keeps_its_modules_short(path):
+    """A chapter split into sections stays split: no section module over 400 lines."""
+    assert len(path.read_text().splitlines()) <= 400
 
 
 def test_benchmark_files_are_named_after_chapters():

@@ -99,7 +99,8 @@ def test_metadata_lines_and_invalid_plan_table_by_hand():
     p = by_ids([3, 4, 2], {0: [0, 2, 4], 1: [1, 3, 5]})   # global IDs: layer 1 = 0..3, layer 2 = 4..5
     assert E.metadata_lines(p, 1) == ["  layer 1: local 1, 3 | reads from rank 0: 0, 2 | sends to ranks [0]",
                                       "  layer 2: local 5 | sends to ranks [0]"]
-    assert E._short_ranges([[0, 3], [5, 6], [8, 10], [11, 12], [20, 22]]) == "0-2, 5, 8-9, 11, ... (9 neurons)"
+    from mpnn.experiments.multipart_deployment.plans import _short_ranges
+    assert _short_ranges([[0, 3], [5, 6], [8, 10], [11, 12], [20, 22]]) == "0-2, 5, 8-9, 11, ... (9 neurons)"
     table = E.try_plans({"twice": lambda: by_ids([3, 2, 2], {0: [0, 1, 2], 1: [2, 3]}),
                          "fine": lambda: by_ids([3, 2, 2], {0: [0, 1], 1: [2, 3]})})
     assert "owned twice" in table.error[0] and table.error[1] == "ACCEPTED (bug)"

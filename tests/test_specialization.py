@@ -10,6 +10,7 @@ from mpnn import dynamics as D
 from mpnn.data import cmnist as data_cmnist
 from mpnn.infra.determinism import spawn_seeds
 from mpnn.experiments import specialization as E
+from mpnn.experiments.specialization.linear import _gather
 from mpnn.runtime import stats
 from mpnn.towers import init_normal
 
@@ -358,9 +359,9 @@ def test_regularisation_sweep_rows_equal_one_run_per_strength():
     assert list(dict.fromkeys(rows.penalty)) == ["none", "weight_decay", "cross_l1"] and len(rows) == 6
     tr, te = E.heldout_split(8, seeds, 3)
     for penalty, kw in (("none", {}), ("weight_decay", {"weight_decay": 0.1}), ("cross_l1", {"cross_l1": 0.2})):
-        one = D.train_two_layer(E._gather(data.X, tr), E._gather(data.Y, tr), D.architecture_masks("dense", data, 4),
+        one = D.train_two_layer(_gather(data.X, tr), _gather(data.Y, tr), D.architecture_masks("dense", data, 4),
                                 seeds, lr=0.02, epochs=30, init_std=0.1, cross_block=data.blocks()["Gamma_x->Omega_y"],
-                                evals={"test": (E._gather(data.X, te), E._gather(data.Y, te))}, n2=2, **kw)
+                                evals={"test": (_gather(data.X, te), _gather(data.Y, te))}, n2=2, **kw)
         got = rows[rows.penalty == penalty].sort_values("run")
         assert np.allclose(got.test_comp, one.losses["test"][-1, :, 0].numpy(), atol=1e-12)
         assert np.allclose(got.coupling, D.jacobian_block_norms(one, data.X, data)[:, 1].numpy(), atol=1e-12)

@@ -8,8 +8,8 @@ import altair as alt
 import pandas as pd
 import torch
 
-from mpnn.infra import paths
 from mpnn.data import mnist
+from mpnn.infra import paths
 
 WINDOW = 18     # the tag-partitioning network as originally written sees the top-left 18x18 pixels only
 

@@ -14,16 +14,30 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mpnn.infra import determinism, native
-from mpnn.early_exit import stage1_kernel
 from mpnn.data.mnist import load_mnist, to_tensor
-from mpnn.early_exit import (EarlyExitConfig, EarlyExitNet, choose_threshold, compiled_stage1_wins, count_flops,
-                             early_exit_predict, exit_costs, exit_fractions, exit_logits, exit_loss, full_cost,
-                             fused_stage1, normalised_entropy, predicted_speedup, sweep_metrics)
-from mpnn.runtime import plots, stats, verdicts
+from mpnn.early_exit import (
+    EarlyExitConfig,
+    EarlyExitNet,
+    choose_threshold,
+    compiled_stage1_wins,
+    count_flops,
+    early_exit_predict,
+    exit_costs,
+    exit_fractions,
+    exit_logits,
+    exit_loss,
+    full_cost,
+    fused_stage1,
+    normalised_entropy,
+    predicted_speedup,
+    stage1_kernel,
+    sweep_metrics,
+)
+from mpnn.infra import determinism, native
 from mpnn.infra.clock import interleaved_samples, median
-from mpnn.runtime.timing import paired_speedup
 from mpnn.infra.train import History, fit, fusable
+from mpnn.runtime import plots, stats, verdicts
+from mpnn.runtime.timing import paired_speedup
 
 MNIST_TRAIN = 60000
 

@@ -25,9 +25,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mpnn.infra import clock, determinism
 from mpnn import partition as P
 from mpnn.data import demographics as D
+from mpnn.infra import clock, determinism
 from mpnn.runtime import plots
 from mpnn.switch import RuleSwitch
 

@@ -19,15 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpnn.infra import train
 from mpnn.data import load_mnist
 from mpnn.data.mnist import to_tensor
-from mpnn.tagnet.local import LocallyConnected
+from mpnn.infra import train
 from mpnn.runtime import plots, stats, verdicts
-from mpnn.tagnet.stacked_nets import StackedNets
-from mpnn.tagnet.stacked_sgd import StackedSGD
 from mpnn.switch import LearnedSwitch
 from mpnn.tagnet import PARITY, TagNet, TwoExpertMoE, make_schedule, partition_groups
+from mpnn.tagnet.local import LocallyConnected
+from mpnn.tagnet.stacked_nets import StackedNets
+from mpnn.tagnet.stacked_sgd import StackedSGD
 
 DOCUMENT = {"train": 83.65, "validation": 82.55, "test": 83.69}     # the original code: one Go run, true-label routing
 ORACLE = "true-label tag (document)"

@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mpnn.infra import determinism
 from mpnn.data.mnist import load_mnist, to_tensor
-from mpnn.runtime import plots, stats, verdicts
+from mpnn.infra import determinism
 from mpnn.infra.clock import interleaved_samples, median
+from mpnn.infra.train import History, fit, fusable
+from mpnn.runtime import plots, stats, verdicts
 from mpnn.runtime.timing import paired_speedup
 from mpnn.tokens import TokenViT, ViTConfig, evaluate_settings, keep_count, parse_setting, token_schedule, vit_flops
-from mpnn.infra.train import History, fit, fusable
 
 SELECTION, RANDOM, MERGING = "selection (learned)", "selection (random)", "merging (ToMe)"
 REDUCTION = "token reduction"          # the legend title of the figures that tell the methods apart
