@@ -120,7 +120,7 @@ def test_site_chart_html_is_offline_and_escaped(tmp_path, monkeypatch):
     assert svg.startswith("<svg") and spec["mark"]["type"] == "point"
 
 
-TIMING_CALLS = ("timing.measure(", "time_interleaved(", "bench.run_all(")
+TIMING_CALLS = ("timing.measure(", "timing.measure_from(", "interleaved_samples(", "bench.run_all(")
 
 
 def _top_level_code(source: str) -> str:

@@ -107,3 +107,14 @@ def test_interleaved_samples_alternates_order():
     assert "".join(calls) == "abc" + "abc" + "cba" + "abc" + "cba"
     assert {k: len(v) for k, v in t.items()} == {"a": 4, "b": 4, "c": 4}
     assert all(v >= 0 for vs in t.values() for v in vs)
+
+
+def test_measure_from_records_only_where_the_claim_is_decided(tmp_path, monkeypatch):
+    from mpnn.runtime import repro
+    monkeypatch.setenv("MPNN_BUILD_DIR", str(tmp_path))
+    smoke = repro.Run(repro.RunContext(chapter="demo", profile="smoke"), torch.device("cpu"))
+    res = timing.measure_from(smoke, "fast", always_fast, x=1, limit=2)
+    assert res["verdict"] == "supported" and not (tmp_path / "timing").exists()
+    default = repro.Run(repro.RunContext(chapter="demo", profile="default"), torch.device("cpu"))
+    timing.measure_from(default, "fast", always_fast, x=1, limit=2)
+    assert (tmp_path / "timing" / "demo" / "fast.pt").exists()

@@ -100,6 +100,14 @@ def measure(chapter: str, claim: str, fn: Callable[..., dict], **inputs) -> dict
     return result
 
 
+def measure_from(run, claim: str, fn: Callable[..., dict], *, needs: str = "default", **inputs) -> dict:
+    """:func:`measure` (recorded for the replays) where ``run`` reaches the profile ``needs`` at which
+    the claim is decided; below it the same function runs unrecorded, for the figures only."""
+    if run.context.reaches(needs):
+        return measure(run.chapter, claim, fn, **inputs)
+    return _normalised(_qualified_name(fn), fn(**inputs))
+
+
 def _normalised(name: str, result) -> dict:
     """The result with its ``verdict`` (from ``passed`` where the function gives a bool)."""
     from .verdicts import as_verdict
