@@ -131,3 +131,21 @@ def test_measuring_a_choice_draws_nothing_from_the_callers_generator(cache):
     torch.manual_seed(0)
     native.choose("rng-demo", {"n": 1}, {"compiled": lambda: torch.randn(100), "torch": lambda: torch.randn(100)})
     assert torch.equal(torch.rand(3), expected)     # a run that finds the choice cached draws the same numbers
+
+
+def test_a_candidate_far_slower_at_first_call_is_not_timed_further(cache, monkeypatch):
+    from mpnn.infra import clock as timer
+    clock = FakeClock()
+    monkeypatch.setattr(timer.time, "perf_counter", clock)
+    calls = {"compiled": 0, "torch-fast": 0, "torch-slow": 0}
+
+    def counting(name, seconds):
+        def run():
+            calls[name] += 1
+            clock.now += seconds
+        return run
+    chosen = native.choose("screen", {"n": 1}, {"compiled": counting("compiled", 0.006),
+                                                 "torch-fast": counting("torch-fast", 0.004),
+                                                 "torch-slow": counting("torch-slow", 0.050)}, repeats=5)
+    assert chosen == "torch-fast" and calls["torch-slow"] == 1        # screened out after its first call
+    assert calls["compiled"] > 1 and calls["torch-fast"] > 1

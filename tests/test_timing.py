@@ -13,7 +13,8 @@ from mpnn.runtime.timing import median_ci, paired_speedup
 def test_the_one_timer_alternates_the_order_loops_short_calls_and_takes_the_median(monkeypatch):
     from mpnn.infra import clock
     calls = []
-    ticks = iter([0, 1, 10, 30, 100, 105, 200, 210, 300, 303, 400, 440])   # perf_counter readings
+    ticks = iter([0, 0, 0, 0,                                              # the warm-up calls, timed
+                  0, 1, 10, 30, 100, 105, 200, 210, 300, 303, 400, 440])   # perf_counter readings
     monkeypatch.setattr(clock.time, "perf_counter", lambda: next(ticks))
     out = clock.interleaved_samples({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
                                     repeats=3, warmup=1)

@@ -22,22 +22,33 @@ def _sync() -> None:
 
 
 def interleaved_samples(fns: dict[Hashable, Callable[[], Any]], *, repeats: int, warmup: int = 1,
-                        min_time: float = 0.0) -> dict[Hashable, list[float]]:
-    """Seconds per call of every callable in ``fns``, one sample per round, ``repeats`` rounds."""
+                        min_time: float = 0.0, once: dict[Hashable, float] | None = None) -> dict[Hashable, list[float]]:
+    """Seconds per call of every callable in ``fns``, one sample per round, ``repeats`` rounds.
+
+    How many calls make a sample of ``min_time`` is read from the last warm-up call, or from
+    ``once`` (seconds of one call each, measured by the caller), else from one extra call."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     names = list(fns)
-    for _ in range(warmup):
-        for k in names:
-            fns[k]()
-    inner = dict.fromkeys(names, 1)
-    if min_time > 0:
+    last = dict(once or {})
+    for i in range(warmup):
         for k in names:
             _sync()
             t0 = time.perf_counter()
             fns[k]()
             _sync()
-            inner[k] = max(1, int(min_time / max(time.perf_counter() - t0, 1e-7)))
+            if i == warmup - 1:
+                last[k] = time.perf_counter() - t0
+    inner = dict.fromkeys(names, 1)
+    if min_time > 0:
+        for k in names:
+            if k not in last:
+                _sync()
+                t0 = time.perf_counter()
+                fns[k]()
+                _sync()
+                last[k] = time.perf_counter() - t0
+            inner[k] = max(1, int(min_time / max(last[k], 1e-7)))
     times: dict[Hashable, list[float]] = {k: [] for k in names}
     for r in range(repeats):
         for k in (names if r % 2 == 0 else names[::-1]):

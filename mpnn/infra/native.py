@@ -29,6 +29,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +39,7 @@ _DISABLED = [0]                                   # depth of open :func:`disable
 _CHOICES: dict[str, dict] = {}                     # kind|key -> {"chosen", "seconds": {candidate: s}}
 _WARNED: set[str] = set()
 _FRESH = False
+SCREEN = 2.0     # a candidate whose first call takes more than this times the fastest's is not timed further
 _FORCED: dict[str, str] = {}                       # kind -> candidate, inside :func:`forced`
 
 
@@ -195,9 +197,10 @@ def choose(kind: str, key: Any, candidates: dict[str, Callable[[], Any]] | Calla
     """The fastest of ``candidates`` (name -> zero-argument callable running that path once) for
     this ``kind`` of computation and shape ``key``, measured at first use on this machine.
 
-    Each candidate runs once to warm up (which also sets how many calls make one sample of at
-    least ``min_time`` seconds), then ``repeats`` interleaved rounds (a b c, c b a, ...): a load that
-    drifts slows every candidate of a round alike. The median seconds per call decide. A candidate
+    Each candidate runs once to warm up; that call also sets how many calls make one sample of at
+    least ``min_time`` seconds, and screens out a candidate that takes more than :data:`SCREEN`
+    times the fastest's (its one call stands as its time). The rest run ``repeats`` interleaved
+    rounds (a b c, c b a, ...): a load that drifts slows every candidate of a round alike. The median seconds per call decide. A candidate
     whose name starts with ``torch`` is torch-only; a compiled one is chosen only when its median is
     below ``margin`` times the fastest torch-only one's (default: at least 5% faster, so the path
     taken is never measurably slower than torch's own by more than the timing noise). The choice and every median are kept for this process and stored in the kernel
@@ -225,8 +228,18 @@ def choose(kind: str, key: Any, candidates: dict[str, Callable[[], Any]] | Calla
 
     from .clock import interleaved_samples, median
     with torch.random.fork_rng(devices=[]):     # measuring draws no numbers from the caller's generator
-        med = {n: median(v) for n, v in interleaved_samples(candidates, repeats=repeats, min_time=min_time).items()}
-    names = list(candidates)
+        once = {}
+        for n, fn in candidates.items():         # one call each: the warm-up, and a screen
+            t0 = time.perf_counter()
+            fn()
+            once[n] = time.perf_counter() - t0
+        best = min(once.values())
+        torch_best = min((n for n in once if n.startswith("torch")), key=once.get, default=None)
+        kept = {n: fn for n, fn in candidates.items() if once[n] <= SCREEN * best or n == torch_best}
+        med = {n: median(v) for n, v in interleaved_samples(kept, repeats=repeats, warmup=0, min_time=min_time,
+                                                            once=once).items()}
+        med |= {n: once[n] for n in candidates if n not in kept}      # screened out: one call's time
+    names = list(med)
     fastest = min(names, key=med.get)
     torch_only = [n for n in names if n.startswith("torch")]
     chosen = fastest
