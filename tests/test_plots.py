@@ -183,3 +183,15 @@ def test_figures_are_numbered_per_chapter_and_carry_their_caption(tmp_path, monk
 def torch_digits():
     import torch
     return torch.zeros(10, 28, 28, dtype=torch.uint8)
+
+
+def test_site_pngs_keep_their_size_and_shrink():
+    import io
+
+    from PIL import Image
+
+    from mpnn.runtime import site
+    vlc = pytest.importorskip("vl_convert")
+    png = vlc.vegalite_to_png(plots.bar_ci(_grid(), "flops", low="mean", high="mean").to_dict(), scale=1)
+    small = site.compact_png(png)
+    assert len(small) <= len(png) and Image.open(io.BytesIO(small)).size == Image.open(io.BytesIO(png)).size
