@@ -4,7 +4,8 @@ Needs ``_build/html`` (``python -m mpnn build``) and Chromium (``/usr/bin/chromi
 ``$MPNN_CHROMIUM``); skipped otherwise unless ``MPNN_REQUIRE_SITE=1`` (set by ``make test``).
 Screenshots of the first screen of every page (1280x900, and 390x844 in the dark theme) are saved to
 ``_build/screenshots``.
-Every chapter page must open with its "at a glance" box (whose links land on the page), every site
+Every chapter page must open with its "at a glance" box (whose links land on the page or on one of
+the chapter's part pages), no page may be longer than about ten screens at 1280 x 900, every site
 explorer (a chart ``mpnn-<chapter>-<name>-site`` with bound controls) must redraw when its control
 moves, the findings page must sort and filter, and the figure files linked under charts must be served.
 """
@@ -72,14 +73,32 @@ def browser():
         b.close()
 
 
+def part_pages() -> dict[str, list[str]]:
+    """``{chapter: [its part pages]}`` as the chapters' notebook metadata declares them."""
+    import nbformat
+
+    from mpnn.runtime import notebooks, subpages
+    out = {}
+    for chapter in notebooks.chapters():
+        nb = nbformat.read(paths.BOOK / f"{chapter}.ipynb", as_version=4)
+        names = [subpages.page_name(chapter, p["title"]) for p in subpages.declared_pages(nb)]
+        if names:
+            out[chapter] = names
+    return out
+
+
 def test_every_toc_page_was_built():
     import yaml
     toc = yaml.safe_load((paths.ROOT / "_toc.yml").read_text())
     built = {Path(p).stem for p in pages()}
     from mpnn.runtime.notebooks import toc_entries
-    missing = [name for name in toc_entries() if name not in built]
+    expected = toc_entries() + [p for parts in part_pages().values() for p in parts]
+    missing = [name for name in expected if name not in built]
     assert toc["root"] == "book/intro"
     assert not missing, f"pages missing from the site: {missing}"
+
+
+LONGEST_PAGE = 11 * 900     # px at 1280 x 900: about ten screens; a longer chapter is split into parts
 
 
 @pytest.mark.parametrize("page", pages())
@@ -114,6 +133,10 @@ def test_page_renders_offline(server, browser, page):
         problems += glance_problems(tab)
     problems += explorer_problems(tab)
     problems += chart_fit_problems(tab)
+    height = tab.evaluate("document.documentElement.scrollHeight")
+    if height > LONGEST_PAGE:
+        problems.append(f"the page is {height} px long, {height / 900:.1f} screens: split it into parts "
+                        f"(notebook metadata mpnn.pages) or fold its details")
     shots = paths.build_dir() / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     tab.evaluate("window.scrollTo(0, 0)")
@@ -202,7 +225,7 @@ def glance_problems(tab) -> list[str]:
         const missing = links.filter(h => h.startsWith("#") && !document.getElementById(decodeURIComponent(h.slice(1))));
         return {top: box.getBoundingClientRect().top + window.scrollY, before_h2: before,
                 after_h1: !!h1 && (h1.compareDocumentPosition(box) & Node.DOCUMENT_POSITION_FOLLOWING) !== 0,
-                lines: box.querySelectorAll("li").length, missing: missing};
+                lines: box.querySelectorAll("li").length, missing: missing, links: links};
     }""")
     if info is None:
         return ["no 'at a glance' box (div.mpnn-glance)"]
@@ -213,8 +236,15 @@ def glance_problems(tab) -> list[str]:
         out.append(f"the 'at a glance' box starts at {info['top']:.0f} px, below the first screen")
     if info["lines"] == 0:
         out.append("the 'at a glance' box lists no claim")
-    if info["missing"]:
-        out.append(f"'at a glance' links to sections that do not exist: {info['missing']}")
+    missing = list(info["missing"])
+    for href in info["links"]:            # a section on one of the chapter's part pages
+        target, _, anchor = href.partition("#")
+        if target.endswith(".html") and anchor and not target.startswith(("http:", "https:")):
+            page = HTML / "book" / target
+            if not page.exists() or f'id="{anchor}"' not in page.read_text(errors="replace"):
+                missing.append(href)
+    if missing:
+        out.append(f"'at a glance' links to sections that do not exist: {missing}")
     return out
 
 
@@ -324,7 +354,8 @@ def test_site_explorers_are_on_their_pages():
         if ids:
             found[Path(page).stem] = ids
     assert found, "no site explorer (plots.bound chart shown by widgets.explorer(site_view=...)) on the site"
-    missing = [c for c in SITE_EXPLORERS if (HTML / "book" / f"{c}.html").exists() and c not in found]
+    chapters_found = {stem.split("-", 1)[0] for stem in found}      # a part page is <chapter>-<part>
+    missing = [c for c in SITE_EXPLORERS if (HTML / "book" / f"{c}.html").exists() and c not in chapters_found]
     assert not missing, f"chapters whose explorer lost its site version: {missing}"
 
 
@@ -371,9 +402,9 @@ def test_the_counts_agree_on_every_page_that_shows_them():
     assert head in intro, f"the introduction does not show this build's counts: {head!r}"
     table = visible_text(verdicts.count_table(rows))
     for name in ("findings", "reproducibility"):
-        page = HTML / "book" / f"{name}.html"
-        if page.exists():
-            assert table in visible_text(page.read_text()), f"{name}: the verdict count table differs from the manifests'"
+        shown = [visible_text(p.read_text()) for p in (HTML / "book").glob(f"{name}*.html")]   # the page and its parts
+        if shown:
+            assert any(table in text for text in shown), f"{name}: the verdict count table differs from the manifests'"
     assert all(c.get("kind") and c.get("criterion") and c.get("verdict") for m in manifests.values()
                for c in m.get("claims", [])), "a claim without kind, criterion or verdict"
     assert re.search(r"\d", table)

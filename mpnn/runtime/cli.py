@@ -16,7 +16,9 @@ the timing claims are measured on a machine that no other chapter is loading. Wh
 writes ``_build/bench/results.json``, which the page reads. ``build`` turns ``_build/src`` into ``_build/html`` with
 jupyter-book (no re-execution, warnings are errors) and copies in the JavaScript the site serves; before
 that :func:`mpnn.runtime.site.stage_site` adds each chapter's "at a glance" box (from its manifest),
-links under every chart to its SVG/PNG/Vega-Lite files, the findings page and the introduction's counts.
+links under every chart to its SVG/PNG/Vega-Lite files, the findings page and the introduction's counts,
+and :func:`mpnn.runtime.subpages.site_tree` writes the tree jupyter-book builds (``_build/site``), with
+each long chapter split into the parts its notebook metadata names.
 """
 from __future__ import annotations
 
@@ -561,10 +563,13 @@ def cmd_build(args) -> int:
                            f"Run `python -m mpnn run --profile default` (or `make book`) first.")
     from . import site
     staged = site.stage_site(src)
-    print(f"site: {len(staged['decorated'])} chapter page(s) with their at a glance box, "
-          f"{staged['pngs']} figure PNG(s) rendered")
     out = paths.build_dir()
-    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output", str(out.parent),
+    from . import subpages
+    parts = subpages.site_tree(src, out / "site")
+    print(f"site: {len(staged['decorated'])} chapter page(s) with their at a glance box, "
+          f"{staged['pngs']} figure PNG(s) rendered, {sum(map(len, parts.values()))} part page(s) "
+          f"of {len(parts)} long chapter(s)")
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(out / "site"), "--path-output", str(out.parent),
            "--builder", "html", "-W", "-n", "--keep-going"]
     if out.name != "_build":
         raise ChapterError("jupyter-book writes to <path-output>/_build; keep MPNN_BUILD_DIR named _build")

@@ -170,9 +170,12 @@ def counts_text(claims: Iterable[dict]) -> str:
     return ", ".join(f"{k} {v}" for v, k in n.items() if k) or "none"
 
 
-def claims_table(claims: Iterable[dict], *, links: dict[str, str] | None = None, kinds: bool = True) -> str:
+def claims_table(claims: Iterable[dict], *, links: dict[str, str] | None = None, kinds: bool = True,
+                 folded: bool = False) -> str:
     """One row per claim: verdict, kind, the statement, the criterion and the measurement, whole
-    (wrapping, never cut). ``links`` maps claim ids to the anchor of the section that shows them."""
+    (wrapping, never cut). ``links`` maps claim ids to the anchor of the section that shows them.
+    ``folded`` puts the criterion and the measurement of each claim in a disclosure under its
+    statement (the verdicts at a glance box: every verdict on one or two screens)."""
     links = links or {}
     rows = []
     for c in claims:
@@ -183,12 +186,15 @@ def claims_table(claims: Iterable[dict], *, links: dict[str, str] | None = None,
         note_html = f'<div class="mpnn-claim-note">{_esc(note)}</div>' if note else ""
         kind = f'<div class="mpnn-claim-kind">{_esc(c.get("kind", ""))}</div>' if kinds else ""
         timing = " · a time measured on the machine that built this page" if c.get("timing") else ""
+        detail = (f'<div class="mpnn-claim-criterion"><em>criterion:</em> {_esc(c.get("criterion", ""))}</div>'
+                  f'<div class="mpnn-claim-measured"><em>measured:</em> {_esc(c.get("measured", ""))}'
+                  f'{"" if folded else where}</div>{note_html}<div class="mpnn-claim-id"><code>{cid}</code>{timing}</div>')
+        if folded:
+            detail = (f'<details class="mpnn-claim-more"><summary>criterion and measurement</summary>{detail}</details>')
         rows.append(
             f'<tr id="claim-{cid}"><td class="mpnn-claim-verdict">{badge(c)}{kind}</td><td>'
-            f'<div class="mpnn-claim-doc">{_esc(c.get("document", ""))}</div>'
-            f'<div class="mpnn-claim-criterion"><em>criterion:</em> {_esc(c.get("criterion", ""))}</div>'
-            f'<div class="mpnn-claim-measured"><em>measured:</em> {_esc(c.get("measured", ""))}{where}</div>'
-            f'{note_html}<div class="mpnn-claim-id"><code>{cid}</code>{timing}</div></td></tr>')
+            f'<div class="mpnn-claim-doc">{_esc(c.get("document", ""))}{where if folded else ""}</div>'
+            f'{detail}</td></tr>')
     return ('<div class="mpnn-table-wrap"><table class="mpnn-claims"><thead><tr><th>verdict</th>'
             '<th>statement, criterion and measurement</th></tr></thead><tbody>\n'
             + "\n".join(rows) + "\n</tbody></table></div>")
@@ -211,8 +217,8 @@ def glance(manifest: dict, links: dict[str, str] | None = None) -> str:
             f'<p class="mpnn-glance-title"><strong>Verdicts at a glance</strong> '
             f'(this build: <code>{profile}</code> profile)</p>\n<ul class="mpnn-glance-counts">'
             + "".join(lines) + "</ul>\n"
-            + f'<details class="mpnn-glance-details" open><summary>every claim, its criterion and what this run measured'
-              f'</summary>\n{claims_table(ordered, links=links)}\n</details>\n</div>')
+            + f'<details class="mpnn-glance-details" open><summary>every claim (open one for its criterion and what this '
+              f'run measured)</summary>\n{claims_table(ordered, links=links, folded=True)}\n</details>\n</div>')
 
 
 # ---------------------------------------------------------------- the findings page and the counts
@@ -284,10 +290,10 @@ def findings_html(rows: list[dict]) -> str:
         body.append(
             f'<tr><td><a href="{r["chapter"]}.html#claim-{_esc(r["claim"])}">{_esc(r["chapter"])}</a></td>'
             f'<td>{_esc(r["document"])}</td><td data-value="{_esc(r["kind"])}">{_esc(r["kind"])}</td>'
-            f'<td>{_esc(c.get("document", ""))}<div class="mpnn-claim-measured"><em>measured:</em> '
-            f'{_esc(c.get("measured", ""))}</div></td>'
+            f'<td>{_esc(c.get("document", ""))}<details class="mpnn-claim-more"><summary>measured</summary>'
+            f'<div class="mpnn-claim-measured">{_esc(c.get("measured", ""))}</div></details></td>'
             f'<td data-value="{_esc(r["verdict"])}">{badge(c)}</td></tr>')
-    parts.append('<div class="mpnn-table-wrap"><table id="mpnn-findings-table" class="mpnn-findings mpnn-sortable"><thead><tr>'
+    parts.append('<div class="mpnn-table-wrap mpnn-findings-scroll"><table id="mpnn-findings-table" class="mpnn-findings mpnn-sortable"><thead><tr>'
                  '<th>chapter</th><th>document</th><th>kind</th><th>the statement and what this run measured</th>'
                  '<th>verdict</th></tr></thead><tbody>' + "".join(body) + "</tbody></table></div>")
     return "\n".join(parts)
