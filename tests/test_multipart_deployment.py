@@ -235,3 +235,26 @@ def test_findings_and_peers_paragraphs_are_written_from_the_results():
                           "x one process": [3.0, 6.0, 4.0, 5.0, 9.0, 4.5]})
     peers = E.peers_findings(t_peers, table, 4)
     assert "1.50x to 1.50x its socket bytes" in peers and "no engine brings a split below one process" in peers
+
+
+def test_claims_are_run_claim_arguments_lazy_where_the_numbers_need_the_default_profile():
+    import inspect
+
+    from mpnn.runtime.repro import Run
+    accepted = set(inspect.signature(Run.claim).parameters) - {"self"}
+    skipped = E.network_skipped("needs root: test")
+    ran = {"skipped": None, "network": {"measured": "m", "verdict": "supported"}}
+    for net, note in ((skipped, "needs root: test"), (ran, "ranks in network namespaces")):
+        c = E.claim_network_conditions(net, max_error=0.5, min_ratio=1.5)
+        assert set(c) <= accepted and c["id"] == "network-conditions" and c["timing"]
+        assert c["note"].startswith(note) and "below 50%" in c["criterion"] and "1.5x slower" in c["criterion"]
+    assert E.claim_sync_overhead(skipped, sync_every=[1, 4, 0], min_frequency_ratio=1.4,
+                                 min_bandwidth_ratio=1.5)["note"] == "needs root: test"
+    # the overhead of remote invocation is read from step times only the default profile measures
+    remote = E.claim_remote_invocation(1e-17, {}, k_steps=5, min_ratio=1.5)
+    assert callable(remote["measured"]) and callable(remote["verdict"]) and remote["needs"] == "default"
+    over = _overhead([("count", 2, 4.0), ("layer", 2, 2.3)])
+    assert E.claim_remote_invocation(1e-17, over, k_steps=5, min_ratio=1.5)["verdict"]() == "mixed"
+    traffic = {"count": pd.Series({2: 330e3, 3: 658e3}), "layer": pd.Series({2: 136e3})}
+    grows = E.claim_neuron_wise_traffic_grows(traffic)
+    assert grows["verdict"] is True and grows["measured"].endswith("layer: P=2: 136 kB")

@@ -13,7 +13,34 @@ One module per section of the notebook, in its order:
 * :mod:`.peers` -- pyTorch's own engines (tensor and pipeline parallelism) side by side with the book's engine.
 * :mod:`.promises` -- the document's promises, decided on the chapter's measurements.
 * :mod:`.findings` -- the chapter's prose written from the run's numbers.
+* :mod:`.claims` -- the chapter's claims, one function per claim returning the arguments of ``run.claim``.
 """
+from .claims import (
+    claim_coordination_grows,
+    claim_coordination_projection,
+    claim_elastic_restart,
+    claim_emulated_latency,
+    claim_equivalence,
+    claim_fault_stop,
+    claim_fewer_messages_win,
+    claim_hundreds_of_billions,
+    claim_latency_model,
+    claim_loopback_only,
+    claim_metadata_growth,
+    claim_network_conditions,
+    claim_neuron_wise_traffic_grows,
+    claim_overhead_on_one_host,
+    claim_plans_validated,
+    claim_pytorch_engines,
+    claim_pytorch_equivalence,
+    claim_remote_invocation,
+    claim_scalability,
+    claim_shared_fs_consistency,
+    claim_shared_store_restart,
+    claim_sync_overhead,
+    claim_torchrun,
+    claim_volume_model,
+)
 from .equivalence import (
     batches_in_fit_order,
     equivalence_and_traffic,
@@ -77,4 +104,4 @@ from .step_times import (
     step_times,
 )
 
-__all__ = ["plans_for", "parameters_per_rank", "metadata_lines", "figure_ownership", "try_plans", "batches_in_fit_order", "reference", "max_difference", "equivalence_and_traffic", "wire_ratio", "traffic_summary", "step_times", "fewer_messages_claim", "decide_fewer_messages", "overhead_claim", "decide_overhead", "latency_model_claim", "decide_latency_model", "decide_all", "ratio_table", "step_ms_table", "figure_cost_vs_ranks", "figure_time_breakdown", "figure_latency_model", "single_step_s", "projection", "projection_summary", "figure_projection", "fault_and_restart", "torchrun_equivalence", "elastic_restart", "who_listens", "volume_table", "figure_volume", "rank_traffic", "traffic_grid", "figure_traffic_site", "network_conditions", "decide_network", "decide_latency_share", "decide_sync", "network_claim", "figure_network", "figure_network_fit", "figure_sync", "network_available", "network_skipped", "sync_table", "metadata_table", "decide_metadata", "coordination", "coordination_claim", "simulation", "figure_scaling", "simulation_summary", "PEERS", "peers_equivalence", "peers_step_times", "decide_peers", "peers_claim", "peers_table", "figure_peers", "better_engine_projection", "decide_scalability", "decide_remote_invocation", "verdict_time_words", "peers_findings", "findings"]
+__all__ = ["plans_for", "parameters_per_rank", "metadata_lines", "figure_ownership", "try_plans", "batches_in_fit_order", "reference", "max_difference", "equivalence_and_traffic", "wire_ratio", "traffic_summary", "step_times", "fewer_messages_claim", "decide_fewer_messages", "overhead_claim", "decide_overhead", "latency_model_claim", "decide_latency_model", "decide_all", "ratio_table", "step_ms_table", "figure_cost_vs_ranks", "figure_time_breakdown", "figure_latency_model", "single_step_s", "projection", "projection_summary", "figure_projection", "fault_and_restart", "torchrun_equivalence", "elastic_restart", "who_listens", "volume_table", "figure_volume", "rank_traffic", "traffic_grid", "figure_traffic_site", "network_conditions", "decide_network", "decide_latency_share", "decide_sync", "network_claim", "figure_network", "figure_network_fit", "figure_sync", "network_available", "network_skipped", "sync_table", "metadata_table", "decide_metadata", "coordination", "coordination_claim", "simulation", "figure_scaling", "simulation_summary", "PEERS", "peers_equivalence", "peers_step_times", "decide_peers", "peers_claim", "peers_table", "figure_peers", "better_engine_projection", "decide_scalability", "decide_remote_invocation", "verdict_time_words", "peers_findings", "findings", "claim_network_conditions", "claim_emulated_latency", "claim_sync_overhead", "claim_metadata_growth", "claim_coordination_grows", "claim_coordination_projection", "claim_pytorch_equivalence", "claim_pytorch_engines", "claim_elastic_restart", "claim_loopback_only", "claim_remote_invocation", "claim_shared_fs_consistency", "claim_scalability", "claim_hundreds_of_billions", "claim_equivalence", "claim_plans_validated", "claim_volume_model", "claim_neuron_wise_traffic_grows", "claim_overhead_on_one_host", "claim_fewer_messages_win", "claim_latency_model", "claim_fault_stop", "claim_shared_store_restart", "claim_torchrun"]
