@@ -2,13 +2,13 @@
 
 Document 000 trains each neuron ``i`` only on its own subset ``S_i`` ("no gradient crosses
 neurons"). With the neurons' parameters stacked, ``W`` (n, d) and ``b`` (n,), neuron ``i`` computes
-``z_i(x) = w_i . x + b_i`` and minimises its own masked loss
+``z_i(x) = w_i . x + b_i`` and minimises its own masked loss::
 
     L_i = (1 / |S_i|) * sum_{k in S_i} l(z_i(x_k), y_k) + (l2 / 2) ||w_i||^2            (1)
 
 with ``l`` the logistic loss ``softplus(z) - y z`` (a sigmoid neuron) or the squared loss
 ``(z - y)^2 / 2`` (a linear neuron). Because ``L_i`` depends on ``(w_i, b_i)`` only, gradient
-descent on ``sum_i L_i`` *is* independent gradient descent on every ``L_i``:
+descent on ``sum_i L_i`` *is* independent gradient descent on every ``L_i``::
 
     grad_{w_i} = (1/|S_i|) sum_{k in S_i} (l'(z_ik) ) x_k + l2 w_i,   l' = sigmoid(z) - y  or  z - y   (2)
 

@@ -108,7 +108,7 @@ def select_mask(scores: torch.Tensor, k: int, *, tau: float = 1.0, gumbel: bool 
 # ---------------------------------------------------------------- token merging (ToMe)
 
 def bipartite_soft_matching(metric: torch.Tensor, r: int) -> Callable[[torch.Tensor, str], torch.Tensor]:
-    """ToMe's bipartite soft matching on ``metric`` (B, n, c): returns ``merge(x, mode)`` (B, n, *) -> (B, n-r, *).
+    """ToMe's bipartite soft matching on ``metric`` (B, n, c): returns ``merge(x, mode)``: ``(B, n, *) -> (B, n-r, *)``.
 
     Set A = even positions, B = odd positions. Each A token's best B match by cosine similarity; the ``r``
     A tokens with the highest best-similarity are reduced (``mode``: "sum", "mean", ...) into their match.

@@ -89,7 +89,7 @@ def tower_slices(towers: Sequence[tuple[int, slice]]) -> list[slice]:
 
 @dataclass
 class TowerMLP:
-    """``R`` independent runs: ``W1`` (R, H, D), ``b1`` (R, H), per tower ``W2[t]`` (R, |o_t|, h_t),
+    """``R`` independent runs: ``W1`` (R, H, D), ``b1`` (R, H), per tower ``W2[t]`` ``(R, |o_t|, h_t)``,
     ``b2`` (R, n_out). ``towers`` holds ``(h_t, o_t)``: hidden units and output slice of tower ``t``."""
     W1: torch.Tensor
     b1: torch.Tensor

@@ -281,7 +281,7 @@ def test_findings_rows_counts_and_markers(monkeypatch):
     assert verdicts.counts(r["raw"] for r in rows) == {"supported": 1, "mixed": 0, "not supported": 1,
                                                        "inconclusive": 0, "not testable here": 1}
     text = site.fill_markers("x <!-- mpnn:counts --> y", manifests)
-    assert "the documents' claims: 2 (1 supported, 1 not supported)" in text and "[findings](findings)" in text
+    assert "the documents' claims: 2 (1 supported, 1 not supported)" in text and "[findings](findings.md)" in text
     assert "the book's extensions and checks: 1" in text
     page = site.fill_markers("<!-- mpnn:findings -->", manifests)
     assert page.count('<tr><td><a href=') == 3 and "mpnn-counts" in page

@@ -432,3 +432,19 @@ def test_every_document_page_links_out_to_its_sources():
     refs = (HTML / "book" / "references.html").read_text()
     links = set(re.findall(r'href="(https://[^"]+)"', refs))
     assert len([u for u in links if "arxiv.org" in u]) >= 4 and any("github.com" in u for u in links), sorted(links)
+
+
+def test_every_source_link_of_the_api_pages_opens_its_line():
+    """The API reference's [source] links land on a line of the module's source page."""
+    import re
+    api = sorted((HTML / "book").glob("api-*.html"))
+    assert api, "no API reference pages"
+    links = {h for page in api for h in re.findall(r'href="(\.\./code/[^"]+)"', page.read_text())}
+    assert len(links) > 100, f"only {len(links)} [source] links"
+    bad = []
+    for href in sorted(links):
+        path, _, anchor = href.partition("#")
+        target = HTML / "book" / path
+        if not target.exists() or (anchor and f'id="{anchor}"' not in target.read_text()):
+            bad.append(href)
+    assert not bad, f"[source] links that land nowhere: {bad[:10]}"

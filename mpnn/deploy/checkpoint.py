@@ -1,13 +1,12 @@
 """The shared store: a sharded checkpoint (``torch.distributed.checkpoint``) in one directory.
 
-Document 004 keeps the model on a shared network file system. Here a directory stands for it:
+Document 004 keeps the model on a shared network file system. Here a directory stands for it::
 
-```
-root/
-  LATEST                 the last complete step (written by rank 0 after every rank has saved)
-  step-000003/           one DCP checkpoint: each rank writes its own rows in parallel
-    .metadata  __0_0.distcp  __1_0.distcp  ...  plan.json
-```
+    root/
+      LATEST                 the last complete step (written by rank 0 after every rank has saved)
+      step-000003/           one DCP checkpoint: each rank writes its own rows in parallel
+        .metadata  __0_0.distcp  __1_0.distcp  ...  plan.json
+
 Each rank saves only the rows it owns, under keys ``rank{r}.L{l}.weight`` / ``rank{r}.L{l}.bias``.
 ``LATEST`` is replaced atomically (``os.replace``) after the save, so a crash during a save leaves
 the previous checkpoint as the resume point: a restart loses no *completed* update.

@@ -2,7 +2,7 @@
 
 Volume (exact for :class:`~mpnn.deploy.engine.ShardedMLP`). With batch ``B``, ``s`` bytes per
 element, ``S_l(p)`` the neurons of layer ``l`` owned by rank ``p`` and ``C_l`` the consumers of
-layer ``l`` (owners of layer ``l+1``; the head for ``l = L``):
+layer ``l`` (owners of layer ``l+1``; the head for ``l = L``)::
 
     forward bytes  V_f = sum_l sum_p |S_l(p)| * B * s * |C_l \\ {p}|,      backward bytes V_b = V_f.
 
@@ -14,7 +14,7 @@ Closed forms for ``P`` ranks and widths ``n_1..n_L``:
   boundaries are the layers whose consumers live on another rank; at most ``P - 1`` of them
   plus the output, independent of how many neurons a layer has beyond its width.
 
-Latency (a fitted alpha-beta model): one step costs
+Latency (a fitted alpha-beta model): one step costs::
 
     T = c * T_1 * f_crit + alpha * M_max + V_max / beta
 

@@ -1,13 +1,12 @@
 """Ranks in their own network namespaces, joined by veth pairs and a bridge, links shaped by ``tc``.
 
 Document 004's first experiment compares one server with several "with varying network
-conditions". On one Linux machine (root needed) :class:`Network` builds them:
+conditions". On one Linux machine (root needed) :class:`Network` builds them::
 
-```
-   ns <prefix>-r0          ns <prefix>-r1   ...        ns <prefix>-hub
-   eth0 10.77.0.1  ===veth===  p0 ]                     bridge br0 10.77.0.254
-   eth0 10.77.0.2  ===veth===  p1 ]-- br0               (the shared store's file server)
-```
+       ns <prefix>-r0          ns <prefix>-r1   ...        ns <prefix>-hub
+       eth0 10.77.0.1  ===veth===  p0 ]                     bridge br0 10.77.0.254
+       eth0 10.77.0.2  ===veth===  p1 ]-- br0               (the shared store's file server)
+
 
 * bandwidth: a ``tbf`` qdisc on each rank's ``eth0`` caps what that server sends (its uplink):
   :func:`shape` (``tc qdisc replace dev eth0 root tbf rate R burst B latency 200ms``);

@@ -579,7 +579,7 @@ def cmd_build(args) -> int:
         return result.returncode
     pruned = site.prune(out / "html")
     print(f"site: {out / 'html' / 'index.html'} ({site.size_mb(out / 'html'):.1f} MB; "
-          f"{pruned / 1e6:.1f} MB of theme source maps left out)")
+          f"{pruned / 1e6:.1f} MB of theme source maps, catalogues and executed notebook copies left out)")
     return 0
 
 

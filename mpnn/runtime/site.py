@@ -313,13 +313,25 @@ def write_assets(vendor: Path) -> None:
 
 
 def prune(html: Path) -> int:
-    """Delete the theme's JavaScript/CSS source maps from a built site (a debugging aid for the
-    theme's authors, about a tenth of the site); returns the bytes removed."""
-    removed = 0
-    for path in Path(html).glob("_static/**/*.map"):
-        removed += path.stat().st_size
+    """Lighten a built site; returns the bytes removed.
+
+    * the theme's JavaScript/CSS source maps (a debugging aid for the theme's authors) and its
+      translation catalogues (read when the site is built, never by a browser) are deleted;
+    * the notebook a page's download button offers (``_sources/book/<page>.ipynb``) becomes the
+      chapter's notebook to run, as committed (outputs stripped): a part page offers its whole
+      chapter, and the executed copy's outputs are on the page already."""
+    import shutil
+    html = Path(html)
+    before = size_mb(html)
+    for path in html.glob("_static/**/*.map"):
         path.unlink()
-    return removed
+    if (html / "_static" / "locales").is_dir():
+        shutil.rmtree(html / "_static" / "locales")
+    for page in html.glob("_sources/book/*.ipynb"):
+        chapter = page.stem if (paths.BOOK / f"{page.stem}.ipynb").exists() else page.stem.split("-", 1)[0]
+        if (paths.BOOK / f"{chapter}.ipynb").exists():
+            shutil.copyfile(paths.BOOK / f"{chapter}.ipynb", page)
+    return round((before - size_mb(html)) * 1e6)
 
 
 def size_mb(folder: Path) -> float:

@@ -181,6 +181,11 @@ def site_tree(src: Path, dest: Path) -> dict[str, list[str]]:
             nbformat.write(page, dest / "book" / f"{name}.ipynb")
         if len(pages) > 1:
             parts[item.stem] = [n for n in pages if n != item.stem]
+    (dest / "_code").mkdir(exist_ok=True)
+    if (src / "book" / "api.md").exists():
+        from . import api_pages
+        parts["api"] = api_pages.write(dest / "book")
+        api_pages.write_sources(dest / "_code")
     toc = yaml.safe_load((src / "_toc.yml").read_text())
     (dest / "_toc.yml").write_text(yaml.safe_dump(_with_parts(toc, parts), sort_keys=False))
     return parts

@@ -259,7 +259,7 @@ def count_table(rows: list[dict]) -> str:
 
 def intro_sentence(rows: list[dict]) -> str:
     if not rows:
-        return ("*No chapter has run yet in this build: the [findings](findings) page lists every "
+        return ("*No chapter has run yet in this build: the [findings](findings.md) page lists every "
                 "claim once they have.*")
     parts = []
     for group in GROUPS:
@@ -268,7 +268,7 @@ def intro_sentence(rows: list[dict]) -> str:
             parts.append(f"{group}: {len(sel)} ({counts_text(sel)})")
     profiles = ", ".join(sorted({r["profile"] for r in rows}))
     return (f"**Verdicts of this build** ({profiles} profile): " + "; ".join(parts)
-            + ". The [findings](findings) page lists every one, per document and per verdict.")
+            + ". The [findings](findings.md) page lists every one, per document and per verdict.")
 
 
 def findings_html(rows: list[dict]) -> str:

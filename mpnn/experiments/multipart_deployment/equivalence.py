@@ -97,7 +97,7 @@ def equivalence_and_traffic(sizes, world_sizes, strategies, seed, *, data, batch
                             timeout_s=300.0, backend="gloo") -> tuple[pd.DataFrame, pd.DataFrame]:
     """One group of ``max(world_sizes)`` ranks (a plan on ``P`` ranks uses ranks ``0..P-1``) runs
 
-    1. the equivalence job (float64): max |distributed - single process| of the logits, the
+    1. the equivalence job (float64): max ``|distributed - single process|`` of the logits, the
        gradients and the parameters after ``k_steps`` SGD steps, per (strategy, P);
     2. one float32 training step per plan: bytes and messages the engine sent (total, busiest rank),
        the volume model's bytes, and the socket bytes (``/proc/self/io``), per (strategy, P).

@@ -53,7 +53,7 @@ def fault_and_restart(sizes, world_size, *, strategy, seed, data, batch_size, lr
 def torchrun_equivalence(sizes, ranks, *, seed, data, batch_size, lr, k_steps, timeout_s=300.0,
                          backend="gloo") -> dict:
     """The count plan's equivalence job under ``torchrun`` (loopback, ``ranks`` processes): the
-    command (temporary paths as ``$TMP``), the wall time and max |distributed - single process|
+    command (temporary paths as ``$TMP``), the wall time and max ``|distributed - single process|``
     of the logits and of the parameters after ``k_steps`` steps."""
     plan = make_plan("count", sizes, ranks)
     job = {"kind": "equivalence", "plans": [plan.to_dict()], "seed": seed, "data": data, "batch": batch_size,
@@ -72,7 +72,7 @@ def elastic_restart(sizes, *, nnodes, nproc_per_node, seed, data, batch_size, lr
     ``--max-restarts 1``) train the count plan with a checkpoint after every step; ``kill_rank`` dies
     by SIGKILL before step ``kill_step`` of the first attempt; torchrun restarts every rank, which
     resumes from the last distributed checkpoint. Returns the attempts and resume steps of the
-    final group, max |final - uninterrupted single process|, the addresses the run listened on,
+    final group, max ``|final - uninterrupted single process|``, the addresses the run listened on,
     the processes left behind and the wall time."""
     from mpnn.deploy.launch import torchrun_nodes
     world = nnodes * nproc_per_node

@@ -31,7 +31,7 @@ def peers_equivalence(sizes, world_sizes, seed, *, data, batch_size, lr, k_steps
                       timeout_s=300.0, backend="gloo") -> pd.DataFrame:
     """One group of ``max(world_sizes)`` ranks, float64: for every P, the book's engine on the
     tensor-parallel blocks (:func:`mpnn.deploy.peers.tp_plan`) and on the layer plan, PyTorch tensor
-    parallelism (both plans) and the pipeline; max |distributed - single process| of the logits, the
+    parallelism (both plans) and the pipeline; max ``|distributed - single process|`` of the logits, the
     gradients and the parameters after ``k_steps`` SGD steps."""
     world_sizes = [P for P in world_sizes if P <= len(sizes) - 1]
     plans = [p for P in world_sizes for p in _peer_plans(sizes, P)]

@@ -44,7 +44,7 @@ def document_run(csv: pd.DataFrame, seed: int, recipe: Recipe) -> DocumentRun:
 def isolation_check(train: Stacked, recipe: Recipe, scrambled: int = 2) -> dict:
     """Isolation, checked in float64 on replica 0.
 
-    ``loop_gap``: max |vectorised - per-neuron loop| (``train_loop``: nn.Linear + SGD each);
+    ``loop_gap``: max ``|vectorised - per-neuron loop|`` (``train_loop``: nn.Linear + SGD each);
     ``leak``: max change of the other neurons when neuron ``scrambled``'s features and labels are
     replaced (should be exactly 0); ``moved``: how far neuron ``scrambled`` itself moved.
     """
