@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from mpnn import moe
 from mpnn.experiments import conditional_computation as cc
+from mpnn.runtime import repro
 
 
 def _data(n=96, d=6, classes=3, seed=0):
@@ -300,3 +301,35 @@ def test_claim_helpers_decide_on_the_interval():
     assert cc.level_claim([0.96, 0.97, 0.98], above=0.9)[1] == "supported"
     assert cc.level_claim([2.9, 3.1, 3.3], above=2, bounds=(1, 4))[1] == "supported"
     assert cc.ci_text([0.5, 0.5]) == "0.50 (95% CI 0.50-0.50)"
+
+
+def test_claim_functions_give_the_arguments_of_run_claim():
+    gain = [0.010, 0.012, 0.011]
+    mf = pd.Series({"dense h": 0.05, "dense 2h": 0.1, "dense E·h": 0.4, "top-1": 0.06, "top-2": 0.112})
+    ent = {0.0: [0.20, 0.25, 0.30], 0.01: [0.50, 0.60, 0.55], 0.1: [0.95, 0.97, 0.96]}
+    spec = pd.DataFrame({"variant": ["top-1"] * 3, "nmi": [0.30, 0.32, 0.31]})
+    changed = pd.DataFrame({"variant": ["top-1", "top-2", "expert choice c=1", "soft MoE"] * 2,
+                            "predictions changed": [0.0, 0.0, 0.10, 0.20, 0.0, 0.0, 0.12, 0.25]})
+    layers = pd.DataFrame({"variant": "layer-wise top-1", "layer": [0, 0, 0, 1, 1, 1],
+                           "NMI position": [0.30, 0.32, 0.31, 0.02, 0.03, 0.02],
+                           "NMI digit": [0.01, 0.02, 0.01, 0.20, 0.22, 0.21]})
+    per_seed = pd.DataFrame({"variant": "top-1", "NMI digit": [0.10, 0.12, 0.11], "NMI position": [0.3, 0.3, 0.3],
+                             "routing entropy": [0.97, 0.98, 0.99]})
+    paths = pd.DataFrame({"variant": "layer-wise top-1", "experts per image": [3.5, 3.6, 3.4],
+                          "layer agreement": [0.05, 0.06, 0.04]})
+    claims = [cc.claim_mask_framework({"same_selection": True, "framework_gap": 1e-7, "straight_through": True}),
+              cc.claim_gumbel_softmax(1.2, 8, 5000), cc.claim_moe_beats_equal_compute(gain, 8, 0.005),
+              cc.claim_top1_vs_equal_compute(gain, 8, 0.005), cc.claim_moe_near_big_dense(gain, mf, 0.02),
+              cc.claim_top1_near_big_dense(gain, mf, 0.02), cc.claim_collapse_without_balancing(ent, 8),
+              cc.claim_balancing_prevents_collapse(ent), cc.claim_switch_alpha_one_layer(ent),
+              cc.claim_experts_specialise(spec), cc.claim_batch_dependent_routing(changed, 2),
+              cc.claim_vit_one_moe_block({"top-1": gain}, 4, 0.005), cc.claim_vit_moe_every_block(gain, 0.005),
+              cc.claim_vit_routing_position_then_digit(layers), cc.claim_vit_top1_routes_by_digit(per_seed),
+              cc.claim_vit_load_balanced(per_seed, 0.01), cc.claim_global_vs_layerwise(gain),
+              cc.claim_layerwise_routing_differs(paths, 4)]
+    run = repro.Run(repro.RunContext(chapter="conditional_computation", profile="default"), torch.device("cpu"))
+    recorded = [run.claim(**c) for c in claims]
+    assert len({c.id for c in recorded}) == 18
+    assert [c.verdict for c in recorded] == ["supported"] * 8 + ["not supported"] + ["supported"] * 9
+    assert recorded[4].measured.endswith("at 28% of its active FLOPs") and "(alpha=0: 0.25" in recorded[7].measured
+    assert cc.changed_range(changed)[1]["soft MoE"] == 0.25

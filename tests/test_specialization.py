@@ -11,7 +11,7 @@ from mpnn.data import cmnist as data_cmnist
 from mpnn.infra.determinism import spawn_seeds
 from mpnn.experiments import specialization as E
 from mpnn.experiments.specialization.linear import _gather
-from mpnn.runtime import stats
+from mpnn.runtime import repro, stats
 from mpnn.towers import init_normal
 
 
@@ -464,6 +464,28 @@ def test_final_metrics_table_gives_accuracies_bounded_intervals():
     assert high <= 1.0                                            # the plain t interval would pass 1
 
 
+def _share_rows():
+    return pd.DataFrame([{"model": m, "scale": v, "share": 3 / (3 + v ** 2), "run": r, "comp_error": e}
+                         for m, v, r, e in [("dense", 0.0, 0, 0.5), ("dense", 0.0, 1, 0.6), ("split", 0.0, 0, 0.4),
+                                            ("split", 0.0, 1, 0.5), ("dense", 10.0, 0, 0.8), ("dense", 10.0, 1, 0.9),
+                                            ("split", 10.0, 0, 0.4), ("split", 10.0, 1, 0.5)]])
+
+
+def _reg_summary():
+    return pd.DataFrame([{"penalty": p, "strength": s, "metric": m, "mean": v, "low": v - 0.01, "high": v + 0.01,
+                          "n": 3}
+                         for p, s, base in [("none", 0.0, 0.9), ("weight_decay", 0.1, 0.95), ("weight_decay", 1.0, 1.0),
+                                            ("dropout", 0.1, 0.92), ("dropout", 0.5, 0.99), ("l1", 1e-3, 0.9),
+                                            ("l1", 1e-2, 1.8), ("cross_l1", 0.1, 0.2), ("cross_l1", 0.3, 0.02)]
+                         for m, v in (("test_comp", base), ("train_comp", base / 10), ("coupling", base / 2))])
+
+
+def _held_rows():
+    return pd.DataFrame([{"activation": a, "architecture": arch, "run": r, "spanning": True, "train_comp": 0.0,
+                          "test_comp": (1e-9 * (r + 1) if arch == "partitioned" and a != "relu" else 1.0 + 0.1 * r)}
+                         for a in E.ACTIVATIONS for arch in E.HELDOUT_ARCHS for r in range(3)])
+
+
 def test_cpu_and_share_findings_are_written_from_the_numbers():
     rows = rows_frame({("dense", 0): [1.0, 1.0], ("split", 0): [1.0, 1.0],
                        ("dense", 2): [0.5, 0.6], ("split", 2): [0.6, 0.7],
@@ -473,10 +495,7 @@ def test_cpu_and_share_findings_are_written_from_the_numbers():
     text = E.cpu_findings(rows, cmp, 6, 100)
     assert "the dense model is ahead" in text and "leads only from epoch 4" in text
     assert "split minus dense, is **-0.250" in text and "lowest at epoch 4 (0.450)" in text
-    share = pd.DataFrame([{"model": m, "scale": v, "share": 3 / (3 + v ** 2), "run": r, "comp_error": e}
-                          for m, v, r, e in [("dense", 0.0, 0, 0.5), ("dense", 0.0, 1, 0.6), ("split", 0.0, 0, 0.4),
-                                             ("split", 0.0, 1, 0.5), ("dense", 10.0, 0, 0.8), ("dense", 10.0, 1, 0.9),
-                                             ("split", 10.0, 0, 0.4), ("split", 10.0, 1, 0.5)]])
+    share = _share_rows()
     contrast = E.share_contrast(share, 10.0, 0.0)
     text = E.share_findings(share, E.sweep_differences(share), contrast)
     assert "The split model is lower at every share, and its advantage grows" in text and "exactly 0" in text
@@ -484,18 +503,36 @@ def test_cpu_and_share_findings_are_written_from_the_numbers():
 
 
 def test_regularisation_and_nonlinear_findings_name_what_failed():
-    summary = pd.DataFrame([{"penalty": p, "strength": s, "metric": m, "mean": v, "low": v - 0.01, "high": v + 0.01,
-                             "n": 3}
-                            for p, s, base in [("none", 0.0, 0.9), ("weight_decay", 0.1, 0.95), ("weight_decay", 1.0, 1.0),
-                                               ("dropout", 0.1, 0.92), ("dropout", 0.5, 0.99), ("l1", 1e-3, 0.9),
-                                               ("l1", 1e-2, 1.8), ("cross_l1", 0.1, 0.2), ("cross_l1", 0.3, 0.02)]
-                            for m, v in (("test_comp", base), ("train_comp", base / 10), ("coupling", base / 2))])
+    summary = _reg_summary()
     text = E.regularisation_findings(summary, 3, 6)
     assert text.startswith("**What we found.** No penalty") and "it rises from 0.950" in text
-    held = pd.DataFrame([{"activation": a, "architecture": arch, "run": r, "spanning": True, "train_comp": 0.0,
-                          "test_comp": (1e-9 * (r + 1) if arch == "partitioned" and a != "relu" else 1.0 + 0.1 * r)}
-                         for a in E.ACTIVATIONS for arch in E.HELDOUT_ARCHS for r in range(3)])
+    held = _held_rows()
     coupling = {(a, arch): [0.44, 0.45, 0.46] for a in E.ACTIVATIONS for arch in ("dense", "split")}
     text = E.nonlinear_findings(coupling, held, 0.4454, 5)
     assert "survives tanh but **not ReLU**" in text and "partitioned ReLU network fails too" in text
     assert "3 of 5 runs" in text
+
+
+def test_claim_functions_give_the_arguments_of_run_claim():
+    held = _held_rows()
+    held_loss = lambda act, arch: held[(held.activation == act) & (held.architecture == arch) & held.spanning].test_comp
+    reg, share = _reg_summary(), _share_rows()
+    diff = E.sweep_differences(share)
+    claims = [E.claim_full_rank_sampling(torch.tensor([True, False, True]), 3),
+              E.claim_nonlinear_heldout_tanh_partitioned_only(held_loss),
+              E.claim_nonlinear_heldout_relu_partitioned_fails(held_loss),
+              E.claim_regularisation_no_systematicity(reg), E.claim_regularisation_cross_block_l1_systematic(reg),
+              E.claim_cmnist_share_advantage_grows(diff, E.share_contrast(share, 10.0, 0.0), train_size=10, epochs=2,
+                                                   n_seeds=2),
+              E.claim_cmnist_share_split_independent(share), E.claim_cmnist_share_paper_scale(None)]
+    for profile, decided in (("smoke", 6), ("default", 7)):
+        run = repro.Run(repro.RunContext(chapter="specialization", profile=profile), torch.device("cpu"))
+        recorded = [run.claim(**c) for c in claims]
+        assert sum(c.verdict != "not testable here" for c in recorded) == decided    # lazy below `needs`
+    assert [c.verdict for c in recorded] == ["supported", "supported", "mixed", "not supported", "inconclusive",
+                                             "supported", "supported", "not testable here"]
+    assert recorded[0].measured.endswith("2 of our 3 runs drew a spanning set")
+    assert "weight_decay 0.940, dropout 0.910, l1 0.890 (unregularised 0.900)" in recorded[3].measured
+    floors, coupling_floor = E.generic_floors(reg)
+    assert floors == pytest.approx({"weight_decay": 0.94, "dropout": 0.91, "l1": 0.89})
+    assert coupling_floor == pytest.approx(0.45)

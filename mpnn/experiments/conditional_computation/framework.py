@@ -14,7 +14,7 @@ def framework_check(x: torch.Tensor, *, n_experts: int, hidden: int) -> dict:
     """Three checks of ``y = sum_i m_i(x) f_i(x)`` on tokens ``x`` (T, d) with a random top-2 MoE.
 
     ``same_selection``: the gate selects exactly the mask of a :class:`~mpnn.switch.LearnedSwitch`
-    with its weights; ``framework_gap``: max |sparse dispatch - dense masked sum over all experts|;
+    with its weights; ``framework_gap``: max ``|sparse dispatch - dense masked sum over all experts|``;
     ``straight_through``: the switch's forward value is the hard top-2 mask and its gradient is the
     softmax's. Draws the layer, then a probe vector, from torch's global generator.
     """
