@@ -65,7 +65,7 @@ def parameters_source(notebook: Path) -> str:
 
 
 SETTINGS = {"pause_for_timing": bool, "threads": int, "document": str, "typed_numbers": dict, "run_last": bool,
-            "benchmarks": bool}   # a notebook's metadata "mpnn": {...}
+            "benchmarks": bool, "pages": list}   # a notebook's metadata "mpnn": {...}
 
 
 def chapter_settings(chapter: str) -> dict[str, Any]:
@@ -79,7 +79,8 @@ def chapter_settings(chapter: str) -> dict[str, Any]:
     its markdown may type, each with where it comes from (the document, the original code, a method
     constant; :mod:`mpnn.runtime.text`). ``run_last``: it reads the other chapters' manifests, so it
     starts after them. ``benchmarks``: it shows the benchmark harness's results, which the runner
-    measures first, alone.
+    measures first, alone. ``pages``: the parts a long chapter is split into on the site, each a
+    title and the heading it starts at (:mod:`mpnn.runtime.subpages`).
     """
     meta = json.loads(notebook_path(chapter).read_text()).get("metadata", {}).get("mpnn", {})
     for key, value in meta.items():
