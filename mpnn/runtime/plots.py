@@ -78,7 +78,7 @@ def save(chart: alt.TopLevelMixin, name: str, svg: bool = True) -> dict:
     folder = paths.figure_dir(_chapter())
     folder.mkdir(parents=True, exist_ok=True)
     slug = _slug(name)
-    (folder / f"{slug}.vl.json").write_text(json.dumps(spec, indent=1))
+    (folder / f"{slug}.vl.json").write_text(json.dumps(spec, separators=(",", ":")))
     if svg and os.environ.get("MPNN_SVG", "1") != "0":
         import vl_convert as vlc
         (folder / f"{slug}.svg").write_text(vlc.vegalite_to_svg(spec))
