@@ -1,6 +1,6 @@
 """Stacked micro-models: many neurons trained in isolation in one vectorised pass.
 
-Document 000 trains each neuron ``i`` only on its own subset ``S_i`` ("no gradient crosses
+The switch-based multi-part network document trains each neuron ``i`` only on its own subset ``S_i`` ("no gradient crosses
 neurons"). With the neurons' parameters stacked, ``W`` (n, d) and ``b`` (n,), neuron ``i`` computes
 ``z_i(x) = w_i . x + b_i`` and minimises its own masked loss::
 

@@ -8,8 +8,8 @@ because ``d y / d theta_i = m_i * d f_i / d theta_i`` vanishes.
 This is the subsampling operation of Scardapane et al. (2024, eq. 1): keep a subset of a set
 (tokens, experts, layers) through a binary mask. Three ways to compute the mask:
 
-* :class:`RuleSwitch`  -- a readable table ``condition -> units`` on named features (document 000);
-* :class:`TagSwitch`   -- a tag (e.g. label parity) selects a fixed unit group (document 001);
+* :class:`RuleSwitch`  -- a readable table ``condition -> units`` on named features (the switch-based multi-part network document);
+* :class:`TagSwitch`   -- a tag (e.g. label parity) selects a fixed unit group (the tag-partitioning document);
 * :class:`LearnedSwitch` -- a linear gate ``s = x W + b`` followed by softmax, hard top-k
   (straight-through) or Gumbel-softmax (Jang et al. 2017), used by mixture-of-experts (003).
 

@@ -44,10 +44,13 @@ if reason and REQUIRED:
 pytestmark = pytest.mark.skipif(reason is not None, reason=reason or "")
 
 
-def pages() -> list[str]:
+def pages(api: bool = False) -> list[str]:
+    """The reading pages (chapters, their parts, the book's own pages), or (``api``) the API
+    reference's pages, which have no charts and are checked in one pass."""
     if not HTML.exists():
         return []
-    return sorted(str(p.relative_to(HTML)) for p in (HTML / "book").glob("*.html"))
+    return sorted(str(p.relative_to(HTML)) for p in (HTML / "book").glob("*.html")
+                  if p.stem.startswith("api-") == api)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +137,7 @@ def test_page_renders_offline(server, browser, page):
     problems += explorer_problems(tab)
     problems += chart_fit_problems(tab)
     height = tab.evaluate("document.documentElement.scrollHeight")
-    if height > LONGEST_PAGE and not stem.startswith("api-"):     # reference pages are looked up, not read through
+    if height > LONGEST_PAGE:
         problems.append(f"the page is {height} px long, {height / 900:.1f} screens: split it into parts "
                         f"(notebook metadata mpnn.pages) or fold its details")
     shots = paths.build_dir() / "screenshots"
@@ -164,7 +167,7 @@ def test_page_reads_on_a_phone_and_in_the_dark(server, browser, page):
     context = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark")
     tab = context.new_page()
     tab.goto(f"{server}/{page}", wait_until="load", timeout=60_000)
-    tab.wait_for_timeout(1_000)
+    tab.wait_for_timeout(300)
     for chart_id in tab.locator("div.mpnn-chart").evaluate_all("ds => ds.map(d => d.id)"):
         try:
             tab.wait_for_function("id => document.getElementById(id).dataset.rendered === '1'", arg=chart_id,
@@ -380,7 +383,7 @@ def test_no_process_words_or_machine_paths_on_any_page():
     pattern = re.compile(PROCESS_WORDS)
     root = str(paths.ROOT)
     problems = []
-    for page in pages():
+    for page in pages() + pages(api=True):
         text = visible_text((HTML / page).read_text())
         hits = sorted({m.group(0) for m in pattern.finditer(text)} | ({root} if root in text else set()))
         if hits:
@@ -434,10 +437,33 @@ def test_every_document_page_links_out_to_its_sources():
     assert len([u for u in links if "arxiv.org" in u]) >= 4 and any("github.com" in u for u in links), sorted(links)
 
 
+def test_the_api_pages_load_offline_and_read_on_a_phone(server, browser):
+    """Every API reference page loads without an error or an outside request and, at 390 px in the
+    dark theme, does not scroll sideways. (No length rule: a reference page is looked up, not read
+    through.)"""
+    problems: list[str] = []
+    context = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark")
+    tab = context.new_page()
+    tab.on("pageerror", lambda e: problems.append(f"{tab.url}: page error: {e}"))
+    tab.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    tab.on("request", lambda r: None if r.url.startswith((server, "data:", "blob:", "about:"))
+           else problems.append(f"external request: {r.url}"))
+    api = pages(api=True)
+    assert len(api) >= 10, f"only {len(api)} API reference pages"
+    for page in api:
+        tab.goto(f"{server}/{page}", wait_until="load", timeout=60_000)
+        width = tab.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+        if width[0] > width[1] + 1:
+            problems.append(f"{page} scrolls sideways at 390 px: {width[0]} px wide")
+    tab.wait_for_timeout(500)
+    context.close()
+    assert not problems, "\n".join(problems[:20])
+
+
 def test_every_source_link_of_the_api_pages_opens_its_line():
     """The API reference's [source] links land on a line of the module's source page."""
     import re
-    api = sorted((HTML / "book").glob("api-*.html"))
+    api = [HTML / p for p in pages(api=True)]
     assert api, "no API reference pages"
     links = {h for page in api for h in re.findall(r'href="(\.\./code/[^"]+)"', page.read_text())}
     assert len(links) > 100, f"only {len(links)} [source] links"

@@ -1,4 +1,4 @@
-"""Benchmarks of the specialization chapter (document 002).
+"""Benchmarks of the specialization chapter (the specialization document).
 
 * ``specialization/linear-runs``: the linear-network simulations of the chapter (27-50-9 network,
   full-batch gradient descent) for all runs in one batched pass (``torch.bmm`` over runs) against a

@@ -1,6 +1,6 @@
 """Isolated training of many neurons: one vectorised pass vs a per-neuron loop vs a dense layer.
 
-Each of ``n`` sigmoid neurons owns 20 observations of 5 features (disjoint subsets, document 000)
+Each of ``n`` sigmoid neurons owns 20 observations of 5 features (disjoint subsets, the switch-based multi-part network document)
 and takes ``steps`` full-batch gradient steps on its own loss (:mod:`mpnn.partition`, eq. 1).
 
 * ``vectorised``  -- :func:`mpnn.partition.train_isolated`: all neurons in one pass, O(N d) per step;

@@ -8,7 +8,7 @@ setting: 2 FLOPs per multiply-add of the linear layers (embedding, qkv, projecti
 the two attention products ``q k^T`` and ``A v`` and of ToMe's similarity matrix; LayerNorm, softmax, GELU,
 the size-weighted average and the gathers are not counted.
 
-Stable ratios (issue 12). The inference cases allocate tens of MB of temporaries per call (qkv, attention
+Stable ratios. The inference cases allocate tens of MB of temporaries per call (qkv, attention
 matrices, MLP activations at batch 1000). With glibc's default, dynamic malloc thresholds, whether those come
 back from the heap or are unmapped / trimmed and page-faulted in again on the next call depends on the
 history of the process: measured, the all-tokens forward took 9,000-17,000 minor page faults per call

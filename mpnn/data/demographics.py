@@ -1,4 +1,4 @@
-"""Seeded synthetic demographic data for the switch-based multi-part network (document 000).
+"""Seeded synthetic demographic data for the switch-based multi-part network (the switch-based multi-part network document).
 
 The document (arXiv 2504.18241, section 4.1) trains five neurons on a synthetic set of 100
 observations with demographic features, split by demographic group into subsets of 20, 30, 10, 20

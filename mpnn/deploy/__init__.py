@@ -1,4 +1,4 @@
-"""Multi-part deployment (document 004): one network's neurons spread over processes.
+"""Multi-part deployment (the multi-part deployment document): one network's neurons spread over processes.
 
 * :mod:`.plan`       -- the Neuron Distributor (count / percentage / IDs / layer plans + metadata);
 * :mod:`.engine`     -- forward and backward of the partitioned MLP over ``torch.distributed``;

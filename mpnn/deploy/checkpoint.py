@@ -1,6 +1,6 @@
 """The shared store: a sharded checkpoint (``torch.distributed.checkpoint``) in one directory.
 
-Document 004 keeps the model on a shared network file system. Here a directory stands for it::
+The multi-part deployment document keeps the model on a shared network file system. Here a directory stands for it::
 
     root/
       LATEST                 the last complete step (written by rank 0 after every rank has saved)

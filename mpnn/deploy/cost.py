@@ -136,7 +136,7 @@ def project(width: int, layers: int, batch: int, P: np.ndarray, hw: Hardware = H
             "min_servers": int(np.ceil(N * hw.bytes_per_param / hw.memory_B))}
 
 
-# ---------------------------------------------------------------------- across network conditions (issue 13)
+# ---------------------------------------------------------------------- across network conditions
 
 def exchange_rounds(plan: Plan) -> int:
     """Exchanges on a step's critical path that send something: one per layer whose activations

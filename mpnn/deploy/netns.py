@@ -1,6 +1,6 @@
 """Ranks in their own network namespaces, joined by veth pairs and a bridge, links shaped by ``tc``.
 
-Document 004's first experiment compares one server with several "with varying network
+The multi-part deployment document's first experiment compares one server with several "with varying network
 conditions". On one Linux machine (root needed) :class:`Network` builds them::
 
        ns <prefix>-r0          ns <prefix>-r1   ...        ns <prefix>-hub

@@ -1,6 +1,6 @@
 """The Neuron Distributor: which rank owns each neuron of a multi-layer perceptron.
 
-Document 004 (arXiv 2506.01387) splits one network's neurons into *local* and *remote* ones per
+The multi-part deployment document (arXiv 2506.01387) splits one network's neurons into *local* and *remote* ones per
 server, with metadata telling each server where its remote neurons live. Here a network is an MLP
 with widths ``sizes = [n_0, n_1, ..., n_L]``; the inputs ``n_0`` are data (every rank reads them from
 the shared store), the neurons are the units of layers ``1..L``. A :class:`Plan` stores, for every

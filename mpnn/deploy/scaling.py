@@ -1,4 +1,4 @@
-"""Metadata and coordination as the number of servers grows (document 004, next check 3).
+"""Metadata and coordination as the number of servers grows (the multi-part deployment document, next check 3).
 
 What grows with the number of servers ``P`` in the multi-part engine:
 

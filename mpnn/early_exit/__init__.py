@@ -1,4 +1,4 @@
-"""Early exits (depth sparsity, document 003): a network with an exit after its first block, and
+"""Early exits (depth sparsity, the conditional-computation survey): a network with an exit after its first block, and
 inference that really skips the second block for the samples that leave.
 
 * :mod:`.network` -- the network, its losses, the exit rule and the FLOP model;

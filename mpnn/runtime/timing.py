@@ -17,7 +17,7 @@ torch-saveable inputs (models, tensors, numbers) and returns a dict with at leas
 :func:`measure` runs the function and saves the function's name, its inputs and its result under
 ``_build/timing/<chapter>/<claim>.pt``. ``python -m mpnn timing --repeats 5 --load 1`` replays every
 recorded claim several times in a row while other processes keep CPU cores busy
-(:func:`replay_all`): the evidence that a claim asserted in CI does not hang on a quiet machine.
+(:func:`replay_all`): the evidence that a claim asserted by `make test` does not hang on a quiet machine.
 In a book run the runner executes the cells tagged ``timing`` alone (no other chapter computing).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tag partitioning (document 001): a network whose hidden layer is split into two halves, one per
+"""Tag partitioning (the tag-partitioning document): a network whose hidden layer is split into two halves, one per
 parity tag of the label, trained by per-sample SGD as the original Go code does.
 
 * :mod:`.network` -- the tagged network, its switch and the reference per-sample SGD;

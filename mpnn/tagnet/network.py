@@ -1,4 +1,4 @@
-"""Tag-partitioned network of NeuralArena's "MNIST Neural Network Partitioning" (document 001).
+"""Tag-partitioned network of NeuralArena's "MNIST Neural Network Partitioning" (the tag-partitioning document).
 
 Model (PARAGON ``NewNetwork`` + ``ForwardTagged``/``BackwardTagged``): input ``x`` (784 pixels
 scaled to [0, 1]), a 16x16 hidden grid of leaky-ReLU neurons (slope 0.01), each locally connected
