@@ -27,3 +27,14 @@ def test_balance_summary():
     assert got["commonest"] == 3 and abs(got["commonest_share"] - 3 / 13) < 1e-12
     assert got["rarest"] == 1 and abs(got["even"] - 6 / 13) < 1e-12
     assert isinstance(counts, pd.DataFrame)
+
+
+def test_data_claims():
+    labels = torch.tensor([5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
+    assert E.claim_label_order(labels)["verdict"] is True
+    even = E.claim_even_odd(labels)
+    assert even["measured"] == "4 even / 6 odd training images (40.0% even)" and even["verdict"] is False
+    sizes = E.claim_sizes(torch.zeros(60_000, 28, 28, dtype=torch.uint8), torch.zeros(10, 28, 28))
+    assert sizes["verdict"] is False and sizes["measured"] == "60,000 / 10 images of (28, 28)"
+    checks = pd.DataFrame({"verified": [True, True, True, False]})
+    assert E.claim_checksums(checks)["measured"] == "3/4 files match data/mnist.sha256"

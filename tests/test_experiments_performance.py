@@ -60,3 +60,14 @@ def test_which_kernel_ran_and_why_tables():
     assert versus.loc[0, "setting"] == "k=1" and versus.loc[0, "book / torch"] == 1.05
     words = P.choices_text(choices, versus, "a CPU")
     assert "took the compiled one for 0 of them" in words and "1.05x" in words
+
+
+def test_page_claims_read_the_results():
+    results = {"git_commit": "0123456789abcdef", "cases": ["c", "gone"], "reference_before": {"gflops": 10.0},
+               "reference": {"gflops": 20.0}}
+    current = E.claim_results_current(results, "0123456789abcdef+dirty")
+    assert current["verdict"] is False and current["measured"].endswith("page built at 0123456789ab")
+    ran = E.claim_cases_ran(results, _rows())
+    assert ran["verdict"] is False and ran["measured"] == "1/2 cases measured (missing: gone)"
+    steady = E.claim_reference_steady(results)
+    assert steady["timing"] and steady["verdict"] == "inconclusive" and "(ratio 2.00)" in steady["measured"]

@@ -55,3 +55,19 @@ def test_verdict_counts_are_the_findings_pages():
     assert documents == site.findings_rows(_manifests())
     assert [r["document"] for r in own] == ["the datasets page"]
     assert "supported" in verdicts.count_table(documents)
+
+
+def test_report_claims_read_the_manifests():
+    manifests = _manifests()
+    claims = E.claims_table(manifests)
+    ran = E.claim_all_chapters_ran(manifests, ["token_selection"], None, True)
+    assert ran["id"] == "all-chapters-ran" and ran["verdict"] is False
+    assert ran["measured"] == "2/3 chapters executed without error; no manifest: token_selection"
+    assert E.claim_all_chapters_ran(manifests, ["token_selection"], None, False)["verdict"] is True
+    complete = E.claim_claims_complete(claims)
+    assert complete["verdict"] is False and complete["measured"] == "5 claims, 1 lacking one (datasets/x)"
+    assert E.claim_verdicts_as_expected(claims)["measured"].startswith("5 claims, ")
+    decided = E.claim_every_claim_decided(claims, manifests)     # read only at the default profile
+    assert decided["needs"] == "default" and callable(decided["measured"]) and decided["verdict"]() is False
+    assert decided["measured"]().endswith("of which 1 neither GPU-scale, a projection nor needing root "
+                                          "(switch_network/c)")

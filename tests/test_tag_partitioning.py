@@ -236,3 +236,36 @@ def test_per_seed_within_and_paired_gain():
     assert tp.gain(faithful, tp.per_seed(results, tp.CENTRED), above=0)[0] == "not supported"
     assert tp.gain([1.0, 2.0, 0.0], [0.5, 0.5, 0.5], above=0)[0] == "inconclusive"
     assert "seeds would decide it" in tp.decide_note(np.array([0.5, 1.5, -0.5, 1.0]), 0.0)
+
+
+def test_claims_are_the_arguments_of_run_claim():
+    import inspect
+
+    from mpnn.runtime.repro import Run
+    accs = {tp.FAITHFUL: (0.837, 0.836, 0.838), tp.CENTRED: (0.90, 0.91, 0.89),
+            "no partition, interleaved": (0.86, 0.85, 0.87)}
+    rows = [{"variant": v, "routing": r, "split": "test", "seed": s,
+             "accuracy": a - (0.05 + 0.01 * s if r != tp.ORACLE else 0)}    # the router costs 5-7 pp
+            for v, vals in accs.items() for r in (tp.ORACLE, "learned parity router", "all neurons active")
+            for s, a in enumerate(vals)]
+    rows += [{"variant": tp.FAITHFUL, "routing": tp.ORACLE, "split": split, "seed": s, "accuracy": a}
+             for split, vals in (("train", (0.83, 0.84, 0.84)), ("validation", (0.82, 0.83, 0.82)))
+             for s, a in enumerate(vals)]
+    results = pd.DataFrame(rows)
+    own, cross = torch.tensor([0.95, 0.94, 0.96]), torch.tensor([0.20, 0.25, 0.22])
+    end_even = {tp.FAITHFUL: [0.8, 0.82, 0.81], "no partition, blocked": [0.6, 0.65, 0.62]}
+    claims = [tp.claim_faithful_test_accuracy(results, 2.0), tp.claim_faithful_train_validation(results, 2.0),
+              tp.claim_pathways_specialise(own, cross), tp.claim_label_leak(results, torch.tensor([0.9, 0.91, 0.92])),
+              tp.claim_no_partition_baseline(results), tp.claim_window_centred(results, 324, 0.8),
+              tp.claim_shared_output_interference(end_even),
+              tp.claim_learned_gate_parity([0.6, 0.55, 0.62], [0.5, 0.4, 0.45], extra_epochs=2, epochs=10)]
+    keys = set(inspect.signature(Run.claim).parameters) - {"self"}
+    assert all(set(c) <= keys and {"id", "kind", "document", "criterion", "measured", "verdict", "expected"} <= set(c)
+               for c in claims)
+    decide = lambda v: v() if callable(v) else v
+    got = {c["id"]: decide(c["verdict"]) for c in claims}
+    assert got["faithful-test-accuracy"] == "supported" and got["pathways-specialise"] == "supported"
+    assert got["label-leak"] == "mixed" and got["no-partition-baseline"] == "supported"
+    assert got["window-centred"] == "supported" and got["shared-output-interference"] == "supported"
+    assert got["learned-gate-parity"] == "not supported"
+    assert "difference from the reported value +0.01 pp" in claims[0]["measured"]()

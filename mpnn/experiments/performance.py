@@ -297,3 +297,40 @@ def choices_text(choices: pd.DataFrame, versus: pd.DataFrame, cpu: str) -> str:
                      f"{versus['book / torch'].min():.2f}x to {versus['book / torch'].max():.2f}x its time "
                      f"(the slowest: {worst['case']}, {worst['setting']}, {worst['sizes']} sizes).")
     return " ".join(parts)
+
+
+# ------------------------------------------------------------------ claims: each returns the arguments of ``run.claim``
+
+def claim_results_current(results: dict, built_at: str) -> dict:
+    """The page shows benchmarks of the code it documents (``built_at``: the commit the page is built at)."""
+    return dict(id="results-current", kind="book", document="the page shows benchmarks of the code it documents",
+                criterion="supported if the results were measured at the git commit the page is built at (uncommitted "
+                          "changes mark both as dirty); not supported otherwise",
+                measured=f"results measured at commit {results['git_commit'][:12]}, page built at {built_at[:12]}",
+                verdict=results["git_commit"] == built_at, expected="supported", section="Every case")
+
+
+def claim_cases_ran(results: dict, rows: pd.DataFrame) -> dict:
+    """Every registered benchmark case runs."""
+    missing = missing_cases(results, rows)
+    return dict(id="cases-ran", kind="book", document="every registered benchmark case runs",
+                criterion="supported if every case the harness was asked to run has a measurement with a positive "
+                          "median time",
+                measured=f"{len(results['cases']) - len(missing)}/{len(results['cases'])} cases measured"
+                         + (f" (missing: {', '.join(missing)})" if missing else ""),
+                verdict=not missing, expected="supported", section="Every case")
+
+
+def claim_reference_steady(results: dict) -> dict:
+    """The dense torch.mm reference held its speed while the cases ran."""
+    drift = reference_drift(results)
+    return dict(id="reference-steady", timing=True, kind="book",
+                document="kernels are judged against a dense torch.mm on this machine, measured "
+                "before and after the cases (the ratios hold only if the machine's speed did not change meanwhile)",
+                criterion="the dense torch.mm's GFLOP/s measured before and after the cases, larger over smaller: "
+                          "supported below 1.5 (steady), not supported above 3 (the machine's speed changed), "
+                          "inconclusive between (a shared machine's load came and went)",
+                measured=f"{results['reference_before']['gflops']:.1f} then {results['reference']['gflops']:.1f} "
+                         f"GFLOP/s (ratio {drift:.2f})",
+                verdict="supported" if drift < 1.5 else "not supported" if drift > 3.0 else "inconclusive",
+                expected="supported", section="How close each kernel gets to the machine")

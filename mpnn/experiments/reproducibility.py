@@ -182,3 +182,62 @@ def figure_durations(overview: pd.DataFrame) -> alt.Chart:
         color=alt.Color("profile:N", title="profile"),
         tooltip=["chapter", "profile", "status", "duration (s)", "claims"]).properties(
         width=420, height=24 * len(overview), title="execution time per chapter")
+
+
+# ------------------------------------------------------------------ claims: each returns the arguments of ``run.claim``
+
+def _names(frame: pd.DataFrame) -> str:
+    return ", ".join(frame["chapter"] + "/" + frame["claim"])
+
+
+def claim_all_chapters_ran(manifests: dict[str, dict], missing: list[str], book_run: dict | None,
+                           require_all_chapters: bool) -> dict:
+    """Every chapter of the book executes."""
+    failed = [c for c in manifests if status(c, book_run, manifests[c]) == "failed"]
+    return dict(id="all-chapters-ran", kind="book", document="every chapter of the book executes",
+                criterion="supported if every chapter but this report has a manifest and none is recorded as failed "
+                          "by the runner (a missing manifest counts only when the report requires every chapter)",
+                measured=f"{len(manifests) - len(failed)}/{len(manifests) + len(missing)} chapters executed without "
+                         f"error" + (f"; no manifest: {', '.join(missing)}" if missing else "")
+                         + (f"; failed: {', '.join(failed)}" if failed else ""),
+                verdict=(not failed) and (not missing or not require_all_chapters), expected="supported")
+
+
+def claim_claims_complete(claims: pd.DataFrame) -> dict:
+    """Every claim of every chapter states its kind, its criterion and its verdict."""
+    incomplete = claims[claims["lacks"] != ""]
+    return dict(id="claims-complete", kind="book",
+                document="every claim of every chapter states its kind, its criterion and its verdict",
+                criterion="supported if no claim of any manifest lacks its kind, criterion or verdict, or gives one "
+                          "outside the vocabulary",
+                measured=f"{len(claims)} claims, {len(incomplete)} lacking one"
+                         + (f" ({_names(incomplete)})" if len(incomplete) else ""),
+                verdict=len(claims) > 0 and len(incomplete) == 0, expected="supported")
+
+
+def claim_verdicts_as_expected(claims: pd.DataFrame) -> dict:
+    """Every claim's verdict is the one its chapter expects."""
+    changed = claims[~claims["as expected"].astype(bool)]
+    return dict(id="verdicts-as-expected", kind="book", document="every claim's verdict is the one its chapter expects",
+                criterion="supported if for every claim of every manifest the verdict equals the expected verdict "
+                          "(a claim this build could not test matches any)",
+                measured=f"{len(claims)} claims, {len(changed)} with a changed verdict"
+                         + (f" ({_names(changed)})" if len(changed) else ""),
+                verdict=len(claims) > 0 and len(changed) == 0, expected="supported")
+
+
+def claim_every_claim_decided(claims: pd.DataFrame, manifests: dict[str, dict]) -> dict:
+    """At the default profile every claim is decided, except the exempt ones (measured and verdict lazy)."""
+    left = undecided(claims)
+    profiles_run = sorted({str(m.get("profile")) for m in manifests.values()})
+    return dict(id="every-claim-decided", kind="book",
+                document="at the default profile every claim is decided, except those that need a GPU's scale or "
+                         "root, and projections",
+                criterion="supported if every manifest ran at the default or full profile and no claim is 'not "
+                          "testable here' unless its note names the full profile (a GPU's scale), a projection or root",
+                measured=lambda: (f"{len(claims)} claims at profile {', '.join(profiles_run)}: "
+                                  f"{int((claims['verdict'] == verdicts.UNDECIDED).sum())} not testable here, of which "
+                                  f"{len(left)} neither GPU-scale, a projection nor needing root"
+                                  + (f" ({_names(left)})" if len(left) else "")),
+                verdict=lambda: bool(profiles_run) and set(profiles_run) <= {"default", "full"} and len(left) == 0,
+                expected="supported", needs="default")
