@@ -153,6 +153,30 @@ def parameters_table(manifests: dict[str, dict]) -> pd.DataFrame:
                         columns=["chapter", "parameter", "value"])
 
 
+def folded_by_chapter(frame: pd.DataFrame, summary) -> str:
+    """``frame``'s rows as one folded table per chapter (HTML ``<details>``; the page stays a few
+    screens long), each titled by ``summary(chapter, rows)``."""
+    import html
+    if not len(frame):
+        return "<p>none recorded</p>"
+    parts = []
+    for chapter, rows in frame.groupby("chapter", sort=False):
+        table = rows.drop(columns="chapter").to_html(index=False, escape=True, border=0,
+                                                     classes="mpnn-report-table")
+        parts.append(f"<details class=\"mpnn-report-chapter\"><summary><strong>{html.escape(chapter)}</strong>: "
+                     f"{html.escape(summary(chapter, rows))}</summary>"
+                     f"<div class=\"mpnn-table-wrap\">{table}</div></details>")
+    return "\n".join(parts)
+
+
+def claims_summary(chapter: str, rows: pd.DataFrame) -> str:
+    """"17 claims (supported 12, ...); every verdict as expected" for one chapter's rows."""
+    counts = verdicts.counts_text({"verdict": v} for v in rows["verdict"])
+    off = int((~rows["as expected"].astype(bool)).sum())
+    return (f"{len(rows)} claims ({counts}); "
+            + ("every verdict as expected" if not off else f"{off} not as expected"))
+
+
 def undecided(claims: pd.DataFrame) -> pd.DataFrame:
     """Claims left "not testable here" whose note names none of the exemptions (a GPU's scale through
     the full profile, a projection, needs root)."""
