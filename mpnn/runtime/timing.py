@@ -41,8 +41,11 @@ def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float,
     The interval is ``[x_(k), x_(n+1-k)]`` of the sorted values, with ``k`` the largest integer such that
     ``P(Binomial(n, 1/2) <= k - 1) <= (1 - confidence) / 2``: it covers the true median with probability at
     least ``confidence`` whatever the distribution (no normality assumed: timings have long right tails).
-    With too few values for that (n < 6 at 95%) the interval is the range ``[min, max]``.
+    It is scipy's ``quantile_test(x, p=0.5).confidence_interval`` (the same order statistics; the
+    tests hold it to a binomial reference). With too few values for that (n < 6 at 95%, where
+    scipy gives no interval) it is the range ``[min, max]``.
     """
+    from scipy import stats
     x = sorted(float(v) for v in values)
     n = len(x)
     if n == 0:
@@ -50,15 +53,10 @@ def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float,
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     med = x[n // 2] if n % 2 else 0.5 * (x[n // 2 - 1] + x[n // 2])
-    alpha = (1 - confidence) / 2
-    k, cdf = 0, 0.0
-    while k < n:  # cdf = P(B <= k - 1) for the candidate k + 1 ... find the largest k with P(B <= k-1) <= alpha
-        cdf_next = cdf + math.comb(n, k) / 2 ** n  # P(B <= k)
-        if cdf_next > alpha:
-            break
-        cdf, k = cdf_next, k + 1
-    k = max(k, 1)  # k = 0 means not even [min, max] has the coverage: fall back to the range
-    return med, x[k - 1], x[n - k]
+    ci = stats.quantile_test(x, p=0.5).confidence_interval(confidence_level=confidence)
+    if math.isnan(ci.low) or math.isnan(ci.high):
+        return med, x[0], x[-1]
+    return med, float(ci.low), float(ci.high)
 
 
 def paired_speedup(slow: Sequence[float], fast: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
