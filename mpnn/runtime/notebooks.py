@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -31,22 +31,18 @@ def chapters() -> list[str]:
 def toc_entries() -> list[str]:
     """Stems of every file in ``_toc.yml``, in order."""
     toc = yaml.safe_load((paths.ROOT / "_toc.yml").read_text())
-    found: list[str] = []
+    return [Path(str(node[key])).stem for node in toc_nodes(toc) for key in ("root", "file") if key in node]
 
-    def walk(node):
-        if isinstance(node, dict):
-            for key in ("root", "file"):
-                if key in node:
-                    found.append(Path(str(node[key])).stem)
-            for value in node.values():
-                if isinstance(value, (list, dict)):
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
 
-    walk(toc)
-    return found
+def toc_nodes(node) -> Iterator[dict]:
+    """Every mapping of a ``_toc.yml`` tree (parts, chapters, sections), depth first, in order."""
+    if isinstance(node, dict):
+        yield node
+        for value in list(node.values()):
+            yield from toc_nodes(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from toc_nodes(item)
 
 
 def notebook_path(chapter: str) -> Path:

@@ -19,22 +19,31 @@ from __future__ import annotations
 import importlib
 
 
-def defined_name(target: str) -> str | None:
-    """``module.qualname`` of the object ``target`` names (following a package's re-export), or None."""
-    parts = target.split(".")
-    for cut in range(len(parts), 0, -1):
+_MISSING = object()
+
+
+def lookup(name: str):
+    """The object a dotted name reaches by importing its longest module prefix, or ``_MISSING``."""
+    bits = name.split(".")
+    for cut in range(len(bits), 0, -1):
         try:
-            obj = importlib.import_module(".".join(parts[:cut]))
+            obj = importlib.import_module(".".join(bits[:cut]))
         except ImportError:
             continue
         try:
-            for attr in parts[cut:]:
+            for attr in bits[cut:]:
                 obj = getattr(obj, attr)
         except AttributeError:
-            return None
-        module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
-        return f"{module}.{qualname}" if module and qualname else None
-    return None
+            return _MISSING
+        return obj
+    return _MISSING
+
+
+def defined_name(target: str) -> str | None:
+    """``module.qualname`` of the object ``target`` names (following a package's re-export), or None."""
+    obj = lookup(target)
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    return f"{module}.{qualname}" if obj is not _MISSING and module and qualname else None
 
 
 def nearest(target: str, names, module: str) -> str | None:
@@ -79,33 +88,4 @@ def exists(target: str, module: str, cls: str = "") -> bool:
     scopes = [f"{module}.{cls}"] if cls else []
     parts = module.split(".")
     scopes += [".".join(parts[:k]) for k in range(len(parts), 0, -1)]
-    for scope in ["", *scopes]:
-        name = f"{scope}.{target}" if scope else target
-        bits = name.split(".")
-        for cut in range(len(bits), 0, -1):
-            try:
-                obj = importlib.import_module(".".join(bits[:cut]))
-            except ImportError:
-                continue
-            try:
-                for attr in bits[cut:]:
-                    obj = getattr(obj, attr)
-                return True
-            except AttributeError:
-                break
-    return False
-
-
-def _linkcode(domain: str, info: dict) -> str | None:
-    from .api_pages import source_url
-    return source_url(info["module"], info["fullname"]) if domain == "py" and info.get("module") else None
-
-
-def _configure(app, config):
-    config.linkcode_resolve = _linkcode     # every [source] link goes to the module's source page
-
-
-def setup(app):
-    app.connect("config-inited", _configure)
-    app.connect("missing-reference", _resolve)
-    return {"parallel_read_safe": True, "parallel_write_safe": True}
+    return any(lookup(f"{scope}.{target}" if scope else target) is not _MISSING for scope in ["", *scopes])

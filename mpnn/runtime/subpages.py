@@ -138,19 +138,12 @@ def _href(anchor: str, where: dict[str, str], chapter: str) -> str:
 
 def _with_parts(toc: dict, parts: dict[str, list[str]]) -> dict:
     """``_toc.yml`` with each split chapter's parts as its first sections."""
-    def walk(node):
-        if isinstance(node, dict):
-            stem = Path(str(node.get("file", ""))).name
-            if stem in parts:
-                node["sections"] = [{"file": f"book/{p}"} for p in parts[stem]] + node.get("sections", [])
-            for value in node.values():
-                if isinstance(value, (list, dict)):
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
+    from .notebooks import toc_nodes
     toc = copy.deepcopy(toc)
-    walk(toc)
+    for node in list(toc_nodes(toc)):
+        stem = Path(str(node.get("file", ""))).name
+        if stem in parts:
+            node["sections"] = [{"file": f"book/{p}"} for p in parts[stem]] + node.get("sections", [])
     return toc
 
 
