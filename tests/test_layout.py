@@ -285,3 +285,13 @@ def test_every_cell_has_its_own_id(chapter):
     """nbformat 4.5 cells carry ids (a missing one is a warning today and an error in future nbformat)."""
     ids = [c.get("id") for c in json.loads((paths.ROOT / "book" / f"{chapter}.ipynb").read_text())["cells"]]
     assert all(ids) and len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize("chapter", notebooks.chapters())
+def test_a_claims_cell_never_shows_a_claims_repr(chapter):
+    """``run.claim`` returns the claim: as a cell's last line it would print ``Claim(id=...)`` on the
+    page. A claims cell ends with ``run.finish()`` or a semicolon."""
+    for i, source in _code_cells(chapter):
+        lines = [line for line in source.rstrip().splitlines() if line.strip()]
+        if lines and "run.claim(" in source and "run.finish(" not in lines[-1]:
+            assert lines[-1].rstrip().endswith(";"), f"{chapter} cell {i}: end the claims with `;` or run.finish()"
