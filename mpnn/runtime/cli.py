@@ -566,9 +566,10 @@ def cmd_build(args) -> int:
     out = paths.build_dir()
     from . import subpages
     parts = subpages.site_tree(src, out / "site")
+    api = parts.pop("api", [])
     print(f"site: {len(staged['decorated'])} chapter page(s) with their at a glance box, "
           f"{staged['pngs']} figure PNG(s) rendered, {sum(map(len, parts.values()))} part page(s) "
-          f"of {len(parts)} long chapter(s)")
+          f"of {len(parts)} long chapter(s), {len(api)} API reference page(s)")
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(out / "site"), "--path-output", str(out.parent),
            "--builder", "html", "-W", "-n", "--keep-going"]
     if out.name != "_build":
