@@ -89,6 +89,24 @@ def test_route_matches_torch_routing(normalize, T, E, k):
     assert torch.allclose(a.double(), b.double(), atol=1e-6)
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+def test_route_backward_reads_a_non_contiguous_gradient_correctly(normalize):
+    """The upstream gradient of the weights arrives transposed when the dispatch reads them
+    expert-major (``weights.t()``): the backward must hold its contiguous copy while the kernel
+    reads it (a temporary freed too early gave the gate gradients of 1e7 to 1e35)."""
+    torch.manual_seed(3)
+    T, E, k = 256, 8, 2
+    logits = torch.randn(T, E, requires_grad=True)
+    ref = gates.route_top_k(logits.double(), k, normalize=normalize)
+    _, weights = fused.route_top_k(logits, k, normalize=normalize)
+    g = torch.randn(k, T, dtype=torch.float64)                      # (k, T): its transpose is not contiguous
+    for _ in range(5):                                               # the allocator reuses freed memory
+        a, = torch.autograd.grad((weights.t().double() * g).sum(), logits, retain_graph=True)
+        b, = torch.autograd.grad((ref.weights.t() * g).sum(), logits, retain_graph=True)
+        assert torch.allclose(a.double(), b.double(), atol=1e-6)
+        torch.randn(T, k).fill_(1e30)                                # fill freed memory with large values
+
+
 def test_route_hand_case():
     """Top-2 of [1, 3, 2, 3]: the tie at 3 goes to the lower index; normalized weights softmax([3, 3])."""
     experts, weights = fused.route_top_k(torch.tensor([[1.0, 3.0, 2.0, 3.0]]), 2)

@@ -287,8 +287,9 @@ class _TopKRoute(torch.autograd.Function):
         experts, weights, probs = ctx.saved_tensors
         T, E = probs.shape
         out = probs.new_empty(T, E)
+        grad = grad.contiguous()      # held here: a temporary's memory would be freed before the kernel reads it
         _routing_kernels()[1](T, E, experts.shape[1], int(ctx.normalize), _p(experts), _p(weights), _p(probs),
-                              _p(grad.contiguous()), _p(out))
+                              _p(grad), _p(out))
         return out, None, None, None
 
 
