@@ -56,3 +56,23 @@ def test_a_reference_finds_the_object_where_it_is_defined_or_nearest():
     assert sphinx_api.nearest("g", names, "mpnn.b") == "mpnn.a.y.g"
     assert sphinx_api.exists("layers", "mpnn.moe.dispatch")                  # a sibling module
     assert not sphinx_api.exists("no_such_name", "mpnn.moe.dispatch")
+
+
+def test_the_sphinx_extension_registers_its_resolvers():
+    """The site build loads it as an extension: it must connect the reference resolver and give
+    linkcode its function."""
+    calls = []
+
+    class App:
+        def connect(self, event, fn):
+            calls.append(event)
+
+    assert sphinx_api.setup(App())["parallel_read_safe"]
+    assert calls == ["config-inited", "missing-reference"]
+
+    class Config:
+        pass
+    config = Config()
+    sphinx_api._configure(None, config)
+    assert config.linkcode_resolve("py", {"module": "mpnn.moe.layers", "fullname": "make_moe"}).startswith(
+        "../code/mpnn/moe/layers.py.html#L")

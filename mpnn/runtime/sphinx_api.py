@@ -89,3 +89,18 @@ def exists(target: str, module: str, cls: str = "") -> bool:
     parts = module.split(".")
     scopes += [".".join(parts[:k]) for k in range(len(parts), 0, -1)]
     return any(lookup(f"{scope}.{target}" if scope else target) is not _MISSING for scope in ["", *scopes])
+
+
+def _linkcode(domain: str, info: dict) -> str | None:
+    from .api_pages import source_url
+    return source_url(info["module"], info["fullname"]) if domain == "py" and info.get("module") else None
+
+
+def _configure(app, config):
+    config.linkcode_resolve = _linkcode     # every [source] link goes to the module's source page
+
+
+def setup(app):
+    app.connect("config-inited", _configure)
+    app.connect("missing-reference", _resolve)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
