@@ -53,13 +53,6 @@ def parts() -> dict[str, list[str]]:
     return {p: grouped[p] for p in sorted(grouped, key=rank)}
 
 
-def summary(module: str) -> str:
-    """The first sentence of a module's docstring (its one job)."""
-    doc = (importlib.import_module(module).__doc__ or "").strip()
-    first = doc.split("\n\n")[0].replace("\n", " ").strip()
-    return first
-
-
 def page(part: str, names: list[str]) -> str:
     """A part's page: the package docstring, then each module with the members it defines."""
     title = (f"Experiments: {part.split('-', 1)[1].replace('_', ' ')}" if part.startswith("experiments-")
@@ -118,6 +111,13 @@ def source_path(module: str) -> Path | None:
     return Path(origin) if origin and origin.endswith(".py") else None
 
 
+def source_page(module: str) -> str:
+    """Where a module's source page lives under ``code/``: ``mpnn/moe/layers.py.html``, a package's
+    ``__init__`` as ``mpnn/moe.__init__.py.html``."""
+    is_package = source_path(module).name == "__init__.py"
+    return module.replace(".", "/") + (".__init__" if is_package else "") + ".py.html"
+
+
 def source_url(module: str, fullname: str) -> str | None:
     """The ``[source]`` link of ``module.fullname`` from an API page: its source page at the line
     where it is defined (for :mod:`sphinx.ext.linkcode`)."""
@@ -134,8 +134,7 @@ def source_url(module: str, fullname: str) -> str | None:
         line = inspect.getsourcelines(obj)[1]
     except (AttributeError, TypeError, OSError):
         line = None
-    page = module.replace(".", "/") + (".__init__" if source_path(module).name == "__init__.py" else "") + ".py.html"
-    return f"../{CODE_DIR}/{page}" + (f"#L{line}" if line else "")
+    return f"../{CODE_DIR}/{source_page(module)}" + (f"#L{line}" if line else "")
 
 
 def write_sources(target: Path) -> int:
@@ -147,7 +146,7 @@ def write_sources(target: Path) -> int:
         path = source_path(module)
         if path is None:
             continue
-        page = module.replace(".", "/") + (".__init__" if path.name == "__init__.py" else "") + ".py.html"
+        page = source_page(module)
         out = target / CODE_DIR / page
         out.parent.mkdir(parents=True, exist_ok=True)
         lines = "".join(f'<span id="L{i}">{html.escape(text)}</span>'
